@@ -1,0 +1,510 @@
+//! The poll thread: the only user of the librdkafka consumer. It polls, serves
+//! rebalance callbacks (seeking to the offsets stored in Postgres on assignment,
+//! waiting for in-flight work on revocation), executes seeks and commits the
+//! processing task asks for, and pauses the partitions while processing lags.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use linkwork_store::sqlx::PgPool;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::Sender;
+
+use super::{ConsumerConfig, Record};
+use crate::headers::HeaderList;
+use crate::settings::KafkaSettings;
+use crate::BusError;
+
+/// A topic and partition, with the topic name shared.
+pub(crate) type TopicPartition = (Arc<str>, i32);
+
+/// What the poll thread tells the processing task, in order.
+#[derive(Debug)]
+pub(crate) enum Item {
+    Record(Record),
+    /// The consumer now owns exactly these partitions, starting at these stored offsets.
+    Assigned(Vec<(TopicPartition, i64)>),
+    /// These partitions are being taken away: finish their work, then signal `done`.
+    Revoked {
+        partitions: Vec<TopicPartition>,
+        done: SyncSender<()>,
+    },
+    /// A seek took effect: records for the partition from here on start at `offset`.
+    /// `recovery` tells a recovery seek (see `position`) from a return to stored offsets.
+    Seeked {
+        partition: TopicPartition,
+        offset: i64,
+        recovery: bool,
+    },
+    /// The partitions were resumed after a pause: fetching restarts at their position.
+    Resumed(Vec<TopicPartition>),
+    /// The consumer cannot go on (offsets could not be loaded).
+    Failed(String),
+}
+
+/// What the processing task asks of the poll thread.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Commit these next offsets to Kafka (for lag monitoring only).
+    Commit(Vec<(TopicPartition, i64)>),
+    /// Seek these partitions back to their stored offsets (after losing a fence).
+    Reseek(Vec<TopicPartition>),
+    /// Seek a partition to an offset (recovering from a suspect jump).
+    SeekTo(TopicPartition, i64),
+}
+
+/// Backlog length at which the partitions are paused. Generous: resuming repositions
+/// the fetch, which costs a recovery on brokers that mishandle mid-batch fetches.
+const PAUSE_AT: usize = 4096;
+
+struct Shared {
+    backlog: Mutex<VecDeque<Item>>,
+    items: Sender<Item>,
+}
+
+impl Shared {
+    fn push(&self, item: Item) {
+        self.backlog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(item);
+    }
+
+    /// Moves backlog items into the channel until it is full; returns how many remain.
+    fn flush(&self) -> usize {
+        let mut backlog = self.backlog.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(item) = backlog.pop_front() {
+            match self.items.try_send(item) {
+                Ok(()) => {}
+                Err(TrySendError::Full(item)) => {
+                    backlog.push_front(item);
+                    break;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    backlog.clear();
+                    break;
+                }
+            }
+        }
+        backlog.len()
+    }
+}
+
+pub(crate) struct PollContext {
+    consumer_name: String,
+    shared: Arc<Shared>,
+    pool: PgPool,
+    runtime: Handle,
+    revoke_deadline: Duration,
+    topic_names: Mutex<HashMap<String, Arc<str>>>,
+}
+
+impl PollContext {
+    fn intern(&self, topic: &str) -> Arc<str> {
+        let mut names = self
+            .topic_names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(name) = names.get(topic) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(topic);
+        names.insert(topic.to_owned(), name.clone());
+        name
+    }
+
+    /// Loads stored offsets, retrying briefly: on assignment there is no other source of
+    /// truth, so failing here stops the consumer rather than guessing.
+    fn load_offsets(&self, topic: &str, partitions: &[i32]) -> Result<HashMap<i32, i64>, String> {
+        let mut last_error = String::new();
+        for attempt in 0..5u32 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
+            }
+            let loaded = self.runtime.block_on(async {
+                let mut connection = self.pool.acquire().await?;
+                linkwork_store::offsets::load(
+                    &mut connection,
+                    &self.consumer_name,
+                    topic,
+                    partitions,
+                )
+                .await
+            });
+            match loaded {
+                Ok(offsets) => return Ok(offsets),
+                Err(error) => {
+                    tracing::warn!(consumer = %self.consumer_name, topic, %error, attempt, "loading stored offsets failed");
+                    last_error = error.to_string();
+                }
+            }
+        }
+        Err(format!(
+            "could not load stored offsets for {topic}: {last_error}"
+        ))
+    }
+
+    /// Re-assigns the new partitions at the offsets stored in Postgres.
+    fn seek_to_stored(&self, consumer: &BaseConsumer<Self>, assignment: &TopicPartitionList) {
+        let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for element in assignment.elements() {
+            by_topic
+                .entry(element.topic().to_owned())
+                .or_default()
+                .push(element.partition());
+        }
+        let mut positioned = TopicPartitionList::new();
+        let mut assigned = Vec::new();
+        for (topic, partitions) in by_topic {
+            let offsets = match self.load_offsets(&topic, &partitions) {
+                Ok(offsets) => offsets,
+                Err(reason) => {
+                    self.shared.push(Item::Failed(reason));
+                    return;
+                }
+            };
+            let name = self.intern(&topic);
+            for partition in partitions {
+                let offset = offsets.get(&partition).copied().unwrap_or(0);
+                if let Err(error) =
+                    positioned.add_partition_offset(&topic, partition, Offset::Offset(offset))
+                {
+                    self.shared.push(Item::Failed(format!(
+                        "bad offset for {topic}/{partition}: {error}"
+                    )));
+                    return;
+                }
+                assigned.push(((name.clone(), partition), offset));
+            }
+        }
+        if let Err(error) = consumer.assign(&positioned) {
+            self.shared.push(Item::Failed(format!(
+                "could not assign at stored offsets: {error}"
+            )));
+            return;
+        }
+        tracing::info!(consumer = %self.consumer_name, partitions = assigned.len(), "partitions assigned at stored offsets");
+        self.shared.push(Item::Assigned(assigned));
+        self.shared.flush();
+    }
+
+    /// Hands the revoked partitions' in-flight work to the processing task and waits
+    /// (up to the deadline) until it is committed.
+    fn drain_before_revoke(&self, revoked: &TopicPartitionList) {
+        if self.shared.items.is_closed() {
+            return;
+        }
+        let partitions: Vec<TopicPartition> = revoked
+            .elements()
+            .iter()
+            .map(|element| (self.intern(element.topic()), element.partition()))
+            .collect();
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        self.shared.push(Item::Revoked {
+            partitions,
+            done: done_tx,
+        });
+        let deadline = Instant::now() + self.revoke_deadline;
+        loop {
+            if self.shared.flush() == 0 {
+                match done_rx.recv_timeout(Duration::from_millis(10)) {
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if self.shared.items.is_closed() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                // The stored-offset fence keeps a late commit from applying twice.
+                tracing::warn!(consumer = %self.consumer_name, "revocation deadline passed with work in flight");
+                return;
+            }
+        }
+    }
+}
+
+impl ClientContext for PollContext {}
+
+impl ConsumerContext for PollContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(revoked) = rebalance {
+            self.drain_before_revoke(revoked);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(assignment) => self.seek_to_stored(consumer, assignment),
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => {
+                tracing::warn!(consumer = %self.consumer_name, %error, "rebalance error")
+            }
+        }
+    }
+}
+
+/// The running poll thread. Dropping it asks the thread to stop.
+pub(crate) struct Poller {
+    stop: Arc<AtomicBool>,
+    _thread: JoinHandle<()>,
+}
+
+impl Poller {
+    pub(crate) fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        // Not joined: the thread notices within one poll interval, and joining here
+        // would block the async runtime.
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+pub(crate) fn spawn(
+    config: &ConsumerConfig,
+    kafka: &KafkaSettings,
+    pool: PgPool,
+    runtime: Handle,
+    items: Sender<Item>,
+    control: Receiver<Control>,
+) -> Result<Poller, BusError> {
+    let context = PollContext {
+        consumer_name: config.name.clone(),
+        shared: Arc::new(Shared {
+            backlog: Mutex::new(VecDeque::new()),
+            items,
+        }),
+        pool,
+        runtime,
+        revoke_deadline: config.revoke_deadline,
+        topic_names: Mutex::new(HashMap::new()),
+    };
+    let session_ms = config.session_timeout.as_millis();
+    let mut client_config = kafka.client_config();
+    client_config
+        .set("group.id", &config.group_id)
+        .set("client.id", format!("linkwork.{}", config.name))
+        // Offsets are ours (Postgres); Kafka's copy is written only for lag monitoring.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", session_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (session_ms / 3).max(100).to_string(),
+        )
+        .set("enable.partition.eof", "false")
+        // Bound what librdkafka prefetches: memory stays flat however far behind we are.
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.wait.max.ms", "20");
+    let consumer: BaseConsumer<PollContext> = client_config.create_with_context(context)?;
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread_stop = stop.clone();
+    let name = config.name.clone();
+    let revoke_deadline = config.revoke_deadline;
+    let thread = std::thread::Builder::new()
+        .name(format!("kafka-poll-{name}"))
+        .spawn(move || poll_loop(&consumer, &control, &thread_stop, revoke_deadline))
+        .map_err(|error| BusError::Consumer(format!("could not start the poll thread: {error}")))?;
+    Ok(Poller {
+        stop,
+        _thread: thread,
+    })
+}
+
+fn poll_loop(
+    consumer: &BaseConsumer<PollContext>,
+    control: &Receiver<Control>,
+    stop: &AtomicBool,
+    revoke_deadline: Duration,
+) {
+    let context = consumer.context();
+    let shared = context.shared.clone();
+    let mut paused = false;
+    while !stop.load(Ordering::Acquire) && !shared.items.is_closed() {
+        for command in control.try_iter() {
+            match command {
+                Control::Commit(offsets) => commit(consumer, &offsets),
+                Control::Reseek(partitions) => reseek(consumer, &partitions),
+                Control::SeekTo(partition, offset) => seek_to(consumer, partition, offset),
+            }
+        }
+        let backlog = shared.flush();
+        if backlog >= PAUSE_AT {
+            // Re-applied every time: a rebalance may have brought unpaused partitions.
+            set_paused(consumer, true);
+            paused = true;
+        } else if backlog == 0 && paused {
+            let resumed = set_paused(consumer, false);
+            shared.push(Item::Resumed(
+                resumed
+                    .into_iter()
+                    .map(|(topic, partition)| (context.intern(&topic), partition))
+                    .collect(),
+            ));
+            paused = false;
+        }
+        let timeout = if backlog > 0 {
+            Duration::from_millis(5)
+        } else {
+            Duration::from_millis(50)
+        };
+        match consumer.poll(timeout) {
+            Some(Ok(message)) => {
+                let record = Record {
+                    topic: context.intern(message.topic()),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                    headers: HeaderList::from_kafka(message.headers()),
+                };
+                shared.push(Item::Record(record));
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(error)) => {
+                tracing::warn!(consumer = %context.consumer_name, %error, "kafka consumer error")
+            }
+        }
+    }
+    // Leave the group; the revocation callback lets processing finish its batch first.
+    consumer.unsubscribe();
+    let until = Instant::now() + revoke_deadline;
+    while Instant::now() < until {
+        let _ = consumer.poll(Duration::from_millis(20));
+        if consumer
+            .assignment()
+            .map(|assignment| assignment.count() == 0)
+            .unwrap_or(true)
+        {
+            break;
+        }
+    }
+    shared.flush();
+}
+
+/// Pauses or resumes every assigned partition; returns them.
+fn set_paused(consumer: &BaseConsumer<PollContext>, paused: bool) -> Vec<(String, i32)> {
+    let Ok(assignment) = consumer.assignment() else {
+        return Vec::new();
+    };
+    if assignment.count() == 0 {
+        return Vec::new();
+    }
+    let result = if paused {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, paused, "pause or resume failed");
+    }
+    assignment
+        .elements()
+        .iter()
+        .map(|element| (element.topic().to_owned(), element.partition()))
+        .collect()
+}
+
+fn seek_to(consumer: &BaseConsumer<PollContext>, partition: TopicPartition, offset: i64) {
+    let context = consumer.context();
+    let (topic, number) = (&partition.0, partition.1);
+    match consumer.seek(
+        topic,
+        number,
+        Offset::Offset(offset),
+        Duration::from_secs(10),
+    ) {
+        Ok(()) => context.shared.push(Item::Seeked {
+            partition,
+            offset,
+            recovery: true,
+        }),
+        Err(error) => {
+            // Either the partition was revoked (its marker follows) or the seek failed:
+            // then delivery goes on from the old position and the tracker asks again.
+            tracing::warn!(%error, %topic, partition = number, offset, "recovery seek failed");
+            context.shared.push(Item::Seeked {
+                partition,
+                offset,
+                recovery: true,
+            });
+        }
+    }
+}
+
+fn commit(consumer: &BaseConsumer<PollContext>, offsets: &[(TopicPartition, i64)]) {
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in offsets {
+        if list
+            .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .is_err()
+        {
+            return;
+        }
+    }
+    if let Err(error) = consumer.commit(&list, CommitMode::Async) {
+        // Only lag reporting depends on it; the stored offsets are authoritative.
+        tracing::debug!(%error, "kafka offset commit failed");
+    }
+}
+
+fn reseek(consumer: &BaseConsumer<PollContext>, partitions: &[TopicPartition]) {
+    let context = consumer.context();
+    let assignment = consumer.assignment().unwrap_or_default();
+    let mut by_topic: BTreeMap<Arc<str>, Vec<i32>> = BTreeMap::new();
+    for (topic, partition) in partitions {
+        let owned = assignment
+            .elements()
+            .iter()
+            .any(|element| element.topic() == &**topic && element.partition() == *partition);
+        if owned {
+            by_topic.entry(topic.clone()).or_default().push(*partition);
+        }
+    }
+    for (topic, partitions) in by_topic {
+        let offsets = match context.load_offsets(&topic, &partitions) {
+            Ok(offsets) => offsets,
+            Err(reason) => {
+                context.shared.push(Item::Failed(reason));
+                return;
+            }
+        };
+        for partition in partitions {
+            let offset = offsets.get(&partition).copied().unwrap_or(0);
+            if let Err(error) = consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            ) {
+                context.shared.push(Item::Failed(format!(
+                    "could not seek {topic}/{partition} to {offset}: {error}"
+                )));
+                return;
+            }
+            context.shared.push(Item::Seeked {
+                partition: (topic.clone(), partition),
+                offset,
+                recovery: false,
+            });
+        }
+    }
+}

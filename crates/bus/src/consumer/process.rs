@@ -1,0 +1,521 @@
+//! The processing task: batches records and applies each batch in one transaction.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender as ControlSender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use linkwork_store::offsets::OffsetAdvance;
+use linkwork_store::sqlx::PgPool;
+use linkwork_store::{dedup, offsets, outbox, StoreError};
+use tokio::sync::mpsc::Receiver;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::poll::{Control, Item, TopicPartition};
+use super::position::{Tracker, Verdict};
+use super::{ConsumerConfig, Decode, Decoded, Effects, Handler, HandlerError, Incoming, Record};
+use crate::{dlq, trace, BusError};
+
+/// Why applying a batch did not commit.
+#[derive(Debug)]
+enum Failure {
+    Poison(usize, String),
+    Data(String),
+    Retryable(String),
+    Fenced(Vec<(String, i32)>),
+    Fatal(String),
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Fenced { partitions, .. } => Failure::Fenced(partitions),
+            other => match HandlerError::from(other) {
+                HandlerError::Retryable(error) => Failure::Retryable(error.to_string()),
+                HandlerError::Data(error) => Failure::Data(error.to_string()),
+                HandlerError::Poison { index, reason } => Failure::Poison(index, reason),
+                HandlerError::Fatal(error) => Failure::Fatal(error.to_string()),
+            },
+        }
+    }
+}
+
+impl From<linkwork_store::sqlx::Error> for Failure {
+    fn from(error: linkwork_store::sqlx::Error) -> Self {
+        Failure::from(StoreError::Database(error))
+    }
+}
+
+/// Shutdown arrived while a batch could not be committed: it is left for the next
+/// owner of its partitions.
+struct Abandoned;
+
+pub(crate) struct Processor<H: Handler> {
+    config: ConsumerConfig,
+    pool: PgPool,
+    handler: H,
+    outbox_notify: Option<Arc<Notify>>,
+    control: ControlSender<Control>,
+    stop: Arc<AtomicBool>,
+    /// Every partition this consumer owns.
+    partitions: HashMap<TopicPartition, Owned>,
+    batch: Vec<Record>,
+}
+
+/// An owned partition: its stored next offset and where delivery stands.
+struct Owned {
+    stored: i64,
+    tracker: Tracker,
+    /// Records are stale until the poll thread confirms a return to stored offsets.
+    awaiting_reseek: bool,
+}
+
+impl<H: Handler> Processor<H> {
+    pub(crate) fn new(
+        config: ConsumerConfig,
+        pool: PgPool,
+        handler: H,
+        outbox_notify: Option<Arc<Notify>>,
+        control: ControlSender<Control>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            config,
+            pool,
+            handler,
+            outbox_notify,
+            control,
+            stop,
+            partitions: HashMap::new(),
+            batch: Vec::new(),
+        }
+    }
+
+    pub(crate) async fn run(
+        &mut self,
+        mut items: Receiver<Item>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BusError> {
+        let mut flush_at: Option<tokio::time::Instant> = None;
+        let mut stopping = false;
+        let mut ticks = tokio::time::interval(Duration::from_millis(250));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let item = tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if !stopping => {
+                    // Keep draining: the poll thread hands partitions back through us.
+                    stopping = true;
+                    self.stop.store(true, Ordering::Release);
+                    continue;
+                }
+                () = sleep_until(flush_at), if flush_at.is_some() => {
+                    flush_at = None;
+                    if self.flush(&shutdown).await?.is_err() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                _ = ticks.tick() => {
+                    self.probe_silent_partitions();
+                    continue;
+                }
+                item = items.recv() => item,
+            };
+            match item {
+                None => {
+                    // The poll thread has finished.
+                    let _ = self.flush(&shutdown).await?;
+                    return Ok(());
+                }
+                Some(Item::Record(record)) => {
+                    if !self.accept(record) {
+                        continue;
+                    }
+                    if self.batch.len() >= self.config.max_batch {
+                        flush_at = None;
+                        if self.flush(&shutdown).await?.is_err() {
+                            return Ok(());
+                        }
+                    } else if flush_at.is_none() {
+                        flush_at = Some(tokio::time::Instant::now() + self.config.max_batch_wait);
+                    }
+                }
+                Some(Item::Assigned(partitions)) => {
+                    flush_at = None;
+                    if self.flush(&shutdown).await?.is_err() {
+                        return Ok(());
+                    }
+                    let now = Instant::now();
+                    self.partitions = partitions
+                        .into_iter()
+                        .map(|(partition, stored)| {
+                            let owned = Owned {
+                                stored,
+                                tracker: Tracker::positioned(stored, now),
+                                awaiting_reseek: false,
+                            };
+                            (partition, owned)
+                        })
+                        .collect();
+                }
+                Some(Item::Revoked { partitions, done }) => {
+                    flush_at = None;
+                    if self.flush(&shutdown).await?.is_err() {
+                        return Ok(());
+                    }
+                    for partition in &partitions {
+                        self.partitions.remove(partition);
+                    }
+                    let _ = done.send(());
+                }
+                Some(Item::Seeked {
+                    partition,
+                    offset,
+                    recovery,
+                }) => {
+                    if let Some(owned) = self.partitions.get_mut(&partition) {
+                        if recovery {
+                            owned.tracker.seek_landed(Instant::now());
+                        } else {
+                            owned.stored = offset;
+                            owned.tracker = Tracker::positioned(offset, Instant::now());
+                            owned.awaiting_reseek = false;
+                        }
+                    }
+                }
+                Some(Item::Resumed(partitions)) => {
+                    let now = Instant::now();
+                    for partition in &partitions {
+                        if let Some(owned) = self.partitions.get_mut(partition) {
+                            owned.tracker.restarted(now);
+                        }
+                    }
+                }
+                Some(Item::Failed(reason)) => return Err(BusError::Consumer(reason)),
+            }
+        }
+    }
+
+    /// Adds a record to the batch if it is the next one of an owned partition; asks
+    /// for a seek when delivery jumped suspiciously (see `position`).
+    fn accept(&mut self, record: Record) -> bool {
+        let partition = (record.topic.clone(), record.partition);
+        let Some(owned) = self.partitions.get_mut(&partition) else {
+            return false;
+        };
+        if owned.awaiting_reseek {
+            return false;
+        }
+        match owned.tracker.record(record.offset, Instant::now()) {
+            Verdict::Accept => {}
+            Verdict::AcceptAfterGap { from, to } => {
+                tracing::warn!(
+                    consumer = %self.config.name,
+                    topic = %record.topic,
+                    partition = record.partition,
+                    missing_from = from,
+                    missing_to = to - 1,
+                    "offsets missing from the log (compaction, transaction markers or retention)"
+                );
+            }
+            Verdict::Drop => return false,
+            Verdict::Reposition(offset) => {
+                tracing::debug!(
+                    consumer = %self.config.name,
+                    topic = %record.topic,
+                    partition = record.partition,
+                    expected = owned.tracker.next(),
+                    got = record.offset,
+                    seek = offset,
+                    "delivery skipped ahead after repositioning; seeking back"
+                );
+                let _ = self.control.send(Control::SeekTo(partition, offset));
+                return false;
+            }
+        }
+        self.batch.push(record);
+        true
+    }
+
+    /// Partitions positioned but silent may sit inside a batch the broker will not
+    /// serve; the tracker decides when to probe them.
+    fn probe_silent_partitions(&mut self) {
+        let now = Instant::now();
+        for (partition, owned) in &mut self.partitions {
+            if owned.awaiting_reseek {
+                continue;
+            }
+            if let Some(offset) = owned.tracker.tick(now) {
+                let _ = self
+                    .control
+                    .send(Control::SeekTo(partition.clone(), offset));
+            }
+        }
+    }
+
+    /// Applies the batch in hand. `Ok(Err(Abandoned))` means shutdown interrupted the
+    /// retries of a transient failure.
+    async fn flush(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<Result<(), Abandoned>, BusError> {
+        if self.batch.is_empty() {
+            return Ok(Ok(()));
+        }
+        let records = std::mem::take(&mut self.batch);
+        let decoded: Vec<Result<Decoded<H::Message>, String>> =
+            records.iter().map(H::Message::decode).collect();
+        let mut dead: BTreeMap<usize, String> = decoded
+            .iter()
+            .enumerate()
+            .filter_map(|(index, outcome)| {
+                outcome.as_ref().err().map(|reason| (index, reason.clone()))
+            })
+            .collect();
+        let mut one_at_a_time = false;
+        let mut backoff = Duration::from_millis(50);
+        let mut attempts = 0u32;
+        loop {
+            let outcome = if one_at_a_time {
+                self.apply_one_at_a_time(&records, &decoded, &mut dead)
+                    .await
+            } else {
+                let all: Vec<usize> = (0..records.len()).collect();
+                self.apply(&records, &all, &decoded, &dead).await
+            };
+            match outcome {
+                Ok(()) => return Ok(Ok(())),
+                Err(Failure::Poison(index, reason)) => {
+                    tracing::warn!(consumer = %self.config.name, offset = records[index].offset, %reason, "poison message");
+                    dead.insert(index, reason);
+                }
+                Err(Failure::Data(error)) => {
+                    tracing::warn!(consumer = %self.config.name, %error, "data error in batch; applying one message at a time");
+                    one_at_a_time = true;
+                }
+                Err(Failure::Retryable(error)) => {
+                    attempts += 1;
+                    if attempts >= 10 {
+                        tracing::error!(consumer = %self.config.name, %error, attempts, "batch keeps failing; consumer is stalled");
+                    } else {
+                        tracing::warn!(consumer = %self.config.name, %error, attempts, "transient failure; retrying batch");
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => return Ok(Err(Abandoned)),
+                    }
+                    backoff = (backoff * 2).min(self.config.max_retry_backoff);
+                }
+                Err(Failure::Fenced(partitions)) => {
+                    tracing::warn!(consumer = %self.config.name, ?partitions, "another instance advanced these offsets; seeking back to stored offsets");
+                    let mut stale: Vec<TopicPartition> = Vec::new();
+                    for record in &records {
+                        let partition = (record.topic.clone(), record.partition);
+                        if !stale.contains(&partition) {
+                            stale.push(partition);
+                        }
+                    }
+                    for partition in &stale {
+                        if let Some(owned) = self.partitions.get_mut(partition) {
+                            owned.awaiting_reseek = true;
+                        }
+                    }
+                    let _ = self.control.send(Control::Reseek(stale));
+                    return Ok(Ok(()));
+                }
+                Err(Failure::Fatal(error)) => return Err(BusError::Handler(error)),
+            }
+        }
+    }
+
+    /// Applies the batch one message per transaction, dead-lettering any message whose
+    /// data the database refuses.
+    async fn apply_one_at_a_time(
+        &mut self,
+        records: &[Record],
+        decoded: &[Result<Decoded<H::Message>, String>],
+        dead: &mut BTreeMap<usize, String>,
+    ) -> Result<(), Failure> {
+        for index in 0..records.len() {
+            loop {
+                match self.apply(records, &[index], decoded, dead).await {
+                    Ok(()) => break,
+                    Err(Failure::Data(error)) => {
+                        dead.insert(index, format!("refused by the database: {error}"));
+                    }
+                    Err(Failure::Poison(poisoned, reason)) => {
+                        dead.insert(poisoned, reason);
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One transaction: de-duplicate, handle, write outbox rows and dead letters,
+    /// advance the stored offsets (fenced), commit.
+    async fn apply(
+        &mut self,
+        records: &[Record],
+        indices: &[usize],
+        decoded: &[Result<Decoded<H::Message>, String>],
+        dead: &BTreeMap<usize, String>,
+    ) -> Result<(), Failure> {
+        // Records an earlier one-at-a-time pass already committed are skipped.
+        let indices: Vec<usize> = indices
+            .iter()
+            .copied()
+            .filter(|&index| {
+                let record = &records[index];
+                self.partitions
+                    .get(&(record.topic.clone(), record.partition))
+                    .is_some_and(|owned| record.offset >= owned.stored)
+            })
+            .collect();
+        if indices.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut transaction = self.pool.begin().await?;
+
+        let candidate_ids: Vec<Uuid> = indices
+            .iter()
+            .filter(|index| !dead.contains_key(index))
+            .filter_map(|&index| {
+                decoded[index]
+                    .as_ref()
+                    .ok()
+                    .and_then(|message| message.event_id)
+            })
+            .collect();
+        let fresh = dedup::claim(&mut transaction, &self.config.name, &candidate_ids).await?;
+        let mut seen_in_batch = HashSet::with_capacity(fresh.len());
+        let mut incoming = Vec::with_capacity(indices.len());
+        for &index in &indices {
+            if dead.contains_key(&index) {
+                continue;
+            }
+            let Ok(message) = &decoded[index] else {
+                continue;
+            };
+            if let Some(id) = message.event_id {
+                if !fresh.contains(&id) || !seen_in_batch.insert(id) {
+                    continue; // a copy of an event this consumer has applied
+                }
+            }
+            let record = &records[index];
+            let span = tracing::info_span!(
+                "consume",
+                otel.kind = "consumer",
+                messaging.system = "kafka",
+                messaging.consumer.group.name = %self.config.group_id,
+                messaging.destination.name = %record.topic,
+                messaging.kafka.partition = record.partition,
+                messaging.kafka.offset = record.offset,
+            );
+            trace::continue_trace(
+                &span,
+                message.traceparent.as_deref(),
+                message.tracestate.as_deref(),
+            );
+            incoming.push(Incoming {
+                message: &message.value,
+                record,
+                event_id: message.event_id,
+                span,
+                index,
+            });
+        }
+
+        let mut effects = Effects::default();
+        if !incoming.is_empty() {
+            self.handler
+                .handle(&mut transaction, &incoming, &mut effects)
+                .await
+                .map_err(|error| match error {
+                    HandlerError::Retryable(error) => Failure::Retryable(error.to_string()),
+                    HandlerError::Poison { index, reason } => Failure::Poison(index, reason),
+                    HandlerError::Data(error) => Failure::Data(error.to_string()),
+                    HandlerError::Fatal(error) => Failure::Fatal(error.to_string()),
+                })?;
+        }
+        let applied = incoming.len();
+        drop(incoming);
+
+        let mut messages = effects.outbox;
+        let mut dead_lettered = 0usize;
+        let dead_letters = indices
+            .iter()
+            .filter_map(|index| dead.get(index).map(|reason| (*index, reason.clone())))
+            .chain(effects.rejected);
+        for (index, reason) in dead_letters {
+            dead_lettered += 1;
+            messages.push(dlq::dead_letter(
+                &self.config.name,
+                &self.config.dlq_topic,
+                &self.config.source,
+                &records[index],
+                &reason,
+            ));
+        }
+        outbox::insert(&mut transaction, &messages).await?;
+
+        let mut advances: Vec<OffsetAdvance> = Vec::new();
+        let mut ends: HashMap<TopicPartition, i64> = HashMap::new();
+        for &index in &indices {
+            let record = &records[index];
+            let end = ends
+                .entry((record.topic.clone(), record.partition))
+                .or_insert(0);
+            *end = (*end).max(record.offset + 1);
+        }
+        for (partition, next) in &ends {
+            let Some(owned) = self.partitions.get(partition) else {
+                continue; // filtered above: only owned partitions reach here
+            };
+            advances.push(OffsetAdvance {
+                topic: partition.0.to_string(),
+                partition: partition.1,
+                expected: owned.stored,
+                next: *next,
+            });
+        }
+        offsets::advance(&mut transaction, &self.config.name, &advances).await?;
+        transaction.commit().await?;
+
+        let committed: Vec<(TopicPartition, i64)> = ends.into_iter().collect();
+        for (partition, next) in &committed {
+            if let Some(owned) = self.partitions.get_mut(partition) {
+                owned.stored = *next;
+            }
+        }
+        let _ = self.control.send(Control::Commit(committed));
+        if !messages.is_empty() {
+            if let Some(notify) = &self.outbox_notify {
+                notify.notify_one();
+            }
+        }
+        tracing::debug!(
+            consumer = %self.config.name,
+            records = indices.len(),
+            applied,
+            dead_lettered,
+            outbox = messages.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

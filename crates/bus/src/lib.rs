@@ -1,0 +1,50 @@
+//! Kafka for linkwork: the idempotent producer, the transactional consumer runner, the
+//! outbox relay, dead letters, CloudEvents headers with trace context, and topics.
+
+pub mod consumer;
+pub mod dlq;
+pub mod headers;
+pub mod partitioner;
+pub mod producer;
+pub mod relay;
+pub mod settings;
+pub mod topics;
+pub mod trace;
+
+pub use consumer::{
+    CloudEvent, ConsumerConfig, ConsumerRunner, Decode, Decoded, Effects, Handler, HandlerError,
+    Incoming, OutboxEvent, Record,
+};
+pub use producer::{Delivered, Outbound, Producer};
+pub use relay::{OutboxRelay, RelayConfig};
+pub use settings::KafkaSettings;
+
+/// Errors at the bus boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Store(#[from] linkwork_store::StoreError),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("topic {0} does not exist (run `linkwork topics apply`)")]
+    UnknownTopic(String),
+    #[error("consumer: {0}")]
+    Consumer(String),
+    #[error("handler failed: {0}")]
+    Handler(String),
+    #[error("topics: {0}")]
+    Topics(String),
+}
+
+impl BusError {
+    /// Worth retrying: the broker or database may come back.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BusError::Kafka(_) => true,
+            BusError::Store(error) => error.is_transient(),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The idempotent producer: `enable.idempotence=true`, `acks=all`, and every send
+//! awaits the broker's acknowledgement.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use linkwork_domain::{DomainEvent, EventId};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+
+use crate::headers::{EventMeta, HeaderList};
+use crate::settings::KafkaSettings;
+use crate::{trace, BusError};
+
+/// Where a message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A message ready to send.
+#[derive(Debug, Clone)]
+pub struct Outbound<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    /// `None` lets the client choose by key (murmur2, as the Java client does).
+    pub partition: Option<i32>,
+    pub payload: &'a [u8],
+    pub headers: HeaderList,
+}
+
+/// A cheap-to-clone handle on one librdkafka producer.
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Producer").finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    /// A producer whose deliveries time out after 30 s.
+    pub fn new(settings: &KafkaSettings) -> Result<Self, BusError> {
+        Self::with_delivery_timeout(settings, Duration::from_secs(30))
+    }
+
+    /// A producer that gives up on a delivery after `timeout` (ingest uses a short one
+    /// so an HTTP caller hears 503 quickly when the broker is down).
+    pub fn with_delivery_timeout(
+        settings: &KafkaSettings,
+        timeout: Duration,
+    ) -> Result<Self, BusError> {
+        let mut config = settings.client_config();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // Keys hash as in the Java client, so every producer agrees on partitions.
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .set("queue.buffering.max.kbytes", "65536");
+        let inner: FutureProducer = config.create()?;
+        Ok(Self { inner })
+    }
+
+    /// Sends one message and waits for the broker's acknowledgement.
+    pub async fn send(&self, outbound: Outbound<'_>) -> Result<Delivered, BusError> {
+        let delivery = self.enqueue(outbound).await?;
+        await_delivery(delivery).await
+    }
+
+    /// Sends many messages and waits for every acknowledgement. All are queued before
+    /// any is awaited, so librdkafka batches them. Results are in input order; one
+    /// failure does not stop the others.
+    pub async fn send_all(&self, outbound: Vec<Outbound<'_>>) -> Vec<Result<Delivered, BusError>> {
+        let mut pending = Vec::with_capacity(outbound.len());
+        for message in outbound {
+            pending.push(self.enqueue(message).await);
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for delivery in pending {
+            results.push(match delivery {
+                Ok(delivery) => await_delivery(delivery).await,
+                Err(error) => Err(error),
+            });
+        }
+        results
+    }
+
+    /// Hands a message to librdkafka, waiting while its local queue is full.
+    async fn enqueue(&self, outbound: Outbound<'_>) -> Result<DeliveryFuture, BusError> {
+        let mut record = FutureRecord::<[u8], [u8]>::to(outbound.topic)
+            .payload(outbound.payload)
+            .headers(outbound.headers.to_kafka());
+        if let Some(key) = outbound.key {
+            record = record.key(key);
+        }
+        if let Some(partition) = outbound.partition {
+            record = record.partition(partition);
+        }
+        loop {
+            match self.inner.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    // Deliveries drain the queue in the background; a short pause is enough.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((error, _)) => return Err(BusError::Kafka(error)),
+            }
+        }
+    }
+
+    /// Publishes a domain event with its CloudEvents headers and the current span's
+    /// trace context, and waits for the acknowledgement.
+    pub async fn publish<E: DomainEvent>(
+        &self,
+        topic: &str,
+        event_id: EventId,
+        source: &str,
+        time: DateTime<Utc>,
+        event: &E,
+    ) -> Result<Delivered, BusError> {
+        let (traceparent, tracestate) = trace::current_context();
+        let meta = EventMeta {
+            id: *event_id.as_uuid(),
+            event_type: event.event_type().to_owned(),
+            source: source.to_owned(),
+            time,
+            traceparent,
+            tracestate,
+        };
+        let payload = event.encode();
+        let key = event.key();
+        self.send(Outbound {
+            topic,
+            key: Some(key.as_bytes()),
+            partition: None,
+            payload: &payload,
+            headers: meta.to_headers(),
+        })
+        .await
+    }
+
+    /// Publishes many events (to one topic), pipelined; results in input order.
+    pub async fn publish_batch<E: DomainEvent>(
+        &self,
+        topic: &str,
+        source: &str,
+        time: DateTime<Utc>,
+        events: &[(EventId, E)],
+    ) -> Vec<Result<Delivered, BusError>> {
+        let (traceparent, tracestate) = trace::current_context();
+        let encoded: Vec<(String, Vec<u8>, HeaderList)> = events
+            .iter()
+            .map(|(event_id, event)| {
+                let meta = EventMeta {
+                    id: *event_id.as_uuid(),
+                    event_type: event.event_type().to_owned(),
+                    source: source.to_owned(),
+                    time,
+                    traceparent: traceparent.clone(),
+                    tracestate: tracestate.clone(),
+                };
+                (event.key(), event.encode(), meta.to_headers())
+            })
+            .collect();
+        let outbound = encoded
+            .iter()
+            .map(|(key, payload, headers)| Outbound {
+                topic,
+                key: Some(key.as_bytes()),
+                partition: None,
+                payload,
+                headers: headers.clone(),
+            })
+            .collect();
+        self.send_all(outbound).await
+    }
+
+    /// Waits until everything queued has been delivered or `timeout` passes.
+    pub fn flush(&self, timeout: Duration) -> Result<(), BusError> {
+        self.inner.flush(timeout)?;
+        Ok(())
+    }
+
+    /// Metadata for one topic: its partition count.
+    pub async fn partition_count(&self, topic: &str) -> Result<i32, BusError> {
+        let client = self.inner.clone();
+        let topic_name = topic.to_owned();
+        let metadata = tokio::task::spawn_blocking(move || {
+            client
+                .client()
+                .fetch_metadata(Some(&topic_name), Duration::from_secs(10))
+        })
+        .await
+        .map_err(|error| BusError::Config(format!("metadata lookup panicked: {error}")))??;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|candidate| candidate.name() == topic)
+            .filter(|found| found.error().is_none())
+            .map(|found| found.partitions().len() as i32)
+            .unwrap_or(0);
+        if partitions == 0 {
+            return Err(BusError::UnknownTopic(topic.to_owned()));
+        }
+        Ok(partitions)
+    }
+
+    /// The high watermark (next offset to be written) of one partition.
+    pub async fn high_watermark(&self, topic: &str, partition: i32) -> Result<i64, BusError> {
+        let client = self.inner.clone();
+        let topic = topic.to_owned();
+        let (_low, high) = tokio::task::spawn_blocking(move || {
+            client
+                .client()
+                .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+        })
+        .await
+        .map_err(|error| BusError::Config(format!("watermark lookup panicked: {error}")))??;
+        Ok(high)
+    }
+}
+
+async fn await_delivery(delivery: DeliveryFuture) -> Result<Delivered, BusError> {
+    match delivery.await {
+        Ok(Ok(delivery)) => Ok(Delivered {
+            partition: delivery.partition,
+            offset: delivery.offset,
+        }),
+        Ok(Err((error, _message))) => Err(BusError::Kafka(error)),
+        Err(_canceled) => Err(BusError::Kafka(KafkaError::Canceled)),
+    }
+}
