@@ -1,0 +1,11 @@
+//! Integration tests against the local stack: the real broker and real Postgres.
+
+// Tests and their helpers panic on failure, with the failing value in the message.
+#![allow(clippy::unwrap_used)]
+
+mod consumer;
+mod helpers;
+mod outbox;
+mod partitioner;
+mod topics;
+mod tracing_context;

@@ -1,0 +1,187 @@
+//! The outbox: nothing from a rolled-back transaction is published; a committed row
+//! is published exactly once, even when the relay dies between publishing and marking.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use linkwork_bus::{OutboxRelay, RelayConfig};
+use linkwork_store::outbox::{self, NewOutboxMessage};
+use linkwork_store::sqlx::PgPool;
+use linkwork_store::StoreError;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::helpers::{eventually, stack};
+
+fn message(topic: &str, key: &str) -> NewOutboxMessage {
+    NewOutboxMessage {
+        event_id: Uuid::now_v7(),
+        topic: topic.to_owned(),
+        key: Some(key.to_owned()),
+        ce_type: "linkwork.asc.case-opened.v1".into(),
+        ce_source: "linkwork/tests".into(),
+        ce_time: Utc::now(),
+        traceparent: None,
+        tracestate: None,
+        extra_headers: vec![],
+        payload: format!(r#"{{"case_id":"{key}","opened_at":"2026-01-01T00:00:00Z"}}"#)
+            .into_bytes(),
+    }
+}
+
+async fn backlog(pool: &PgPool) -> i64 {
+    let mut connection = pool.acquire().await.unwrap();
+    outbox::backlog(&mut connection).await.unwrap()
+}
+
+async fn commit(pool: &PgPool, messages: Vec<NewOutboxMessage>) {
+    linkwork_store::in_transaction(pool, async |connection| {
+        outbox::insert(connection, &messages).await?;
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_transaction_publishes_nothing() {
+    let stack = stack();
+    let pool = stack.database().await;
+    let topic = stack.topic("it.outbox-rollback", 3).await;
+    let refused = message(&topic, "SYN-1");
+    let outcome = linkwork_store::in_transaction(&pool, async |connection| {
+        outbox::insert(connection, std::slice::from_ref(&refused)).await?;
+        // The decision that wrote the row fails afterwards.
+        Err::<(), StoreError>(StoreError::Config("decision failed".into()))
+    })
+    .await;
+    assert!(outcome.is_err());
+    assert_eq!(backlog(&pool).await, 0, "the row was rolled back");
+
+    let mut relay = OutboxRelay::new(pool.clone(), &stack.kafka, RelayConfig::default()).unwrap();
+    assert_eq!(relay.relay_once().await.unwrap(), 0);
+    let published = tokio::task::spawn_blocking(move || {
+        stack.read_topic(&topic, 1, Duration::from_secs(2), Duration::ZERO)
+    })
+    .await
+    .unwrap();
+    assert!(published.is_empty(), "nothing reached the topic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_row_is_published_once_even_if_the_relay_restarts_between_publish_and_mark() {
+    let stack = stack();
+    let pool = stack.database().await;
+    let topic = stack.topic("it.outbox-crash", 3).await;
+    let messages: Vec<NewOutboxMessage> = (0..5)
+        .map(|n| message(&topic, &format!("SYN-{n}")))
+        .collect();
+    let ids: HashSet<Uuid> = messages.iter().map(|message| message.event_id).collect();
+    commit(&pool, messages).await;
+
+    // The first relay publishes and dies before marking the rows.
+    let mut crashed = OutboxRelay::new(pool.clone(), &stack.kafka, RelayConfig::default()).unwrap();
+    assert_eq!(crashed.publish_without_marking().await.unwrap(), 5);
+    drop(crashed);
+    assert_eq!(backlog(&pool).await, 5, "rows still look unpublished");
+
+    // Its successor finds them on the topic and marks them without publishing again.
+    let mut successor =
+        OutboxRelay::new(pool.clone(), &stack.kafka, RelayConfig::default()).unwrap();
+    assert_eq!(successor.relay_once().await.unwrap(), 5);
+    assert_eq!(backlog(&pool).await, 0);
+    let offsets: Vec<Option<i64>> =
+        linkwork_store::sqlx::query_scalar("SELECT published_offset FROM outbox")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(
+        offsets.iter().all(Option::is_some),
+        "each row records where it landed"
+    );
+
+    // A later row goes out normally.
+    commit(&pool, vec![message(&topic, "SYN-9")]).await;
+    assert_eq!(successor.relay_once().await.unwrap(), 1);
+
+    let published = tokio::task::spawn_blocking(move || {
+        stack.read_topic(&topic, 6, Duration::from_secs(20), Duration::from_secs(2))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        published.len(),
+        6,
+        "five recovered rows once each, plus the later one"
+    );
+    let seen: Vec<Uuid> = published
+        .iter()
+        .map(|message| Uuid::parse_str(message.header("ce_id").unwrap()).unwrap())
+        .collect();
+    let distinct: HashSet<Uuid> = seen.iter().copied().collect();
+    assert_eq!(distinct.len(), 6, "no row published twice");
+    assert!(ids.is_subset(&distinct));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_relay_publishes_rows_of_one_key_in_the_order_they_were_written() {
+    let stack = stack();
+    let pool = stack.database().await;
+    let topic = stack.topic("it.outbox-order", 3).await;
+    let shutdown = CancellationToken::new();
+    let relay = OutboxRelay::new(
+        pool.clone(),
+        &stack.kafka,
+        RelayConfig {
+            batch_size: 7,
+            ..RelayConfig::default()
+        },
+    )
+    .unwrap();
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    let mut written = Vec::new();
+    for round in 0..5 {
+        let messages: Vec<NewOutboxMessage> =
+            (0..10).map(|_| message(&topic, "SYN-SAME-KEY")).collect();
+        written.extend(messages.iter().map(|message| message.event_id));
+        commit(&pool, messages).await;
+        if round == 2 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eventually(Duration::from_secs(30), "the outbox to drain", || async {
+        backlog(&pool).await == 0
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let published = tokio::task::spawn_blocking(move || {
+        stack.read_topic(
+            &topic,
+            50,
+            Duration::from_secs(20),
+            Duration::from_millis(500),
+        )
+    })
+    .await
+    .unwrap();
+    let mut in_log: Vec<(i64, Uuid)> = published
+        .iter()
+        .map(|message| {
+            (
+                message.offset,
+                Uuid::parse_str(message.header("ce_id").unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        published
+            .iter()
+            .all(|message| message.partition == published[0].partition),
+        "one key, one partition"
+    );
+    in_log.sort();
+    let order: Vec<Uuid> = in_log.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(order, written);
+}
