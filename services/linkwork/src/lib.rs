@@ -1,0 +1,7 @@
+//! The `linkwork` command: every service and tool behind one binary.
+
+pub mod demo;
+pub mod settings;
+pub mod shutdown;
+pub mod synthetic;
+pub mod topics_command;
