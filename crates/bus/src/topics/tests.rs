@@ -163,7 +163,11 @@ fn no_code_outside_this_module_writes_a_topic_name() {
     for dir in ["crates", "services"] {
         rust_files(&repo_root().join(dir), &mut files);
     }
-    files.retain(|file| !file.components().any(|component| component.as_os_str() == "tests"));
+    files.retain(|file| {
+        !file
+            .components()
+            .any(|component| component.as_os_str() == "tests")
+    });
     assert!(files.len() > 10, "found the workspace sources");
     let mut offenders = Vec::new();
     for file in files {

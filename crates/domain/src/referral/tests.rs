@@ -302,7 +302,10 @@ fn repeating_the_current_status_is_an_idempotent_no_op() {
 #[test]
 fn a_new_referral_is_received() {
     let events = decide(None, Command::Receive(Box::new(received("h1")))).unwrap();
-    assert_eq!(events, vec![ReferralEvent::Received(Box::new(received("h1")))]);
+    assert_eq!(
+        events,
+        vec![ReferralEvent::Received(Box::new(received("h1")))]
+    );
     assert_eq!(replay(&events).unwrap().status, Status::Received);
 }
 
