@@ -39,10 +39,11 @@ pub enum BusError {
 }
 
 impl BusError {
-    /// Worth retrying: the broker or database may come back.
+    /// Worth retrying: the broker or database may come back, a missing topic may be
+    /// created (`linkwork topics apply`).
     pub fn is_transient(&self) -> bool {
         match self {
-            BusError::Kafka(_) => true,
+            BusError::Kafka(_) | BusError::UnknownTopic(_) => true,
             BusError::Store(error) => error.is_transient(),
             _ => false,
         }

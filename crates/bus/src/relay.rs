@@ -121,6 +121,11 @@ impl OutboxRelay {
             let _ = leader.close().await;
             match outcome {
                 Ok(()) => return Ok(()),
+                Err(error @ BusError::UnknownTopic(_)) => {
+                    // Everything behind the row waits; an operator must create the topic.
+                    tracing::error!(%error, "outbox relay blocked");
+                    wait(&shutdown, self.config.leader_retry * 5).await;
+                }
                 Err(error) if error.is_transient() => {
                     tracing::warn!(%error, "outbox relay lost its footing; retrying");
                     wait(&shutdown, self.config.leader_retry).await;

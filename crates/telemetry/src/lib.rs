@@ -2,8 +2,9 @@
 //!
 //! Logs: `tracing` with an env filter (`RUST_LOG`, default `info`) to stderr, JSON
 //! when stderr is not a terminal or `LINKWORK_LOG_FORMAT=json`, compact text otherwise.
-//! Traces: every span is also an OpenTelemetry span, so W3C trace context exists for
-//! the bus to propagate even when nothing is exported; when
+//! Traces: spans at INFO and above are also OpenTelemetry spans (filter with
+//! `LINKWORK_TRACE_FILTER`), whatever the log level, so W3C trace context exists for
+//! the bus to propagate even when logs are quiet and nothing is exported; when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are exported over OTLP (HTTP/protobuf)
 //! in batches. Call [`TelemetryGuard::shutdown`] before exit to flush them.
 
@@ -17,12 +18,16 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// Default filter: our own crates at info, noisy dependencies at warn.
-const DEFAULT_FILTER: &str = "info,rdkafka=warn,sqlx=warn,hyper=warn,tower_http=info";
+/// Default log filter: our own crates at info, noisy dependencies at warn.
+const DEFAULT_LOG_FILTER: &str = "info,rdkafka=warn,sqlx=warn,hyper=warn,tower_http=info";
+/// Default trace filter. The exporter's own HTTP client is left out, or exporting
+/// would make spans of its own.
+const DEFAULT_TRACE_FILTER: &str =
+    "info,rdkafka=off,sqlx=off,hyper=off,hyper_util=off,h2=off,reqwest=off,opentelemetry=off";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
-    #[error("invalid log filter in RUST_LOG: {0}")]
+    #[error("invalid filter in {0}")]
     Filter(String),
     #[error("could not build the OTLP exporter: {0}")]
     Exporter(String),
@@ -56,11 +61,8 @@ impl TelemetryGuard {
 /// Installs logging and tracing for the process. `service` names the service in
 /// exported spans (`service.name`).
 pub fn init(service: &str) -> Result<TelemetryGuard, TelemetryError> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(directives)
-            .map_err(|error| TelemetryError::Filter(error.to_string()))?,
-        _ => EnvFilter::new(DEFAULT_FILTER),
-    };
+    let log_filter = filter_from("RUST_LOG", DEFAULT_LOG_FILTER)?;
+    let trace_filter = filter_from("LINKWORK_TRACE_FILTER", DEFAULT_TRACE_FILTER)?;
     let exporting = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .is_ok_and(|endpoint| !endpoint.trim().is_empty());
     let provider = tracer_provider(service, exporting)?;
@@ -87,9 +89,12 @@ pub fn init(service: &str) -> Result<TelemetryGuard, TelemetryError> {
             .boxed()
     };
     tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt_layer)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(fmt_layer.with_filter(log_filter))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(trace_filter),
+        )
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     if exporting {
@@ -99,6 +104,14 @@ pub fn init(service: &str) -> Result<TelemetryGuard, TelemetryError> {
         provider,
         exporting,
     })
+}
+
+fn filter_from(variable: &str, default: &str) -> Result<EnvFilter, TelemetryError> {
+    match std::env::var(variable) {
+        Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(directives)
+            .map_err(|error| TelemetryError::Filter(format!("{variable}: {error}"))),
+        _ => Ok(EnvFilter::new(default)),
+    }
 }
 
 fn tracer_provider(service: &str, exporting: bool) -> Result<SdkTracerProvider, TelemetryError> {

@@ -407,3 +407,66 @@ async fn a_second_copy_of_an_event_on_the_log_is_applied_once() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_database_refuses_is_dead_lettered_alone_and_the_rest_of_its_batch_applies() {
+    let stack = stack();
+    let pool = database_with_table(&stack).await;
+    // A rule the handler does not know about: only the database refuses the case.
+    sqlx::query(
+        "ALTER TABLE opened_cases ADD CONSTRAINT no_case_13 CHECK (case_id <> 'SYN-000013')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let topic = stack.topic("it.data-error", 1).await;
+    let name = unique("data-error");
+    let mut config = config(&name, &topic);
+    config.dlq_topic = stack.topic("it.data-error-dlq", 1).await;
+    // One batch holds all twenty messages, so the refusal fails the whole batch first.
+    config.max_batch_wait = Duration::from_millis(500);
+    let producer = Producer::new(&stack.kafka).unwrap();
+    produce_openings(&producer, &topic, 0..20).await;
+
+    let shutdown = CancellationToken::new();
+    let relay = OutboxRelay::new(pool.clone(), &stack.kafka, RelayConfig::default()).unwrap();
+    let runner = ConsumerRunner::new(
+        config.clone(),
+        stack.kafka.clone(),
+        pool.clone(),
+        RecordOpenings { instance: "only" },
+    )
+    .with_outbox_notify(relay.notifier());
+    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+    let consumer_task = tokio::spawn(runner.run(shutdown.clone()));
+    eventually(
+        Duration::from_secs(60),
+        "the 19 acceptable events applied",
+        || async { rows(&pool).await.0 >= 19 },
+    )
+    .await;
+    let dead = tokio::task::spawn_blocking(move || {
+        stack.read_topic(
+            &config.dlq_topic,
+            1,
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead.len(), 1, "only the refused message is dead-lettered");
+    let reason = dead[0].header("dlq.reason").unwrap_or_default();
+    assert!(
+        reason.contains("refused by the database") && reason.contains("no_case_13"),
+        "{reason}"
+    );
+    assert!(
+        String::from_utf8_lossy(&dead[0].payload).contains("SYN-000013"),
+        "the dead letter is the refused message"
+    );
+    assert_eq!(rows(&pool).await, (19, 19));
+    shutdown.cancel();
+    consumer_task.await.unwrap().unwrap();
+    relay_task.await.unwrap().unwrap();
+}

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use linkwork::demo::DemoOptions;
 use linkwork::settings::Settings;
+use tracing::Instrument;
 
 /// linkwork: social-prescribing referrals from GPs, hospitals, the council and ASC to
 /// community providers, and outcomes back.
@@ -59,11 +60,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let command = match &cli.command {
+        Command::Topics { .. } => "topics",
+        Command::Demo(_) => "demo",
+    };
+    let span = tracing::info_span!("linkwork.command", command);
     let outcome = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(run(cli)),
+        Ok(runtime) => runtime.block_on(run(cli).instrument(span)),
         Err(error) => Err(error.into()),
     };
     // After the runtime is gone: flushing blocks.

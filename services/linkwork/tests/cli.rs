@@ -1,6 +1,9 @@
 //! The `linkwork` binary as users run it, against the local stack.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 fn linkwork() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_linkwork"));
@@ -72,4 +75,105 @@ fn a_missing_broker_setting_is_named_in_the_error() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("LINKWORK_KAFKA_BROKERS"), "{stderr}");
+}
+
+/// One HTTP request as a stand-in OTLP collector received it.
+struct Received {
+    request_line: String,
+    content_type: Option<String>,
+    body: Vec<u8>,
+}
+
+/// Accepts one HTTP request on `listener` within `within`, answers 200, returns it.
+fn receive_one(listener: TcpListener, within: Duration) -> Option<Received> {
+    listener.set_nonblocking(true).ok()?;
+    let deadline = Instant::now() + within;
+    let (stream, _) = loop {
+        match listener.accept() {
+            Ok(connection) => break connection,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => return None,
+        }
+    };
+    stream.set_nonblocking(false).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).ok()?;
+    let mut content_type = None;
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            match name.trim().to_ascii_lowercase().as_str() {
+                "content-type" => content_type = Some(value.trim().to_owned()),
+                "content-length" => length = value.trim().parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    let mut stream = stream;
+    stream
+        .write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+        )
+        .ok()?;
+    Some(Received {
+        request_line: request_line.trim_end().to_owned(),
+        content_type,
+        body,
+    })
+}
+
+#[test]
+fn traces_are_exported_over_otlp_and_flushed_before_the_process_exits() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let collector = std::thread::spawn(move || receive_one(listener, Duration::from_secs(30)));
+
+    let prefix = format!("otlp-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let file = std::env::temp_dir().join(format!("{prefix}.yaml"));
+    std::fs::write(
+        &file,
+        format!("topics:\n  - {{name: {prefix}.events, partitions: 1, retention: 1d, cleanup_policy: delete, key: k, value: v, producers: [], consumers: []}}\n"),
+    )
+    .unwrap();
+    run(linkwork()
+        .args(["topics", "apply", "--file"])
+        .arg(&file)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint));
+
+    // The process has exited: whatever it exported was flushed on the way out.
+    let received = collector
+        .join()
+        .unwrap()
+        .expect("the collector received an export");
+    assert_eq!(received.request_line, "POST /v1/traces HTTP/1.1");
+    assert_eq!(
+        received.content_type.as_deref(),
+        Some("application/x-protobuf")
+    );
+    let contains = |needle: &[u8]| {
+        received
+            .body
+            .windows(needle.len())
+            .any(|window| window == needle)
+    };
+    assert!(
+        contains(b"linkwork.command"),
+        "the command's span was exported"
+    );
+    assert!(
+        contains(b"service.name") && contains(b"linkwork"),
+        "with the service name"
+    );
 }

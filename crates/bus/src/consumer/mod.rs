@@ -59,6 +59,9 @@ pub struct ConsumerConfig {
     pub max_retry_backoff: Duration,
     /// The CloudEvents `source` of dead letters.
     pub source: String,
+    /// How long processed event ids are remembered. Copies of an event sit close
+    /// together in the log (retries, relay restarts), so days are ample.
+    pub dedup_retention: Duration,
 }
 
 impl ConsumerConfig {
@@ -75,6 +78,7 @@ impl ConsumerConfig {
             revoke_deadline: Duration::from_secs(4),
             max_retry_backoff: Duration::from_secs(30),
             source: format!("linkwork/{name}"),
+            dedup_retention: Duration::from_secs(14 * 24 * 3600),
         }
     }
 }
@@ -241,9 +245,9 @@ impl From<linkwork_store::sqlx::Error> for HandlerError {
             return Self::Retryable(Box::new(error));
         }
         let sqlstate_class = match &error {
-            linkwork_store::sqlx::Error::Database(database) => {
-                database.code().map(|code| code[..2].to_owned())
-            }
+            linkwork_store::sqlx::Error::Database(database) => database
+                .code()
+                .and_then(|code| code.get(..2).map(str::to_owned)),
             _ => None,
         };
         match sqlstate_class.as_deref() {
@@ -330,5 +334,23 @@ impl<H: Handler> ConsumerRunner<H> {
         let outcome = processor.run(items_rx, shutdown).await;
         drop(poller);
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_errors_are_classified_without_panicking() {
+        // A pool timeout is transient; a protocol error (no SQLSTATE at all) is fatal.
+        assert!(matches!(
+            HandlerError::from(linkwork_store::sqlx::Error::PoolTimedOut),
+            HandlerError::Retryable(_)
+        ));
+        assert!(matches!(
+            HandlerError::from(linkwork_store::sqlx::Error::Protocol("garbled".into())),
+            HandlerError::Fatal(_)
+        ));
     }
 }

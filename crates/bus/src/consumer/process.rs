@@ -63,6 +63,7 @@ pub(crate) struct Processor<H: Handler> {
     /// Every partition this consumer owns.
     partitions: HashMap<TopicPartition, Owned>,
     batch: Vec<Record>,
+    last_prune: Instant,
 }
 
 /// An owned partition: its stored next offset and where delivery stands.
@@ -91,6 +92,7 @@ impl<H: Handler> Processor<H> {
             stop,
             partitions: HashMap::new(),
             batch: Vec::new(),
+            last_prune: Instant::now(),
         }
     }
 
@@ -121,6 +123,7 @@ impl<H: Handler> Processor<H> {
                 }
                 _ = ticks.tick() => {
                     self.probe_silent_partitions();
+                    self.prune_processed_ids();
                     continue;
                 }
                 item = items.recv() => item,
@@ -255,6 +258,31 @@ impl<H: Handler> Processor<H> {
                     .send(Control::SeekTo(partition.clone(), offset));
             }
         }
+    }
+
+    /// Forgets old processed event ids, hourly, in the background.
+    fn prune_processed_ids(&mut self) {
+        if self.last_prune.elapsed() < Duration::from_secs(3600) {
+            return;
+        }
+        self.last_prune = Instant::now();
+        let pool = self.pool.clone();
+        let consumer = self.config.name.clone();
+        let retention = chrono::Duration::from_std(self.config.dedup_retention)
+            .unwrap_or(chrono::Duration::days(14));
+        tokio::spawn(async move {
+            let pruned = async {
+                let mut connection = pool.acquire().await?;
+                dedup::prune(&mut connection, &consumer, chrono::Utc::now() - retention).await
+            };
+            match pruned.await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(%consumer, deleted, "pruned processed event ids"),
+                Err(error) => {
+                    tracing::warn!(%consumer, %error, "pruning processed event ids failed")
+                }
+            }
+        });
     }
 
     /// Applies the batch in hand. `Ok(Err(Abandoned))` means shutdown interrupted the
