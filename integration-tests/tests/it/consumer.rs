@@ -470,3 +470,45 @@ async fn a_message_the_database_refuses_is_dead_lettered_alone_and_the_rest_of_i
     consumer_task.await.unwrap().unwrap();
     relay_task.await.unwrap().unwrap();
 }
+
+/// A stored position the log no longer holds means the log and the read models have
+/// parted ways (a recreated topic, a broker that lost data): the consumer must stop
+/// and say so, not reset and silently skip or re-apply. librdkafka's mock cluster
+/// stands in for Kafka here because Tansu answers such fetches with silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_offset_beyond_the_end_of_the_log_stops_the_consumer_with_a_clear_error() {
+    let stack = stack();
+    let pool = database_with_table(&stack).await;
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let topic = unique("it.recreated");
+    cluster.create_topic(&topic, 1, 1).unwrap();
+    let kafka = linkwork_bus::KafkaSettings::new(cluster.bootstrap_servers());
+    let producer = Producer::new(&kafka).unwrap();
+    produce_openings(&producer, &topic, 0..5).await;
+    let config = config(&unique("recreated"), &topic);
+    // The read models say 50 events were applied; the log holds 5.
+    sqlx::query("INSERT INTO consumer_offsets (consumer, topic, partition, next_offset) VALUES ($1, $2, 0, 50)")
+        .bind(&config.name)
+        .bind(&topic)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let runner = ConsumerRunner::new(
+        config,
+        kafka,
+        pool.clone(),
+        RecordOpenings { instance: "only" },
+    );
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        runner.run(CancellationToken::new()),
+    )
+    .await
+    .expect("the consumer stops by itself");
+    let error = outcome
+        .expect_err("the consumer refuses to go on")
+        .to_string();
+    assert!(error.contains("outside the log"), "{error}");
+    assert_eq!(rows(&pool).await, (0, 0), "nothing was applied");
+}

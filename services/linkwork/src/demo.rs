@@ -145,7 +145,7 @@ pub async fn run(
     if other_runs > 0 {
         println!(
             "   note: the call log also holds {other_runs} cases from runs with other seeds (the read model is the whole log);\n         \
-             to start afresh: make stop && rm -rf .local && dropdb linkwork_demo"
+             to start afresh: make stop, then make demo (a new broker starts a new database)"
         );
     }
 

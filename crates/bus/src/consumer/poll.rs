@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use linkwork_store::sqlx::PgPool;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
@@ -44,6 +44,8 @@ pub(crate) enum Item {
         partition: TopicPartition,
         offset: i64,
         recovery: bool,
+        /// The seek landed at the first offset the log still holds.
+        at_log_start: bool,
     },
     /// The partitions were resumed after a pause: fetching restarts at their position.
     Resumed(Vec<TopicPartition>),
@@ -106,7 +108,12 @@ pub(crate) struct PollContext {
     runtime: Handle,
     revoke_deadline: Duration,
     topic_names: Mutex<HashMap<String, Arc<str>>>,
+    /// Positions prepared before an assignment, applied after it.
+    assigning: Mutex<Option<PreparedAssignment>>,
 }
+
+/// The explicit positions of an assignment and the stored offsets they came from.
+type PreparedAssignment = (TopicPartitionList, Vec<(TopicPartition, i64)>);
 
 impl PollContext {
     fn intern(&self, topic: &str) -> Arc<str> {
@@ -153,8 +160,12 @@ impl PollContext {
         ))
     }
 
-    /// Re-assigns the new partitions at the offsets stored in Postgres.
-    fn seek_to_stored(&self, consumer: &BaseConsumer<Self>, assignment: &TopicPartitionList) {
+    /// Before librdkafka's own assignment: loads the stored offsets of the new
+    /// partitions and commits them to Kafka, so that the assignment (which starts at
+    /// committed offsets) starts where Postgres says. A partition with nothing applied
+    /// yet is committed at the log's current start. Without this, a new group would
+    /// have no committed offsets, which `auto.offset.reset=error` rightly refuses.
+    fn prepare_assignment(&self, consumer: &BaseConsumer<Self>, assignment: &TopicPartitionList) {
         let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
         for element in assignment.elements() {
             by_topic
@@ -162,8 +173,8 @@ impl PollContext {
                 .or_default()
                 .push(element.partition());
         }
-        let mut positioned = TopicPartitionList::new();
-        let mut assigned = Vec::new();
+        let mut stored = Vec::new();
+        let mut committed = TopicPartitionList::new();
         for (topic, partitions) in by_topic {
             let offsets = match self.load_offsets(&topic, &partitions) {
                 Ok(offsets) => offsets,
@@ -175,25 +186,68 @@ impl PollContext {
             let name = self.intern(&topic);
             for partition in partitions {
                 let offset = offsets.get(&partition).copied().unwrap_or(0);
+                // Nothing applied yet: start wherever the log now starts (retention may
+                // have removed its first offsets). Any other stored offset must exist.
+                let start = if offset == 0 {
+                    match consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10)) {
+                        Ok((low, _)) => low,
+                        Err(error) => {
+                            self.shared.push(Item::Failed(format!(
+                                "could not find where {topic}/{partition} starts: {error}"
+                            )));
+                            return;
+                        }
+                    }
+                } else {
+                    offset
+                };
                 if let Err(error) =
-                    positioned.add_partition_offset(&topic, partition, Offset::Offset(offset))
+                    committed.add_partition_offset(&topic, partition, Offset::Offset(start))
                 {
                     self.shared.push(Item::Failed(format!(
                         "bad offset for {topic}/{partition}: {error}"
                     )));
                     return;
                 }
-                assigned.push(((name.clone(), partition), offset));
+                stored.push(((name.clone(), partition), start));
             }
         }
-        if let Err(error) = consumer.assign(&positioned) {
+        let mut attempt = 0;
+        while let Err(error) = consumer.commit(&committed, CommitMode::Sync) {
+            attempt += 1;
+            if attempt == 3 {
+                self.shared.push(Item::Failed(format!(
+                    "could not commit the stored offsets before assignment: {error}"
+                )));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        *self
+            .assigning
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((committed, stored));
+    }
+
+    /// After librdkafka's assignment: assigns again at the explicit stored positions
+    /// (authoritative, whatever Kafka's committed offsets say) and tells processing.
+    fn finish_assignment(&self, consumer: &BaseConsumer<Self>) {
+        let prepared = self
+            .assigning
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some((positions, stored)) = prepared else {
+            return; // preparing failed and said why
+        };
+        if let Err(error) = consumer.assign(&positions) {
             self.shared.push(Item::Failed(format!(
                 "could not assign at stored offsets: {error}"
             )));
             return;
         }
-        tracing::info!(consumer = %self.consumer_name, partitions = assigned.len(), "partitions assigned at stored offsets");
-        self.shared.push(Item::Assigned(assigned));
+        tracing::info!(consumer = %self.consumer_name, partitions = stored.len(), "partitions assigned at stored offsets");
+        self.shared.push(Item::Assigned(stored));
         self.shared.flush();
     }
 
@@ -238,15 +292,17 @@ impl PollContext {
 impl ClientContext for PollContext {}
 
 impl ConsumerContext for PollContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(revoked) = rebalance {
-            self.drain_before_revoke(revoked);
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(revoked) => self.drain_before_revoke(revoked),
+            Rebalance::Assign(assignment) => self.prepare_assignment(consumer, assignment),
+            Rebalance::Error(_) => {}
         }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(assignment) => self.seek_to_stored(consumer, assignment),
+            Rebalance::Assign(_) => self.finish_assignment(consumer),
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => {
                 tracing::warn!(consumer = %self.consumer_name, %error, "rebalance error")
@@ -293,6 +349,7 @@ pub(crate) fn spawn(
         runtime,
         revoke_deadline: config.revoke_deadline,
         topic_names: Mutex::new(HashMap::new()),
+        assigning: Mutex::new(None),
     };
     let session_ms = config.session_timeout.as_millis();
     let mut client_config = kafka.client_config();
@@ -302,7 +359,10 @@ pub(crate) fn spawn(
         // Offsets are ours (Postgres); Kafka's copy is written only for lag monitoring.
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+        // A stored position the log no longer holds (a recreated topic, a broker that
+        // lost data, unread events removed by retention) stops the consumer: resetting
+        // would skip or re-apply events silently.
+        .set("auto.offset.reset", "error")
         .set("session.timeout.ms", session_ms.to_string())
         .set(
             "heartbeat.interval.ms",
@@ -310,8 +370,7 @@ pub(crate) fn spawn(
         )
         .set("enable.partition.eof", "false")
         // Bound what librdkafka prefetches: memory stays flat however far behind we are.
-        .set("queued.max.messages.kbytes", "16384")
-        .set("fetch.wait.max.ms", "20");
+        .set("queued.max.messages.kbytes", "16384");
     let consumer: BaseConsumer<PollContext> = client_config.create_with_context(context)?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
@@ -379,6 +438,15 @@ fn poll_loop(
                 shared.push(Item::Record(record));
             }
             Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(KafkaError::MessageConsumption(
+                code @ (RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange),
+            ))) => {
+                shared.push(Item::Failed(format!(
+                    "a stored offset is outside the log ({code}): the topic was recreated, the broker \
+                     lost data, or retention removed events not yet applied; find out which before \
+                     rebuilding the read models"
+                )));
+            }
             Some(Err(error)) => {
                 tracing::warn!(consumer = %context.consumer_name, %error, "kafka consumer error")
             }
@@ -426,28 +494,31 @@ fn set_paused(consumer: &BaseConsumer<PollContext>, paused: bool) -> Vec<(String
 fn seek_to(consumer: &BaseConsumer<PollContext>, partition: TopicPartition, offset: i64) {
     let context = consumer.context();
     let (topic, number) = (&partition.0, partition.1);
-    match consumer.seek(
+    // Never seek below what the log still holds: that would be out of range.
+    let low = match consumer.fetch_watermarks(topic, number, Duration::from_secs(10)) {
+        Ok((low, _high)) => low,
+        Err(error) => {
+            tracing::warn!(%error, %topic, partition = number, "watermarks unavailable; seeking as asked");
+            0
+        }
+    };
+    let target = offset.max(low);
+    if let Err(error) = consumer.seek(
         topic,
         number,
-        Offset::Offset(offset),
+        Offset::Offset(target),
         Duration::from_secs(10),
     ) {
-        Ok(()) => context.shared.push(Item::Seeked {
-            partition,
-            offset,
-            recovery: true,
-        }),
-        Err(error) => {
-            // Either the partition was revoked (its marker follows) or the seek failed:
-            // then delivery goes on from the old position and the tracker asks again.
-            tracing::warn!(%error, %topic, partition = number, offset, "recovery seek failed");
-            context.shared.push(Item::Seeked {
-                partition,
-                offset,
-                recovery: true,
-            });
-        }
+        // Either the partition was revoked (its marker follows) or the seek failed:
+        // then delivery goes on from the old position and the tracker asks again.
+        tracing::warn!(%error, %topic, partition = number, offset = target, "recovery seek failed");
     }
+    context.shared.push(Item::Seeked {
+        partition,
+        offset: target,
+        recovery: true,
+        at_log_start: target == low,
+    });
 }
 
 fn commit(consumer: &BaseConsumer<PollContext>, offsets: &[(TopicPartition, i64)]) {
@@ -504,6 +575,7 @@ fn reseek(consumer: &BaseConsumer<PollContext>, partitions: &[TopicPartition]) {
                 partition: (topic.clone(), partition),
                 offset,
                 recovery: false,
+                at_log_start: false,
             });
         }
     }

@@ -12,8 +12,8 @@
 //! or nothing arrives for a while, the tracker repositions earlier (`n-1`, then
 //! `n-16`, `n-256`, ...) until delivery crosses `n` continuously: a record below `n`
 //! followed by `n` (all well) or by a later offset (a real gap, accepted). From the
-//! start of the partition every jump is real. This module is pure; the processing
-//! task feeds it records, markers and clock ticks and carries out its seeks.
+//! start of the log every jump is real. This module is pure; the processing task
+//! feeds it records, markers and clock ticks and carries out its seeks.
 
 use std::time::{Duration, Instant};
 
@@ -44,11 +44,17 @@ enum State {
     /// A recovery seek is on its way; records until it lands are stale.
     Seeking { back: i64 },
     /// Positioned `back` before `next`, waiting for delivery to cross `next`.
-    Recovering {
-        back: i64,
-        saw_below: bool,
-        since: Instant,
-    },
+    Recovering(Recovery),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Recovery {
+    back: i64,
+    /// A record below `next` arrived: delivery is continuous up to `next`.
+    saw_below: bool,
+    /// The seek landed at the start of the log: nothing precedes it to miss.
+    from_start: bool,
+    since: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -78,14 +84,16 @@ impl Tracker {
         }
     }
 
-    /// A recovery seek requested earlier took effect.
-    pub(crate) fn seek_landed(&mut self, now: Instant) {
+    /// A recovery seek took effect at `offset`, which may be later than asked when the
+    /// log starts later (`at_log_start`).
+    pub(crate) fn seek_landed(&mut self, offset: i64, at_log_start: bool, now: Instant) {
         if let State::Seeking { back } = self.state {
-            self.state = State::Recovering {
-                back,
+            self.state = State::Recovering(Recovery {
+                back: back.min(self.next - offset).max(0),
                 saw_below: false,
+                from_start: at_log_start || offset == 0,
                 since: now,
-            };
+            });
         }
     }
 
@@ -105,11 +113,12 @@ impl Tracker {
             State::Fresh { .. } => {
                 if offset < self.next {
                     // Delivery from before our position: it will cross it continuously.
-                    self.state = State::Recovering {
+                    self.state = State::Recovering(Recovery {
                         back: 0,
                         saw_below: true,
+                        from_start: false,
                         since: now,
-                    };
+                    });
                     Verdict::Drop
                 } else if offset == self.next {
                     self.next += 1;
@@ -123,25 +132,23 @@ impl Tracker {
                     self.reposition(1)
                 }
             }
-            State::Recovering {
-                back, saw_below, ..
-            } => {
+            State::Recovering(recovery) => {
                 if offset < self.next {
-                    self.state = State::Recovering {
-                        back,
+                    self.state = State::Recovering(Recovery {
                         saw_below: true,
                         since: now,
-                    };
+                        ..recovery
+                    });
                     Verdict::Drop
                 } else if offset == self.next {
                     self.next += 1;
                     self.state = State::Flowing;
                     Verdict::Accept
-                } else if saw_below || self.next - back <= 0 {
-                    // Delivered continuously across `next` (or from the very start).
+                } else if recovery.saw_below || recovery.from_start {
+                    // Delivered continuously across `next`, or from the start of the log.
                     self.accept_gap(offset)
                 } else {
-                    self.reposition(back.saturating_mul(16))
+                    self.reposition(recovery.back.max(1).saturating_mul(16))
                 }
             }
         }
@@ -155,28 +162,25 @@ impl Tracker {
                     self.state = State::Flowing; // nothing before the start to miss
                     None
                 } else {
-                    match self.reposition(1) {
-                        Verdict::Reposition(offset) => Some(offset),
-                        _ => None,
-                    }
+                    self.reposition_offset(1)
                 }
             }
-            State::Recovering {
-                back,
-                saw_below,
-                since,
-            } if now.duration_since(since) >= SILENCE => {
-                if saw_below || self.next - back <= 0 {
+            State::Recovering(recovery) if now.duration_since(recovery.since) >= SILENCE => {
+                if recovery.saw_below || recovery.from_start {
                     // Delivery reached the end of the partition at or below `next`.
                     self.state = State::Flowing;
                     None
                 } else {
-                    match self.reposition(back.saturating_mul(16)) {
-                        Verdict::Reposition(offset) => Some(offset),
-                        _ => None,
-                    }
+                    self.reposition_offset(recovery.back.max(1).saturating_mul(16))
                 }
             }
+            _ => None,
+        }
+    }
+
+    fn reposition_offset(&mut self, back: i64) -> Option<i64> {
+        match self.reposition(back) {
+            Verdict::Reposition(offset) => Some(offset),
             _ => None,
         }
     }
@@ -240,10 +244,10 @@ mod tests {
             Verdict::Drop,
             "stale until the seek lands"
         );
-        tracker.seek_landed(now);
+        tracker.seek_landed(1012, false, now);
         // 1012 is in the same stored batch, so the broker skips again: go further back.
         assert_eq!(tracker.record(1028, now), Verdict::Reposition(1013 - 16));
-        tracker.seek_landed(now);
+        tracker.seek_landed(1013 - 16, false, now);
         // Now delivery starts in the previous batch and crosses 1013.
         assert_eq!(tracker.record(1000, now), Verdict::Drop);
         assert_eq!(tracker.record(1012, now), Verdict::Drop);
@@ -256,7 +260,7 @@ mod tests {
         let now = Instant::now();
         let mut tracker = Tracker::positioned(50, now);
         assert_eq!(tracker.record(60, now), Verdict::Reposition(49));
-        tracker.seek_landed(now);
+        tracker.seek_landed(49, false, now);
         assert_eq!(tracker.record(49, now), Verdict::Drop);
         assert_eq!(
             tracker.record(60, now),
@@ -269,16 +273,33 @@ mod tests {
         let now = Instant::now();
         let mut tracker = Tracker::positioned(3, now);
         assert_eq!(tracker.record(9, now), Verdict::Reposition(2));
-        tracker.seek_landed(now);
+        tracker.seek_landed(2, false, now);
         assert_eq!(
             tracker.record(9, now),
             Verdict::Reposition(0),
             "back is capped at the start"
         );
-        tracker.seek_landed(now);
+        tracker.seek_landed(0, false, now);
         assert_eq!(
             tracker.record(9, now),
             Verdict::AcceptAfterGap { from: 3, to: 9 }
+        );
+    }
+
+    #[test]
+    fn a_seek_clamped_to_the_start_of_a_trimmed_log_makes_a_jump_real() {
+        // Retention removed offsets below 500; a seek back to 484 lands at 500.
+        let now = Instant::now();
+        let mut tracker = Tracker::positioned(600, now);
+        assert_eq!(tracker.record(700, now), Verdict::Reposition(599));
+        tracker.seek_landed(599, false, now);
+        assert_eq!(tracker.record(700, now), Verdict::Reposition(584));
+        tracker.seek_landed(584, false, now);
+        assert_eq!(tracker.record(700, now), Verdict::Reposition(600 - 256));
+        tracker.seek_landed(500, true, now);
+        assert_eq!(
+            tracker.record(700, now),
+            Verdict::AcceptAfterGap { from: 600, to: 700 }
         );
     }
 
@@ -298,10 +319,10 @@ mod tests {
             None,
             "no second seek while one is pending"
         );
-        tracker.seek_landed(later(now, 1500));
+        tracker.seek_landed(2320, false, later(now, 1500));
         // Still silent from 2320: go further back.
         assert_eq!(tracker.tick(later(now, 2600)), Some(2321 - 16));
-        tracker.seek_landed(later(now, 2600));
+        tracker.seek_landed(2321 - 16, false, later(now, 2600));
         assert_eq!(tracker.record(2305, later(now, 2700)), Verdict::Drop);
         assert_eq!(tracker.record(2321, later(now, 2700)), Verdict::Accept);
     }
@@ -311,7 +332,7 @@ mod tests {
         let now = Instant::now();
         let mut tracker = Tracker::positioned(40, now);
         assert_eq!(tracker.tick(later(now, 1000)), Some(39));
-        tracker.seek_landed(later(now, 1000));
+        tracker.seek_landed(39, false, later(now, 1000));
         assert_eq!(tracker.record(39, later(now, 1100)), Verdict::Drop);
         assert_eq!(tracker.tick(later(now, 2200)), None);
         // Flowing now: the next record continues the sequence.

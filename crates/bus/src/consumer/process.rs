@@ -64,6 +64,11 @@ pub(crate) struct Processor<H: Handler> {
     partitions: HashMap<TopicPartition, Owned>,
     batch: Vec<Record>,
     last_prune: Instant,
+    /// Offsets committed to Postgres but not yet reported to Kafka. Kafka's copy only
+    /// shows lag, so it is sent at most once a second: each commit is a write at the
+    /// group coordinator, and a busy consumer would otherwise make hundreds a second.
+    unreported: HashMap<TopicPartition, i64>,
+    last_report: Instant,
 }
 
 /// An owned partition: its stored next offset and where delivery stands.
@@ -93,6 +98,8 @@ impl<H: Handler> Processor<H> {
             partitions: HashMap::new(),
             batch: Vec::new(),
             last_prune: Instant::now(),
+            unreported: HashMap::new(),
+            last_report: Instant::now(),
         }
     }
 
@@ -124,6 +131,7 @@ impl<H: Handler> Processor<H> {
                 _ = ticks.tick() => {
                     self.probe_silent_partitions();
                     self.prune_processed_ids();
+                    self.report_offsets(false);
                     continue;
                 }
                 item = items.recv() => item,
@@ -170,6 +178,7 @@ impl<H: Handler> Processor<H> {
                     if self.flush(&shutdown).await?.is_err() {
                         return Ok(());
                     }
+                    self.report_offsets(true);
                     for partition in &partitions {
                         self.partitions.remove(partition);
                     }
@@ -179,10 +188,13 @@ impl<H: Handler> Processor<H> {
                     partition,
                     offset,
                     recovery,
+                    at_log_start,
                 }) => {
                     if let Some(owned) = self.partitions.get_mut(&partition) {
                         if recovery {
-                            owned.tracker.seek_landed(Instant::now());
+                            owned
+                                .tracker
+                                .seek_landed(offset, at_log_start, Instant::now());
                         } else {
                             owned.stored = offset;
                             owned.tracker = Tracker::positioned(offset, Instant::now());
@@ -242,6 +254,19 @@ impl<H: Handler> Processor<H> {
         }
         self.batch.push(record);
         true
+    }
+
+    /// Reports committed offsets to Kafka (for lag monitoring), at most once a second
+    /// unless `now`.
+    fn report_offsets(&mut self, now: bool) {
+        if self.unreported.is_empty()
+            || (!now && self.last_report.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_report = Instant::now();
+        let offsets: Vec<(TopicPartition, i64)> = self.unreported.drain().collect();
+        let _ = self.control.send(Control::Commit(offsets));
     }
 
     /// Partitions positioned but silent may sit inside a batch the broker will not
@@ -516,13 +541,13 @@ impl<H: Handler> Processor<H> {
         offsets::advance(&mut transaction, &self.config.name, &advances).await?;
         transaction.commit().await?;
 
-        let committed: Vec<(TopicPartition, i64)> = ends.into_iter().collect();
-        for (partition, next) in &committed {
-            if let Some(owned) = self.partitions.get_mut(partition) {
-                owned.stored = *next;
+        for (partition, next) in ends {
+            if let Some(owned) = self.partitions.get_mut(&partition) {
+                owned.stored = next;
             }
+            self.unreported.insert(partition, next);
         }
-        let _ = self.control.send(Control::Commit(committed));
+        self.report_offsets(false);
         if !messages.is_empty() {
             if let Some(notify) = &self.outbox_notify {
                 notify.notify_one();
