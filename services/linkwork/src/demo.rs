@@ -113,6 +113,7 @@ pub async fn run(
         tokio::select! {
             outcome = &mut consumer_task => bail!("the consumer stopped: {:?}", outcome),
             outcome = &mut relay_task => bail!("the outbox relay stopped: {:?}", outcome),
+            () = shutdown.cancelled() => bail!("interrupted while waiting for the consumer"),
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
@@ -150,7 +151,10 @@ pub async fn run(
     }
 
     println!("\nWhere to look");
-    println!("   Postgres: psql \"$LINKWORK_DATABASE_URL\" -c 'SELECT * FROM asc_cases ORDER BY opened_at LIMIT 20'");
+    let database_url = settings.database_url_for_display().unwrap_or_default();
+    println!(
+        "   Postgres: psql {database_url} -c 'SELECT * FROM asc_cases ORDER BY opened_at LIMIT 20'"
+    );
     println!(
         "   Kafka:    topic {ASC_CALL_LOG} on {}",
         settings.kafka.brokers
