@@ -29,7 +29,7 @@ lint: sqlx-check ## formatting, clippy with warnings as errors, sqlx offline dat
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-broker: ## start the local broker in the background (SQLite storage under .local/)
+broker: ## start the local broker in the background (pid and log under .local/)
 	@scripts/stack broker
 
 stop: ## stop the broker started by `make broker`

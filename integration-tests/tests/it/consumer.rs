@@ -107,6 +107,27 @@ fn config(name: &str, topic: &str) -> ConsumerConfig {
     config
 }
 
+type Task = tokio::task::JoinHandle<Result<(), linkwork_bus::BusError>>;
+
+/// A consumer recording openings, and an outbox relay publishing its dead letters.
+fn start_with_relay(
+    stack: &Stack,
+    config: &ConsumerConfig,
+    pool: &PgPool,
+    shutdown: CancellationToken,
+) -> (Task, Task) {
+    let relay = OutboxRelay::new(pool.clone(), &stack.kafka, RelayConfig::default()).unwrap();
+    let runner = ConsumerRunner::new(
+        config.clone(),
+        stack.kafka.clone(),
+        pool.clone(),
+        RecordOpenings { instance: "only" },
+    )
+    .with_outbox_notify(relay.notifier());
+    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+    (tokio::spawn(runner.run(shutdown)), relay_task)
+}
+
 fn start(
     stack: &Stack,
     config: &ConsumerConfig,
@@ -304,17 +325,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_with_their_reason_and_the_c
     }
 
     let shutdown = CancellationToken::new();
-    let relay = OutboxRelay::new(pool.clone(), &stack.kafka, RelayConfig::default()).unwrap();
-    let notify = relay.notifier();
-    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
-    let runner = ConsumerRunner::new(
-        config.clone(),
-        stack.kafka.clone(),
-        pool.clone(),
-        RecordOpenings { instance: "only" },
-    )
-    .with_outbox_notify(notify);
-    let consumer_task = tokio::spawn(runner.run(shutdown.clone()));
+    let (consumer_task, relay_task) = start_with_relay(&stack, &config, &pool, shutdown.clone());
 
     eventually(
         Duration::from_secs(60),
@@ -429,16 +440,7 @@ async fn a_message_the_database_refuses_is_dead_lettered_alone_and_the_rest_of_i
     produce_openings(&producer, &topic, 0..20).await;
 
     let shutdown = CancellationToken::new();
-    let relay = OutboxRelay::new(pool.clone(), &stack.kafka, RelayConfig::default()).unwrap();
-    let runner = ConsumerRunner::new(
-        config.clone(),
-        stack.kafka.clone(),
-        pool.clone(),
-        RecordOpenings { instance: "only" },
-    )
-    .with_outbox_notify(relay.notifier());
-    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
-    let consumer_task = tokio::spawn(runner.run(shutdown.clone()));
+    let (consumer_task, relay_task) = start_with_relay(&stack, &config, &pool, shutdown.clone());
     eventually(
         Duration::from_secs(60),
         "the 19 acceptable events applied",
