@@ -14,6 +14,7 @@ use crate::ids::{Actor, AscCaseId, ProviderId, ReferralId, Source};
 use crate::need::Need;
 use crate::nhs_number::NhsNumber;
 use crate::outcome::{OutcomeMeasure, Timepoint};
+use crate::postcode::Postcode;
 use crate::{DecodeError, DomainEvent};
 
 /// A FHIR Identifier reduced to what linkwork uses.
@@ -44,9 +45,8 @@ pub struct Subject {
     pub name: Option<PersonName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub birth_date: Option<NaiveDate>,
-    /// Full postcode, upper case with a single space (`LS1 4AP`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub postcode: Option<String>,
+    pub postcode: Option<Postcode>,
     /// Preferred language (BCP 47 tag, e.g. `en`, `pa`, `ur`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
@@ -83,9 +83,13 @@ pub struct ReferralReceived {
     /// SHA-256 (hex) of the canonical form of the referral as received; a resubmission
     /// with the same id but a different hash is a conflict, not a duplicate.
     pub content_hash: String,
-    /// The FHIR ServiceRequest as received, with contained or bundled Patient resolved,
-    /// for the provider's bundle.
+    /// The FHIR ServiceRequest as received (its id set to the referral id), for the
+    /// provider's bundle.
     pub service_request: serde_json::Value,
+    /// The Patient the ServiceRequest's subject resolved to (contained or in the same
+    /// Bundle), when one was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<serde_json::Value>,
     pub occurred_at: DateTime<Utc>,
 }
 

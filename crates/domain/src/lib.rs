@@ -8,6 +8,7 @@ pub mod ids;
 pub mod need;
 pub mod nhs_number;
 pub mod outcome;
+pub mod postcode;
 pub mod referral;
 pub mod schema;
 
@@ -17,6 +18,7 @@ pub use ids::{Actor, AscCaseId, EventId, ProviderId, ReferralId, Source, SourceK
 pub use need::Need;
 pub use nhs_number::{NhsNumber, NhsNumberError};
 pub use outcome::{Instrument, OutcomeMeasure, Timepoint};
+pub use postcode::Postcode;
 
 /// An event type family that travels on one topic: its CloudEvents types, its body
 /// codec and its Kafka key.

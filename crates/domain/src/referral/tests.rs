@@ -36,7 +36,7 @@ fn received(hash: &str) -> ReferralReceived {
             nhs_number: Some(NhsNumber::parse("9990000018").unwrap()),
             name: None,
             birth_date: None,
-            postcode: Some("LS1 4AP".into()),
+            postcode: Some(crate::Postcode::parse("LS1 4AP").unwrap()),
             language: None,
         },
         needs: vec![Need::Loneliness],
@@ -46,6 +46,7 @@ fn received(hash: &str) -> ReferralReceived {
         asc_case_id: None,
         content_hash: hash.into(),
         service_request: serde_json::json!({"resourceType": "ServiceRequest"}),
+        patient: None,
         occurred_at: at(0),
     }
 }

@@ -1,0 +1,94 @@
+//! Test support: where the shared conformance corpus is, and synthetic referrals.
+//!
+//! All people here are invented; NHS numbers come from the 999 range, which the NHS
+//! never issues, and pass the Modulus 11 check.
+
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+/// The conformance corpus (`../shared/conformance/` beside the checkout). Set
+/// `LINKWORK_CONFORMANCE_DIR` to use another copy.
+pub fn conformance_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LINKWORK_CONFORMANCE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let candidates = [
+        workspace.join("../shared/conformance"),
+        PathBuf::from("/work/shared/conformance"),
+    ];
+    candidates
+        .iter()
+        .find(|candidate| candidate.join("README.md").is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "the conformance corpus was not found (looked in {candidates:?}); set LINKWORK_CONFORMANCE_DIR"
+            )
+        })
+}
+
+/// A file of the corpus, parsed.
+pub fn conformance(relative: &str) -> Value {
+    let path = conformance_dir().join(relative);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+/// Every file of a corpus folder: (file name, raw bytes).
+pub fn conformance_files(folder: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = conformance_dir().join(folder);
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|error| panic!("{}: {error}", dir.display()))
+        .map(|entry| {
+            let path = entry.expect("directory entry").path();
+            let name = path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let bytes =
+                std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+            (name, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Valid synthetic NHS numbers (999 range, Modulus 11).
+pub const NHS_NUMBERS: [&str; 6] = [
+    "9990000018",
+    "9990000026",
+    "9990000034",
+    "9990000042",
+    "9990000050",
+    "9990000069",
+];
+
+/// A valid GP referral for social isolation: the person is an invented Patient,
+/// contained, with a synthetic NHS number. `reference` is the GP's own identifier.
+pub fn gp_referral(reference: &str) -> Value {
+    json!({
+        "resourceType": "ServiceRequest",
+        "identifier": [{"system": "https://gp.example/referrals", "value": reference}],
+        "contained": [{
+            "resourceType": "Patient",
+            "id": "patient",
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": NHS_NUMBERS[0]}],
+            "name": [{"family": "Brightwater", "given": ["Ada"]}],
+            "birthDate": "1941-05-06",
+            "address": [{"line": ["1 Invented Row"], "city": "Townley", "postalCode": "LS1 4AP"}]
+        }],
+        "status": "active",
+        "intent": "order",
+        "priority": "routine",
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "871731000000106",
+                             "display": "Referral to social prescribing service"}]},
+        "reasonCode": [{"coding": [{"system": "http://snomed.info/sct", "code": "422650009", "display": "Social isolation"}]}],
+        "subject": {"reference": "#patient"},
+        "authoredOn": "2026-03-01T10:00:00Z",
+        "requester": {"display": "Dr Example, Townley Surgery"}
+    })
+}
