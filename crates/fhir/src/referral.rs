@@ -496,7 +496,7 @@ fn subject<'a>(
             Some((target, _)) => {
                 issues.push(
                     Issue::error(
-                        IssueCode::Invalid,
+                        IssueCode::Value,
                         format!(
                             "the subject must be a Patient, not {}",
                             crate::parse::resource_type(target).unwrap_or("an untyped resource")
@@ -510,7 +510,7 @@ fn subject<'a>(
             None => {
                 issues.push(
                     Issue::error(
-                        IssueCode::Invalid,
+                        IssueCode::Value,
                         format!(
                             "the subject reference {reference:?} cannot be resolved: include the Patient in the \
                              Bundle or as a contained resource, or identify them with subject.identifier (NHS number)"
@@ -757,6 +757,11 @@ fn canonical(value: &Value, top_level: bool) -> String {
 
 pub(crate) fn text<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
     value.get(key).and_then(Value::as_str)
+}
+
+/// A string element of a resource.
+pub fn text_of<'a>(resource: &'a Value, element: &str) -> Option<&'a str> {
+    text(resource, element)
 }
 
 pub(crate) fn array<'a>(value: &'a Value, key: &str) -> impl Iterator<Item = (usize, &'a Value)> {

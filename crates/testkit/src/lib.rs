@@ -92,3 +92,40 @@ pub fn gp_referral(reference: &str) -> Value {
         "requester": {"display": "Dr Example, Townley Surgery"}
     })
 }
+
+/// A BaRS `servicerequest-request` message carrying a referral like [`gp_referral`],
+/// with the Patient as a separate entry referenced by `urn:uuid:`. `reason` is `new`
+/// or `update`; `status` is the ServiceRequest's (`active`, `revoked`, ...).
+pub fn bars_message(reference: &str, reason: &str, status: &str) -> Value {
+    let mut request = gp_referral(reference);
+    let patient = request["contained"][0].clone();
+    if let Some(fields) = request.as_object_mut() {
+        fields.remove("contained");
+        fields.insert(
+            "subject".into(),
+            json!({"reference": "urn:uuid:9e5c6d43-0d6c-4bf5-9d0a-7c1a3a1f0a01"}),
+        );
+        fields.insert("intent".into(), json!("plan"));
+        fields.insert("status".into(), json!(status));
+    }
+    json!({
+        "resourceType": "Bundle",
+        "id": "6f0f8a41-3b3e-4d1e-8f77-2b7f7b2c1a10",
+        "meta": {"lastUpdated": "2026-03-01T10:00:00+00:00",
+                 "profile": ["https://fhir.nhs.uk/StructureDefinition/BARSBundleMessage"]},
+        "type": "message",
+        "timestamp": "2026-03-01T10:00:00+00:00",
+        "entry": [
+            {"fullUrl": "urn:uuid:0c1f4f1e-5b2a-4b1c-9d55-3c9b8e0a7d01", "resource": {
+                "resourceType": "MessageHeader",
+                "eventCoding": {"system": "https://fhir.nhs.uk/CodeSystem/message-events-bars", "code": "servicerequest-request"},
+                "destination": [{"endpoint": "https://linkwork.example/fhir/Id/service|router"}],
+                "source": {"name": "Townley Surgery", "endpoint": "https://gp.example/bars"},
+                "reason": {"coding": [{"system": "https://fhir.nhs.uk/CodeSystem/message-reason-bars", "code": reason}]},
+                "focus": [{"reference": "urn:uuid:4b2d7e6a-1f3c-4e5d-8a9b-0c1d2e3f4a5b"}]
+            }},
+            {"fullUrl": "urn:uuid:4b2d7e6a-1f3c-4e5d-8a9b-0c1d2e3f4a5b", "resource": request},
+            {"fullUrl": "urn:uuid:9e5c6d43-0d6c-4bf5-9d0a-7c1a3a1f0a01", "resource": patient}
+        ]
+    })
+}

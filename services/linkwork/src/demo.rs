@@ -33,7 +33,7 @@ pub async fn run(
     let started = Instant::now();
     println!("linkwork demo: a synthetic borough's ASC call log, through Kafka, into Postgres\n");
 
-    println!("1. Topics ({})", settings.kafka.brokers);
+    println!("1. Topics ({})", settings.kafka()?.brokers);
     let report = crate::topics_command::apply(settings, None, &[]).await?;
     for line in report.lines() {
         println!("   {line}");
@@ -48,12 +48,12 @@ pub async fn run(
     println!("\n2. Database ready (migrations applied)");
 
     let work = shutdown.child_token();
-    let relay = OutboxRelay::new(pool.clone(), &settings.kafka, RelayConfig::default())?;
+    let relay = OutboxRelay::new(pool.clone(), settings.kafka()?, RelayConfig::default())?;
     let notify = relay.notifier();
     let mut relay_task = tokio::spawn(relay.run(work.clone()));
     let runner = ConsumerRunner::new(
         ConsumerConfig::new(consumers::METRICS, &[ASC_CALL_LOG]),
-        settings.kafka.clone(),
+        settings.kafka()?.clone(),
         pool.clone(),
         CallLogProjection,
     )
@@ -69,7 +69,7 @@ pub async fn run(
         log.baseline.date_naive(),
         log.end.date_naive()
     );
-    let producer = Producer::new(&settings.kafka)?;
+    let producer = Producer::new(settings.kafka()?)?;
     let progress = ProgressBar::new(log.events.len() as u64).with_style(
         ProgressStyle::with_template("   {bar:40} {pos}/{len} events  {per_sec}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -157,7 +157,7 @@ pub async fn run(
     );
     println!(
         "   Kafka:    topic {ASC_CALL_LOG} on {}",
-        settings.kafka.brokers
+        settings.kafka()?.brokers
     );
     println!("   Offsets:  SELECT * FROM consumer_offsets  (kept with the data, per DESIGN.md principle 3)");
 

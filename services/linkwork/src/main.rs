@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use linkwork::demo::DemoOptions;
 use linkwork::settings::Settings;
@@ -26,6 +27,44 @@ enum Command {
     },
     /// Run the pipeline end to end on synthetic data and print a summary.
     Demo(DemoArgs),
+    /// Run a service until SIGTERM or Ctrl-C.
+    Serve {
+        #[arg(value_enum)]
+        service: linkwork::serve::Service,
+    },
+    /// Print a development token (needs LINKWORK_AUTH_DEV_SECRET).
+    DevToken(DevTokenArgs),
+    /// Adult Social Care call log.
+    Asc {
+        #[command(subcommand)]
+        action: AscAction,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DevTokenArgs {
+    /// source, provider, data or admin.
+    #[arg(long)]
+    role: linkwork_auth::Role,
+    /// The client id: gp:A81001, hospital:RVY, contact-centre, asc, self, org:<name>
+    /// for a source; the directory id for a provider.
+    #[arg(long)]
+    client: String,
+    /// Scopes to grant instead of the role's defaults (repeatable).
+    #[arg(long = "scope")]
+    scopes: Vec<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum AscAction {
+    /// Import a call-log export (CSV: case_id,opened_at,closed_at,closure_reason).
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +102,9 @@ fn main() -> ExitCode {
     let command = match &cli.command {
         Command::Topics { .. } => "topics",
         Command::Demo(_) => "demo",
+        Command::Serve { .. } => "serve",
+        Command::DevToken(_) => "dev-token",
+        Command::Asc { .. } => "asc",
     };
     let span = tracing::info_span!("linkwork.command", command);
     let outcome = match tokio::runtime::Builder::new_multi_thread()
@@ -101,6 +143,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 no_wait: args.no_wait,
             };
             linkwork::demo::run(&settings, options, shutdown).await
+        }
+        Command::Serve { service } => linkwork::serve::run(&settings, service, shutdown).await,
+        Command::DevToken(args) => {
+            let secret = std::env::var("LINKWORK_AUTH_DEV_SECRET")
+                .map_err(|_| anyhow::anyhow!("LINKWORK_AUTH_DEV_SECRET is not set"))?;
+            let secret = secrecy::SecretString::from(secret);
+            // Refuse what the server would refuse, here rather than at first use.
+            linkwork_auth::Verifier::dev(secret.clone())?;
+            let scopes: Vec<&str> = if args.scopes.is_empty() {
+                args.role.default_scopes(&args.client)
+            } else {
+                args.scopes.iter().map(String::as_str).collect()
+            };
+            let token =
+                linkwork_auth::dev_token(&secret, args.role, &args.client, &scopes, args.ttl)?;
+            let verified = linkwork_auth::Verifier::dev(secret)?.verify(&token)?;
+            tracing::debug!(client = %verified.client, "token minted");
+            println!("{token}");
+            Ok(())
+        }
+        Command::Asc {
+            action: AscAction::Import { file },
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let pool = linkwork_store::connect(&settings.database()?).await?;
+            linkwork_store::migrate(&pool).await?;
+            linkwork_ingest::migrate(&pool).await?;
+            let producer = linkwork_bus::Producer::new(settings.kafka()?)?;
+            let report = linkwork_ingest::call_log::import(&pool, &producer, &bytes).await?;
+            println!("{report}");
+            Ok(())
         }
     }
 }

@@ -1,4 +1,6 @@
-//! Typed settings from the environment (DESIGN.md's variables).
+//! Typed settings from the environment (DESIGN.md's variables). Each command asks for
+//! what it needs, so `dev-token` works without a broker and `topics apply` without a
+//! database; a missing variable is named in the error.
 
 use std::net::SocketAddr;
 
@@ -9,25 +11,45 @@ use linkwork_store::DatabaseSettings;
 /// Everything the binary reads from its environment. Secrets stay wrapped.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub kafka: KafkaSettings,
+    kafka: Option<KafkaSettings>,
+    kafka_error: Option<String>,
     database_url: Option<String>,
     pub http_addr: SocketAddr,
+    /// Base of absolute URLs in responses; empty for the listening address.
+    pub public_base_url: String,
 }
 
 impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
-        let kafka = KafkaSettings::from_env()?;
+        let (kafka, kafka_error) = match KafkaSettings::from_env() {
+            Ok(kafka) => (Some(kafka), None),
+            Err(error) => (None, Some(error.to_string())),
+        };
         let http_addr = std::env::var("LINKWORK_HTTP_ADDR")
             .unwrap_or_else(|_| "127.0.0.1:8080".into())
             .parse()
             .context("LINKWORK_HTTP_ADDR is not a socket address (host:port)")?;
         Ok(Self {
             kafka,
+            kafka_error,
             database_url: std::env::var("LINKWORK_DATABASE_URL")
                 .ok()
                 .filter(|url| !url.trim().is_empty()),
             http_addr,
+            public_base_url: std::env::var("LINKWORK_PUBLIC_BASE_URL")
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_owned(),
         })
+    }
+
+    /// The Kafka settings; an error naming the variable when they are not set.
+    pub fn kafka(&self) -> anyhow::Result<&KafkaSettings> {
+        match (&self.kafka, &self.kafka_error) {
+            (Some(kafka), _) => Ok(kafka),
+            (None, Some(error)) => bail!("{error}"),
+            (None, None) => bail!("LINKWORK_KAFKA_BROKERS is not set"),
+        }
     }
 
     /// The database URL with any password replaced, for telling people where to look.

@@ -29,6 +29,6 @@ pub async fn apply(
         .iter()
         .map(|id| ProviderId::parse(id))
         .collect::<Result<Vec<_>, _>>()?;
-    let report = topics::apply(&settings.kafka, &declaration, &providers).await?;
+    let report = topics::apply(settings.kafka()?, &declaration, &providers).await?;
     Ok(report.to_string())
 }

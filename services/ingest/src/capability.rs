@@ -1,0 +1,65 @@
+//! The CapabilityStatement: what this server actually does, and nothing more.
+
+use serde_json::{json, Value};
+
+/// What ingest serves today. Read interactions arrive with the projector.
+pub fn statement(base_url: &str, software_version: &str) -> Value {
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-22",
+        "publisher": "linkwork",
+        "kind": "instance",
+        "software": {"name": "linkwork", "version": software_version},
+        "implementation": {
+            "description": "linkwork intake: social-prescribing referrals from GP practices, hospitals, the council \
+                            contact centre, Adult Social Care and self-referral",
+            "url": base_url
+        },
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Referrals are ServiceRequests with status active, an identifier, the social \
+                              prescribing code (SNOMED CT 871731000000106), a reason mapped to a need, authoredOn, \
+                              a requester for professional sources, and a subject identified by NHS number (or, for \
+                              self-referral and the contact centre, name, birth date and postcode). Refusals are \
+                              OperationOutcomes naming each element at fault. A resubmission of the same referral \
+                              answers 200 with the same id; the same identifier with other content is 409.",
+            "security": {
+                "cors": false,
+                "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth"}]}],
+                "description": "Bearer JWT; scope referral:submit to send referrals, call-log:submit to send the ASC call log"
+            },
+            "resource": [{
+                "type": "ServiceRequest",
+                "interaction": [{"code": "create"}],
+                "conditionalCreate": false,
+                "documentation": "201 with Location and the stored ServiceRequest (id = linkwork's referral id)"
+            }],
+            "interaction": [
+                {"code": "batch", "documentation": "POST /fhir: each ServiceRequest entry independent"},
+                {"code": "transaction", "documentation": "POST /fhir: all or nothing; entries may carry the Patients and Practitioners referrals point at"}
+            ],
+            "operation": [{
+                "name": "process-message",
+                "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message",
+                "documentation": "NHS BaRS servicerequest-request messages: reason new takes a referral, reason update \
+                                  with ServiceRequest status revoked or entered-in-error withdraws it. Bookings are \
+                                  not supported."
+            }]
+        }]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_capability_statement_is_valid_fhir_r4() {
+        let statement = super::statement("https://linkwork.example", "0.1.0");
+        let parsed = linkwork_fhir::parse::typed::<
+            linkwork_fhir::fhir_model::r4b::resources::CapabilityStatement,
+        >(&statement, "CapabilityStatement");
+        assert!(parsed.is_ok(), "{parsed:?}");
+    }
+}

@@ -1,0 +1,191 @@
+//! Request extractors: the authenticated caller (with its rate limit) and FHIR JSON
+//! bodies (content type, `_format`, size).
+
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use linkwork_auth::Principal;
+use linkwork_fhir::{Issue, IssueCode};
+use serde_json::Value;
+
+use super::error::FhirError;
+use super::AppState;
+
+/// The verified caller. Each client is rate limited as it is identified.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = FhirError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        let token = linkwork_auth::bearer(header).map_err(FhirError::unauthorized)?;
+        let principal = state
+            .verifier
+            .verify(token)
+            .map_err(FhirError::unauthorized)?;
+        if let Err(not_until) = state.limiter.check_key(&principal.client) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            return Err(FhirError::one(
+                StatusCode::TOO_MANY_REQUESTS,
+                Issue::error(
+                    IssueCode::Throttled,
+                    format!("too many requests from {}; slow down", principal.client),
+                ),
+            )
+            .retry_after(wait.as_secs() + 1));
+        }
+        Ok(Caller(principal))
+    }
+}
+
+impl Caller {
+    /// The caller must hold `scope`.
+    pub fn require(&self, scope: &str) -> Result<(), FhirError> {
+        if self.0.has_scope(scope) {
+            Ok(())
+        } else {
+            Err(FhirError::forbidden(format!(
+                "client {} lacks the scope {scope} this needs",
+                self.0.client
+            )))
+        }
+    }
+}
+
+/// A FHIR JSON request body, read within the size limit.
+#[derive(Debug)]
+pub struct FhirJson(pub Value);
+
+/// Content types accepted for FHIR JSON (parameters such as `charset` or
+/// `fhirVersion` are allowed).
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    matches!(
+        essence.as_str(),
+        "application/fhir+json" | "application/json"
+    )
+}
+
+/// `_format` values that mean JSON.
+pub fn format_is_json(format: &str) -> bool {
+    matches!(
+        format,
+        "json" | "application/json" | "application/fhir+json"
+    )
+}
+
+impl FromRequest<AppState> for FhirJson {
+    type Rejection = FhirError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let format = request
+            .uri()
+            .query()
+            .and_then(|query| {
+                query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("_format="))
+            })
+            .map(str::to_owned);
+        if let Some(format) = format {
+            let format = format
+                .replace("%2B", "+")
+                .replace("%2F", "/")
+                .replace("%2b", "+")
+                .replace("%2f", "/");
+            if !format_is_json(&format) {
+                return Err(FhirError::one(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    Issue::error(
+                        IssueCode::NotSupported,
+                        format!("_format {format} is not supported; linkwork speaks FHIR JSON"),
+                    ),
+                ));
+            }
+        }
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("");
+        if !is_json(content_type) {
+            return Err(FhirError::one(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Issue::error(
+                    IssueCode::NotSupported,
+                    format!(
+                        "content type {:?} is not supported; send application/fhir+json",
+                        if content_type.is_empty() {
+                            "(none)"
+                        } else {
+                            content_type
+                        }
+                    ),
+                ),
+            ));
+        }
+        let limit = state.config.body_limit;
+        let too_large = || {
+            FhirError::one(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Issue::error(
+                    IssueCode::TooCostly,
+                    format!("the body is larger than the {limit}-byte limit"),
+                ),
+            )
+        };
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<usize>().ok());
+        if let Some(length) = declared.filter(|length| *length > limit) {
+            // Read and discard a moderately oversized body before answering, so the
+            // sender (still writing) gets the 413 instead of a broken connection.
+            if length <= LINGER_LIMIT {
+                discard(request.into_body()).await;
+            }
+            return Err(too_large());
+        }
+        let bytes = read_limited(request.into_body(), limit)
+            .await
+            .map_err(|_| too_large())?;
+        let value = linkwork_fhir::parse::json(&bytes)
+            .map_err(|issue| FhirError::one(StatusCode::BAD_REQUEST, issue))?;
+        Ok(FhirJson(value))
+    }
+}
+
+/// Largest declared body that is drained before a 413.
+const LINGER_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Reads a body to its end (or for at most five seconds), keeping nothing.
+async fn discard(body: Body) {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+}
+
+/// Reads at most `limit` bytes of a body.
+pub async fn read_limited(body: Body, limit: usize) -> Result<axum::body::Bytes, axum::Error> {
+    axum::body::to_bytes(body, limit).await
+}

@@ -1,0 +1,118 @@
+//! `linkwork serve <service>`: the long-running services, in one process or several.
+
+use anyhow::Context;
+use linkwork_bus::topics::{consumers, ASC_CALL_LOG, REFERRALS_INBOUND};
+use linkwork_bus::{ConsumerConfig, ConsumerRunner, OutboxRelay, RelayConfig};
+use linkwork_ingest::{Application, IngestSettings};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::Settings;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Service {
+    /// FHIR and BaRS intake over HTTP, `referrals.inbound`, the ASC call log.
+    Ingest,
+    /// Call-log reduction (more metrics as they land).
+    Metrics,
+    /// Every service in one process.
+    All,
+}
+
+/// Runs `service` until `shutdown` is cancelled or one of its tasks fails (which
+/// cancels the others and makes the command fail).
+pub async fn run(
+    settings: &Settings,
+    service: Service,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let kafka = settings.kafka()?.clone();
+    let pool = linkwork_store::connect(&settings.database()?)
+        .await
+        .context("connecting to LINKWORK_DATABASE_URL")?;
+    linkwork_store::migrate(&pool).await?;
+    let with_ingest = matches!(service, Service::Ingest | Service::All);
+    let with_metrics = matches!(service, Service::Metrics | Service::All);
+    if with_ingest {
+        linkwork_ingest::migrate(&pool).await?;
+    }
+    if with_metrics {
+        linkwork_metrics::migrate(&pool).await?;
+    }
+
+    let work = shutdown.child_token();
+    let mut tasks: JoinSet<anyhow::Result<&'static str>> = JoinSet::new();
+    // One relay per process publishes everything its consumers put in the outbox.
+    let relay = OutboxRelay::new(pool.clone(), &kafka, RelayConfig::default())?;
+    let outbox = relay.notifier();
+    let token = work.clone();
+    tasks.spawn(async move {
+        relay.run(token).await?;
+        Ok("outbox relay")
+    });
+
+    if with_ingest {
+        let verifier = linkwork_auth::Verifier::from_env()?;
+        let mut ingest = IngestSettings::new(settings.http_addr);
+        ingest.http.public_base_url = settings.public_base_url.clone();
+        let application = Application::build(ingest, &kafka, pool.clone(), verifier).await?;
+        let token = work.clone();
+        tasks.spawn(async move {
+            application.run_until_stopped(token).await?;
+            Ok("ingest http")
+        });
+        let rules = linkwork_fhir::IntakeRules::default();
+        let runner = ConsumerRunner::new(
+            ConsumerConfig::new(consumers::INBOUND, &[REFERRALS_INBOUND]),
+            kafka.clone(),
+            pool.clone(),
+            linkwork_ingest::inbound::InboundHandler { rules },
+        )
+        .with_outbox_notify(outbox.clone());
+        let token = work.clone();
+        tasks.spawn(async move {
+            runner.run(token).await?;
+            Ok("referrals.inbound consumer")
+        });
+    }
+    if with_metrics {
+        let runner = ConsumerRunner::new(
+            ConsumerConfig::new(consumers::METRICS, &[ASC_CALL_LOG]),
+            kafka.clone(),
+            pool.clone(),
+            linkwork_metrics::call_log::CallLogProjection,
+        )
+        .with_outbox_notify(outbox.clone());
+        let token = work.clone();
+        tasks.spawn(async move {
+            runner.run(token).await?;
+            Ok("metrics consumer")
+        });
+    }
+
+    let mut failure = None;
+    while let Some(finished) = tasks.join_next().await {
+        match finished {
+            Ok(Ok(name)) if work.is_cancelled() => tracing::info!(task = name, "stopped"),
+            Ok(Ok(name)) => {
+                tracing::error!(task = name, "stopped unexpectedly; stopping the others");
+                failure.get_or_insert(anyhow::anyhow!("{name} stopped unexpectedly"));
+                work.cancel();
+            }
+            Ok(Err(error)) => {
+                tracing::error!(error = %format!("{error:#}"), "a task failed; stopping the others");
+                failure.get_or_insert(error);
+                work.cancel();
+            }
+            Err(panic) => {
+                tracing::error!(error = %panic, "a task panicked; stopping the others");
+                failure.get_or_insert(anyhow::anyhow!("a task panicked: {panic}"));
+                work.cancel();
+            }
+        }
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
