@@ -177,3 +177,77 @@ fn traces_are_exported_over_otlp_and_flushed_before_the_process_exits() {
         "with the service name"
     );
 }
+
+#[test]
+fn dev_token_prints_a_token_the_server_accepts() {
+    let secret = "cli-tests-development-secret-0123456789abcdef";
+    let output = Command::new(env!("CARGO_BIN_EXE_linkwork"))
+        .args(["dev-token", "--role", "source", "--client", "gp:A81001"])
+        .env("LINKWORK_AUTH_DEV_SECRET", secret)
+        .env_remove("LINKWORK_KAFKA_BROKERS")
+        .output()
+        .expect("linkwork runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8(output.stdout).unwrap();
+    let verifier = linkwork_auth::Verifier::dev(secrecy::SecretString::from(secret)).unwrap();
+    let principal = verifier.verify(token.trim()).unwrap();
+    assert_eq!(principal.source().unwrap().to_string(), "gp:A81001");
+    assert!(principal.has_scope(linkwork_auth::scopes::REFERRAL_SUBMIT));
+
+    // A client id that does not fit the role is refused at once, as the server would.
+    let refused = Command::new(env!("CARGO_BIN_EXE_linkwork"))
+        .args(["dev-token", "--role", "source", "--client", "surgery"])
+        .env("LINKWORK_AUTH_DEV_SECRET", secret)
+        .output()
+        .expect("linkwork runs");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("surgery"), "{stderr}");
+}
+
+#[test]
+fn asc_import_reports_bad_rows_by_line_and_a_second_import_adds_nothing() {
+    let admin = std::env::var("LINKWORK_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let database = format!("lw_test_{}", uuid::Uuid::new_v4().simple());
+    let status = Command::new("psql")
+        .arg(&admin)
+        .args(["-qc", &format!("CREATE DATABASE {database}")])
+        .status()
+        .expect("psql runs");
+    assert!(status.success());
+    let url = format!("{}/{database}", admin.rsplit_once('/').unwrap().0);
+    let prefix = format!("SYN{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let file = std::env::temp_dir().join(format!("{prefix}.csv"));
+    std::fs::write(
+        &file,
+        format!(
+            "case_id,opened_at,closed_at,closure_reason\n{prefix}-1,2026-01-05T09:00:00Z,,\n{prefix}-2,2026-01-05T09:00:00Z,2026-01-04T00:00:00Z,resolved\n"
+        ),
+    )
+    .unwrap();
+    run(linkwork().args(["topics", "apply"]));
+    let import = || {
+        let mut command = linkwork();
+        command
+            .args(["asc", "import"])
+            .arg(&file)
+            .env("LINKWORK_DATABASE_URL", &url);
+        command
+    };
+    let first = run(&mut import());
+    assert!(first.contains("refused    line 3: closed_at"), "{first}");
+    assert!(
+        first.contains("2 rows read, 1 refused; 1 events published, 0 already on the log"),
+        "{first}"
+    );
+    let second = run(&mut import());
+    assert!(
+        second.contains("0 events published, 1 already on the log"),
+        "{second}"
+    );
+}
