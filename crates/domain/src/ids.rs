@@ -54,6 +54,18 @@ impl ReferralId {
     pub const fn as_uuid(&self) -> &Uuid {
         &self.0
     }
+
+    /// The FHIR Task id of routing attempt `attempt` (1 for the first provider): one
+    /// Task per provider asked, so a provider's updates name the request it got.
+    pub fn task_id(&self, attempt: u32) -> Uuid {
+        Uuid::new_v5(&self.0, format!("task\u{1f}{attempt}").as_bytes())
+    }
+
+    /// The FHIR Patient id linkwork gives the referral's subject in the bundles it
+    /// sends (the source's own Patient id means nothing to a provider).
+    pub fn patient_id(&self) -> Uuid {
+        Uuid::new_v5(&self.0, b"patient")
+    }
 }
 
 impl fmt::Display for ReferralId {

@@ -162,6 +162,8 @@ pub struct OutboxEvent {
     pub key: String,
     pub event_type: String,
     pub payload: Vec<u8>,
+    /// Headers beyond the CloudEvents ones (a `content-type` here replaces the default).
+    pub headers: Vec<(String, String)>,
 }
 
 impl OutboxEvent {
@@ -180,6 +182,53 @@ impl OutboxEvent {
             key: event.key(),
             event_type: event.event_type().to_owned(),
             payload: event.encode(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A FHIR resource (a Bundle for a provider's queue, say) rather than a domain
+    /// event: `content-type: application/fhir+json`.
+    pub fn fhir(
+        topic: &str,
+        event_id: EventId,
+        source: &str,
+        time: DateTime<Utc>,
+        key: String,
+        event_type: &str,
+        resource: &serde_json::Value,
+    ) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            event_id,
+            source: source.to_owned(),
+            time,
+            key,
+            event_type: event_type.to_owned(),
+            payload: serde_json::to_vec(resource).unwrap_or_default(),
+            headers: vec![(
+                crate::headers::CONTENT_TYPE.to_owned(),
+                "application/fhir+json".to_owned(),
+            )],
+        }
+    }
+
+    /// The outbox row, in the trace given.
+    pub fn into_message(
+        self,
+        traceparent: Option<String>,
+        tracestate: Option<String>,
+    ) -> NewOutboxMessage {
+        NewOutboxMessage {
+            event_id: *self.event_id.as_uuid(),
+            topic: self.topic,
+            key: Some(self.key),
+            ce_type: self.event_type,
+            ce_source: self.source,
+            ce_time: self.time,
+            traceparent,
+            tracestate,
+            extra_headers: self.headers,
+            payload: self.payload,
         }
     }
 }
@@ -188,18 +237,8 @@ impl Effects {
     /// Publishes `event` once this batch commits, in the trace of `cause`.
     pub fn publish<M>(&mut self, cause: &Incoming<'_, M>, event: OutboxEvent) {
         let (traceparent, tracestate) = trace::context_of(&cause.span);
-        self.outbox.push(NewOutboxMessage {
-            event_id: *event.event_id.as_uuid(),
-            topic: event.topic,
-            key: Some(event.key),
-            ce_type: event.event_type,
-            ce_source: event.source,
-            ce_time: event.time,
-            traceparent,
-            tracestate,
-            extra_headers: Vec::new(),
-            payload: event.payload,
-        });
+        self.outbox
+            .push(event.into_message(traceparent, tracestate));
     }
 
     /// Refuses a message: the handler wrote nothing for it, and it goes to the
