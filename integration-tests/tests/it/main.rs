@@ -7,5 +7,6 @@ mod consumer;
 mod helpers;
 mod outbox;
 mod partitioner;
+mod router;
 mod topics;
 mod tracing_context;

@@ -1,6 +1,7 @@
 //! The `linkwork` command: every service and tool behind one binary.
 
 pub mod demo;
+pub mod directory_command;
 pub mod serve;
 pub mod settings;
 pub mod shutdown;

@@ -39,6 +39,42 @@ enum Command {
         #[command(subcommand)]
         action: AscAction,
     },
+    /// The provider directory the router decides with (versioned in Postgres).
+    Directory {
+        #[command(subcommand)]
+        action: DirectoryAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DirectoryAction {
+    /// Store a YAML directory as the newest version (see directory.example.yaml) and
+    /// create its providers' queue topics. Unchanged content adds no version.
+    Apply {
+        /// The YAML file.
+        file: PathBuf,
+    },
+    /// Import Open Referral UK JSON (a service, an array, or an API page) into the
+    /// newest directory, reporting every gap ORUK leaves.
+    Import {
+        /// The ORUK JSON file.
+        file: PathBuf,
+        /// Area for the imported services: a postcode district (LW1), sector (LW1 4)
+        /// or a place code of the directory (repeatable).
+        #[arg(long = "area")]
+        areas: Vec<String>,
+        /// Maximum active caseload (ORUK has no such field).
+        #[arg(long, default_value_t = 20)]
+        capacity: u32,
+        /// Working days to accept before escalation.
+        #[arg(long, default_value_t = 5)]
+        accept_within: u32,
+        /// The services take self-referrals.
+        #[arg(long)]
+        self_referrals: bool,
+    },
+    /// Print the newest version.
+    Show,
 }
 
 #[derive(Debug, Args)]
@@ -74,7 +110,8 @@ enum TopicsAction {
         /// A topics.yaml to apply instead of the one built into this binary.
         #[arg(long)]
         file: Option<PathBuf>,
-        /// Provider ids whose queue topics (provider.<id>.referrals) to create.
+        /// Provider ids whose queue topics (provider.<id>.referrals) to create, besides
+        /// those of the stored directory (when LINKWORK_DATABASE_URL is set).
         #[arg(long = "provider", value_name = "ID")]
         providers: Vec<String>,
     },
@@ -105,6 +142,7 @@ fn main() -> ExitCode {
         Command::Serve { .. } => "serve",
         Command::DevToken(_) => "dev-token",
         Command::Asc { .. } => "asc",
+        Command::Directory { .. } => "directory",
     };
     let span = tracing::info_span!("linkwork.command", command);
     let outcome = match tokio::runtime::Builder::new_multi_thread()
@@ -161,6 +199,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let verified = linkwork_auth::Verifier::dev(secret)?.verify(&token)?;
             tracing::debug!(client = %verified.client, "token minted");
             println!("{token}");
+            Ok(())
+        }
+        Command::Directory { action } => {
+            let pool = linkwork_store::connect(&settings.database()?).await?;
+            linkwork_store::migrate(&pool).await?;
+            linkwork_router::migrate(&pool).await?;
+            let report = match action {
+                DirectoryAction::Apply { file } => {
+                    linkwork::directory_command::apply_file(&pool, settings.kafka()?.clone(), &file)
+                        .await?
+                        .to_string()
+                }
+                DirectoryAction::Import {
+                    file,
+                    areas,
+                    capacity,
+                    accept_within,
+                    self_referrals,
+                } => {
+                    let defaults = linkwork_router::directory::oruk::ImportDefaults {
+                        capacity,
+                        accept_within_working_days: accept_within,
+                        areas,
+                        accepts_self_referrals: self_referrals,
+                    };
+                    linkwork::directory_command::import_oruk(
+                        &pool,
+                        settings.kafka()?.clone(),
+                        &file,
+                        &defaults,
+                    )
+                    .await?
+                }
+                DirectoryAction::Show => linkwork::directory_command::show(&pool).await?,
+            };
+            println!("{report}");
             Ok(())
         }
         Command::Asc {

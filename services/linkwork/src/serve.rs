@@ -13,6 +13,8 @@ use crate::settings::Settings;
 pub enum Service {
     /// FHIR and BaRS intake over HTTP, `referrals.inbound`, the ASC call log.
     Ingest,
+    /// Routing to community providers, re-routing, deadlines, triage.
+    Router,
     /// Call-log reduction (more metrics as they land).
     Metrics,
     /// Every service in one process.
@@ -33,8 +35,16 @@ pub async fn run(
     linkwork_store::migrate(&pool).await?;
     let with_ingest = matches!(service, Service::Ingest | Service::All);
     let with_metrics = matches!(service, Service::Metrics | Service::All);
+    let with_router = matches!(service, Service::Router | Service::All);
     if with_ingest {
         linkwork_ingest::migrate(&pool).await?;
+    }
+    if with_router {
+        linkwork_router::migrate(&pool).await?;
+        if let Some(path) = &settings.directory_file {
+            let stored = crate::directory_command::apply_file(&pool, kafka.clone(), path).await?;
+            tracing::info!(directory = %stored, "provider directory from LINKWORK_DIRECTORY");
+        }
     }
     if with_metrics {
         linkwork_metrics::migrate(&pool).await?;
@@ -73,6 +83,19 @@ pub async fn run(
         tasks.spawn(async move {
             runner.run(token).await?;
             Ok("referrals.inbound consumer")
+        });
+    }
+    if with_router {
+        let config = linkwork_router::RouterConfig {
+            ensure_queue_topics: Some((kafka.clone(), crate::topics_command::load(None)?)),
+            ..linkwork_router::RouterConfig::default()
+        };
+        let router =
+            linkwork_router::Router::new(config, kafka.clone(), pool.clone(), Some(outbox.clone()));
+        let token = work.clone();
+        tasks.spawn(async move {
+            router.run(token).await?;
+            Ok("router")
         });
     }
     if with_metrics {

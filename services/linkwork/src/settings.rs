@@ -17,6 +17,9 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     /// Base of absolute URLs in responses; empty for the listening address.
     pub public_base_url: String,
+    /// A provider directory (YAML) the router stores as a new version at start when
+    /// it differs from the newest (`LINKWORK_DIRECTORY`).
+    pub directory_file: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -40,6 +43,9 @@ impl Settings {
                 .unwrap_or_default()
                 .trim_end_matches('/')
                 .to_owned(),
+            directory_file: std::env::var_os("LINKWORK_DIRECTORY")
+                .filter(|path| !path.is_empty())
+                .map(std::path::PathBuf::from),
         })
     }
 

@@ -25,10 +25,38 @@ pub async fn apply(
     providers: &[String],
 ) -> anyhow::Result<String> {
     let declaration = load(file)?;
-    let providers = providers
+    let mut providers = providers
         .iter()
         .map(|id| ProviderId::parse(id))
         .collect::<Result<Vec<_>, _>>()?;
+    for id in directory_providers(settings).await? {
+        if !providers.contains(&id) {
+            providers.push(id);
+        }
+    }
     let report = topics::apply(settings.kafka()?, &declaration, &providers).await?;
     Ok(report.to_string())
+}
+
+/// The providers of the stored directory, when a database is configured and holds one.
+async fn directory_providers(settings: &Settings) -> anyhow::Result<Vec<ProviderId>> {
+    let Ok(database) = settings.database() else {
+        return Ok(Vec::new());
+    };
+    let pool = linkwork_store::connect(&database)
+        .await
+        .context("connecting to LINKWORK_DATABASE_URL for the provider directory")?;
+    let mut connection = pool.acquire().await?;
+    match linkwork_router::directory::load_current(&mut connection).await {
+        Ok(stored) => Ok(stored
+            .map(|stored| stored.document.provider_ids())
+            .unwrap_or_default()),
+        // No router tables yet: no directory stored.
+        Err(linkwork_store::sqlx::Error::Database(error))
+            if error.code().as_deref() == Some("42P01") =>
+        {
+            Ok(Vec::new())
+        }
+        Err(error) => Err(error.into()),
+    }
 }

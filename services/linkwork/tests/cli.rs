@@ -211,16 +211,7 @@ fn dev_token_prints_a_token_the_server_accepts() {
 
 #[test]
 fn asc_import_reports_bad_rows_by_line_and_a_second_import_adds_nothing() {
-    let admin = std::env::var("LINKWORK_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let database = format!("lw_test_{}", uuid::Uuid::new_v4().simple());
-    let status = Command::new("psql")
-        .arg(&admin)
-        .args(["-qc", &format!("CREATE DATABASE {database}")])
-        .status()
-        .expect("psql runs");
-    assert!(status.success());
-    let url = format!("{}/{database}", admin.rsplit_once('/').unwrap().0);
+    let url = fresh_database();
     let prefix = format!("SYN{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let file = std::env::temp_dir().join(format!("{prefix}.csv"));
     std::fs::write(
@@ -249,5 +240,72 @@ fn asc_import_reports_bad_rows_by_line_and_a_second_import_adds_nothing() {
     assert!(
         second.contains("0 events published, 1 already on the log"),
         "{second}"
+    );
+}
+
+fn fresh_database() -> String {
+    let admin = std::env::var("LINKWORK_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let database = format!("lw_test_{}", uuid::Uuid::new_v4().simple());
+    let status = Command::new("psql")
+        .arg(&admin)
+        .args(["-qc", &format!("CREATE DATABASE {database}")])
+        .status()
+        .expect("psql runs");
+    assert!(status.success());
+    let base = admin.rsplit_once('/').expect("database URL has a path").0;
+    format!("{base}/{database}")
+}
+
+#[test]
+fn the_oruk_conformance_record_imports_into_a_new_directory_version_with_its_queue() {
+    let url = fresh_database();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let apply = run(linkwork()
+        .args(["directory", "apply"])
+        .arg(root.join("directory.example.yaml"))
+        .env("LINKWORK_DATABASE_URL", &url));
+    assert!(apply.starts_with("directory stored as v1-"), "{apply}");
+    let again = run(linkwork()
+        .args(["directory", "apply"])
+        .arg(root.join("directory.example.yaml"))
+        .env("LINKWORK_DATABASE_URL", &url));
+    assert!(
+        again.starts_with("directory unchanged; still v1-"),
+        "{again}"
+    );
+
+    let import = run(linkwork()
+        .args(["directory", "import"])
+        .arg(root.join("../shared/conformance/oruk/service_full.json"))
+        .args(["--area", "E99000001", "--capacity", "12"])
+        .env("LINKWORK_DATABASE_URL", &url));
+    assert!(
+        import.contains("imported Community Counselling as community-counselling (need service)"),
+        "{import}"
+    );
+    assert!(import.contains("is not a UK postcode"), "{import}");
+    assert!(import.contains("directory stored as v2-"), "{import}");
+    assert!(import.contains("(7 providers)"), "{import}");
+
+    let show = run(linkwork()
+        .args(["directory", "show"])
+        .env("LINKWORK_DATABASE_URL", &url));
+    assert!(
+        show.contains("community-counselling (Community Counselling, need): capacity 12, 5 working days to accept, needs low-mood-anxiety"),
+        "{show}"
+    );
+    // Its queue exists: applying the topics again finds nothing to create for it.
+    let topics = run(linkwork()
+        .args(["topics", "apply"])
+        .env("LINKWORK_DATABASE_URL", &url));
+    assert!(
+        !topics.contains("created    provider.community-counselling.referrals"),
+        "{topics}"
+    );
+    assert!(
+        topics.contains("provider.community-counselling.referrals")
+            || topics.contains("nothing to change"),
+        "{topics}"
     );
 }

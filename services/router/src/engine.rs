@@ -1,0 +1,714 @@
+//! The router's state machine over Postgres rows: what each event does to a referral's
+//! routing, to provider caseloads and to the outbox. Used by the consumer (events from
+//! `referral.events`) and the deadline sweeper (acceptance deadlines), each inside one
+//! transaction that also holds the rows it read.
+//!
+//! Log order decides. The router's own `ReferralRouted` events come back to it on the
+//! log; until a re-routing's event has come back (`confirmed_attempt`), an acceptance
+//! by the previous provider that reached the log first still wins: the newer request
+//! is withdrawn from its provider and the caseloads are moved back.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use linkwork_bus::OutboxEvent;
+use linkwork_domain::event::{ReferralReceived, ReferralRouted, ReferralUnroutable};
+use linkwork_domain::{EventId, ProviderId, ReferralEvent, ReferralId};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::bundle::{self, ProviderRef};
+use crate::calendar::add_working_days;
+use crate::decision::{decide, Decision, Person};
+use crate::directory::CompiledDirectory;
+use crate::RouterConfig;
+
+/// The CloudEvents types of what the router puts on queues.
+pub const PROVIDER_REQUEST_TYPE: &str = "linkwork.provider.referral-requested.v1";
+pub const PROVIDER_WITHDRAWAL_TYPE: &str = "linkwork.provider.referral-withdrawn.v1";
+pub const TRIAGE_TYPE: &str = "linkwork.triage.referral-unroutable.v1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteStatus {
+    Requested,
+    Accepted,
+    Unroutable,
+    Closed,
+}
+
+impl RouteStatus {
+    pub fn code(self) -> &'static str {
+        match self {
+            RouteStatus::Requested => "requested",
+            RouteStatus::Accepted => "accepted",
+            RouteStatus::Unroutable => "unroutable",
+            RouteStatus::Closed => "closed",
+        }
+    }
+
+    fn parse(code: &str) -> Self {
+        match code {
+            "requested" => RouteStatus::Requested,
+            "accepted" => RouteStatus::Accepted,
+            "unroutable" => RouteStatus::Unroutable,
+            _ => RouteStatus::Closed,
+        }
+    }
+}
+
+/// One referral's routing, as stored in `router_referrals`.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub referral_id: ReferralId,
+    pub status: RouteStatus,
+    pub provider: Option<ProviderId>,
+    pub attempt: u32,
+    /// The highest attempt whose `ReferralRouted` the router has read back from the log.
+    pub confirmed_attempt: u32,
+    pub accept_by: Option<DateTime<Utc>>,
+    pub tried: Vec<ProviderId>,
+    pub reserved: bool,
+    pub directory_version: String,
+    /// The `ReferralReceived` body while the referral may need routing again.
+    pub received: Option<Vec<u8>>,
+    is_new: bool,
+    changed: bool,
+}
+
+/// The routing rows a transaction holds, by referral.
+pub type Routes = HashMap<ReferralId, Route>;
+
+/// The caseloads a transaction holds (rows locked), and which it changed.
+#[derive(Debug, Default)]
+pub struct Loads {
+    active: HashMap<ProviderId, u32>,
+    changed: HashSet<ProviderId>,
+}
+
+impl Loads {
+    pub fn active(&self) -> &HashMap<ProviderId, u32> {
+        &self.active
+    }
+
+    fn reserve(&mut self, provider: &ProviderId) {
+        *self.active.entry(provider.clone()).or_default() += 1;
+        self.changed.insert(provider.clone());
+    }
+
+    fn release(&mut self, provider: &ProviderId) {
+        let active = self.active.entry(provider.clone()).or_default();
+        *active = active.saturating_sub(1);
+        self.changed.insert(provider.clone());
+    }
+}
+
+/// What one step decided: rows and loads change in place; messages to publish here.
+#[derive(Debug)]
+pub struct Step<'a> {
+    pub config: &'a RouterConfig,
+    pub directory: &'a CompiledDirectory,
+    pub loads: &'a mut Loads,
+    pub now: DateTime<Utc>,
+    pub outbox: Vec<OutboxEvent>,
+}
+
+impl Step<'_> {
+    /// Applies one event read from `referral.events`. `body` is its raw body (kept
+    /// for a `ReferralReceived`, to route it again later).
+    pub fn apply(&mut self, routes: &mut Routes, event: &ReferralEvent, body: &[u8]) {
+        let referral_id = event.referral_id();
+        match event {
+            ReferralEvent::Received(received) => {
+                if routes.contains_key(&referral_id) {
+                    return; // a resubmission: routed already
+                }
+                let mut route = Route {
+                    referral_id,
+                    status: RouteStatus::Requested,
+                    provider: None,
+                    attempt: 0,
+                    confirmed_attempt: 0,
+                    accept_by: None,
+                    tried: Vec::new(),
+                    reserved: false,
+                    directory_version: String::new(),
+                    received: Some(body.to_vec()),
+                    is_new: true,
+                    changed: true,
+                };
+                self.route(&mut route, received, received.occurred_at);
+                routes.insert(referral_id, route);
+            }
+            ReferralEvent::Routed(routed) => {
+                if let Some(route) = routes.get_mut(&referral_id) {
+                    if routed.attempt > route.confirmed_attempt {
+                        route.confirmed_attempt = routed.attempt;
+                        route.changed = true;
+                    }
+                }
+            }
+            ReferralEvent::Accepted(change) => {
+                let Some(route) = routes.get_mut(&referral_id) else {
+                    return;
+                };
+                if route.status != RouteStatus::Requested {
+                    return;
+                }
+                if route.provider.as_ref() == Some(&change.provider_id) {
+                    route.status = RouteStatus::Accepted;
+                    route.accept_by = None;
+                    route.received = None;
+                    route.changed = true;
+                    return;
+                }
+                // An acceptance by the previous provider that reached the log before
+                // the re-routing did: it stands, and the newer request is withdrawn.
+                let previous = route.attempt.checked_sub(1).filter(|&previous| {
+                    previous >= 1
+                        && route.confirmed_attempt < route.attempt
+                        && route.tried.get(previous as usize - 1) == Some(&change.provider_id)
+                });
+                if let Some(previous) = previous {
+                    self.withdraw(
+                        route,
+                        "the previous provider accepted the referral before it was re-routed",
+                    );
+                    self.release(route);
+                    self.loads.reserve(&change.provider_id);
+                    route.reserved = true;
+                    route.provider = Some(change.provider_id.clone());
+                    route.attempt = previous;
+                    route.status = RouteStatus::Accepted;
+                    route.accept_by = None;
+                    route.received = None;
+                    route.changed = true;
+                } else {
+                    tracing::warn!(
+                        referral = %referral_id,
+                        provider = %change.provider_id,
+                        "acceptance by a provider that no longer holds the referral ignored"
+                    );
+                }
+            }
+            ReferralEvent::Rejected(change) => {
+                let Some(route) = routes.get_mut(&referral_id) else {
+                    return;
+                };
+                if route.status != RouteStatus::Requested
+                    || route.provider.as_ref() != Some(&change.provider_id)
+                {
+                    return; // re-routed already (deadline) or a repeat
+                }
+                self.release(route);
+                self.reroute(route, change.occurred_at);
+            }
+            ReferralEvent::Completed(change) | ReferralEvent::Failed(change) => {
+                let Some(route) = routes.get_mut(&referral_id) else {
+                    return;
+                };
+                if route.provider.as_ref() == Some(&change.provider_id)
+                    && route.status == RouteStatus::Accepted
+                {
+                    self.release(route);
+                    close(route);
+                }
+            }
+            ReferralEvent::Cancelled(closed) | ReferralEvent::EnteredInError(closed) => {
+                let Some(route) = routes.get_mut(&referral_id) else {
+                    return;
+                };
+                if route.status == RouteStatus::Requested {
+                    let reason = closed
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| format!("the referral was withdrawn by {}", closed.by));
+                    self.withdraw(route, &reason);
+                }
+                self.release(route);
+                close(route);
+            }
+            ReferralEvent::Unroutable(_)
+            | ReferralEvent::Started(_)
+            | ReferralEvent::OnHold(_)
+            | ReferralEvent::ContactRecorded(_)
+            | ReferralEvent::ActivityAttended(_)
+            | ReferralEvent::OutcomeRecorded(_)
+            | ReferralEvent::ConsentRecorded(_)
+            | ReferralEvent::ConsentWithdrawn(_) => {}
+        }
+    }
+
+    /// A requested referral whose deadline has passed: withdrawn from its provider and
+    /// routed to the next one (or triage).
+    pub fn escalate(&mut self, route: &mut Route) {
+        let Some(deadline) = route.accept_by else {
+            return;
+        };
+        let days = route
+            .provider
+            .as_ref()
+            .and_then(|provider| self.directory.provider(provider))
+            .map(|provider| provider.provider.accept_within_working_days);
+        let reason = match days {
+            Some(days) => format!("not accepted within {days} working days; offered elsewhere"),
+            None => "not accepted in time; offered elsewhere".to_owned(),
+        };
+        self.withdraw(route, &reason);
+        self.release(route);
+        self.reroute(route, deadline);
+    }
+
+    fn reroute(&mut self, route: &mut Route, at: DateTime<Utc>) {
+        let received = route
+            .received
+            .as_deref()
+            .map(serde_json::from_slice::<ReferralReceived>);
+        match received {
+            Some(Ok(received)) => self.route(route, &received, at),
+            _ => {
+                // Not reachable through the router's own writes; kept safe anyway.
+                tracing::error!(referral = %route.referral_id, "no referral content held to route again; sent to triage without it");
+                let unroutable = ReferralUnroutable {
+                    referral_id: route.referral_id,
+                    directory_version: self.directory.label.clone(),
+                    reasons: vec!["the router no longer holds the referral's content".into()],
+                    candidates: Vec::new(),
+                    occurred_at: self.now,
+                };
+                self.publish_event(
+                    &ReferralEvent::Unroutable(unroutable),
+                    &[
+                        "unroutable",
+                        &route.referral_id.to_string(),
+                        &route.attempt.to_string(),
+                    ],
+                );
+                route.status = RouteStatus::Unroutable;
+                route.provider = None;
+                route.accept_by = None;
+                route.received = None;
+                route.changed = true;
+            }
+        }
+    }
+
+    /// Decides and records the next routing attempt. `at` is when the fact that asked
+    /// for it happened (receipt, rejection, deadline): deadlines count from it.
+    fn route(&mut self, route: &mut Route, received: &ReferralReceived, at: DateTime<Utc>) {
+        let person = Person::of(received, at.date_naive());
+        let decision = decide(self.directory, &person, &route.tried, self.loads.active());
+        route.directory_version = self.directory.label.clone();
+        route.changed = true;
+        let referral = route.referral_id.to_string();
+        match decision {
+            Decision::Route {
+                provider,
+                rule,
+                candidates,
+            } => {
+                let Some(compiled) = self.directory.provider(&provider) else {
+                    return;
+                };
+                let attempt = route.attempt + 1;
+                let accept_by = add_working_days(
+                    at,
+                    compiled.provider.accept_within_working_days,
+                    &self.directory.bank_holidays,
+                );
+                self.loads.reserve(&provider);
+                let routed = ReferralRouted {
+                    referral_id: route.referral_id,
+                    provider_id: provider.clone(),
+                    attempt,
+                    directory_version: self.directory.label.clone(),
+                    rule: rule.clone(),
+                    candidates,
+                    accept_by,
+                    occurred_at: self.now,
+                };
+                let attempt_text = attempt.to_string();
+                self.publish_event(
+                    &ReferralEvent::Routed(routed),
+                    &["routed", &referral, &attempt_text],
+                );
+                let request = bundle::provider_request(
+                    *EventId::derive(&["provider-request", &referral, &attempt_text]).as_uuid(),
+                    received,
+                    &ProviderRef {
+                        id: &provider,
+                        name: &compiled.provider.name,
+                    },
+                    &bundle::Attempt {
+                        number: attempt,
+                        accept_by,
+                        routed_at: self.now,
+                        rule: &rule,
+                    },
+                    &self.config.canonical_base,
+                );
+                self.outbox.push(OutboxEvent::fhir(
+                    &self.config.topics.provider_queue(&provider),
+                    EventId::derive(&["provider-request", &referral, &attempt_text]),
+                    &self.config.source,
+                    self.now,
+                    referral.clone(),
+                    PROVIDER_REQUEST_TYPE,
+                    &request,
+                ));
+                route.status = RouteStatus::Requested;
+                route.attempt = attempt;
+                route.tried.push(provider.clone());
+                route.provider = Some(provider);
+                route.accept_by = Some(accept_by);
+                route.reserved = true;
+            }
+            Decision::Unroutable {
+                reasons,
+                candidates,
+            } => {
+                let attempt_text = route.attempt.to_string();
+                let triage = bundle::triage(
+                    *EventId::derive(&["triage", &referral, &attempt_text]).as_uuid(),
+                    received,
+                    &reasons,
+                    &candidates,
+                    &self.directory.label,
+                    self.now,
+                    &self.config.canonical_base,
+                );
+                let unroutable = ReferralUnroutable {
+                    referral_id: route.referral_id,
+                    directory_version: self.directory.label.clone(),
+                    reasons,
+                    candidates,
+                    occurred_at: self.now,
+                };
+                self.publish_event(
+                    &ReferralEvent::Unroutable(unroutable),
+                    &["unroutable", &referral, &attempt_text],
+                );
+                self.outbox.push(OutboxEvent::fhir(
+                    &self.config.topics.triage,
+                    EventId::derive(&["triage", &referral, &attempt_text]),
+                    &self.config.source,
+                    self.now,
+                    referral,
+                    TRIAGE_TYPE,
+                    &triage,
+                ));
+                route.status = RouteStatus::Unroutable;
+                route.provider = None;
+                route.accept_by = None;
+                route.received = None;
+            }
+        }
+    }
+
+    fn publish_event(&mut self, event: &ReferralEvent, id_parts: &[&str]) {
+        self.outbox.push(OutboxEvent::new(
+            &self.config.topics.events,
+            EventId::derive(id_parts),
+            &self.config.source,
+            self.now,
+            event,
+        ));
+    }
+
+    /// Tells the current provider its request is void.
+    fn withdraw(&mut self, route: &Route, reason: &str) {
+        let Some(provider) = &route.provider else {
+            return;
+        };
+        let name = self
+            .directory
+            .provider(provider)
+            .map(|compiled| compiled.provider.name.clone())
+            .unwrap_or_else(|| provider.to_string());
+        let referral = route.referral_id.to_string();
+        let attempt = route.attempt.to_string();
+        let event_id = EventId::derive(&["provider-withdrawal", &referral, &attempt]);
+        let withdrawal = bundle::provider_withdrawal(
+            *event_id.as_uuid(),
+            route.referral_id,
+            &ProviderRef {
+                id: provider,
+                name: &name,
+            },
+            route.attempt,
+            reason,
+            self.now,
+            &self.config.canonical_base,
+        );
+        self.outbox.push(OutboxEvent::fhir(
+            &self.config.topics.provider_queue(provider),
+            event_id,
+            &self.config.source,
+            self.now,
+            referral,
+            PROVIDER_WITHDRAWAL_TYPE,
+            &withdrawal,
+        ));
+    }
+
+    fn release(&mut self, route: &mut Route) {
+        if route.reserved {
+            if let Some(provider) = &route.provider {
+                self.loads.release(provider);
+            }
+            route.reserved = false;
+            route.changed = true;
+        }
+    }
+}
+
+fn close(route: &mut Route) {
+    route.status = RouteStatus::Closed;
+    route.accept_by = None;
+    route.received = None;
+    route.changed = true;
+}
+
+/// Whether an event can change a caseload (and so needs the caseload rows locked).
+pub fn touches_caseloads(event: &ReferralEvent) -> bool {
+    matches!(
+        event,
+        ReferralEvent::Received(_)
+            | ReferralEvent::Accepted(_)
+            | ReferralEvent::Rejected(_)
+            | ReferralEvent::Completed(_)
+            | ReferralEvent::Failed(_)
+            | ReferralEvent::Cancelled(_)
+            | ReferralEvent::EnteredInError(_)
+    )
+}
+
+/// Reads and locks the routing rows of `ids`.
+pub async fn load_routes(
+    connection: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Routes, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"
+        SELECT referral_id, status, provider_id, attempt, confirmed_attempt, accept_by, tried,
+               reserved, directory_version, received
+        FROM router_referrals
+        WHERE referral_id = ANY($1)
+        FOR UPDATE
+        "#,
+        ids,
+    )
+    .fetch_all(connection)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let referral_id = ReferralId::from_uuid(row.referral_id);
+            let route = Route {
+                referral_id,
+                status: RouteStatus::parse(&row.status),
+                provider: row.provider_id.and_then(|id| ProviderId::parse(&id).ok()),
+                attempt: u32::try_from(row.attempt).unwrap_or_default(),
+                confirmed_attempt: u32::try_from(row.confirmed_attempt).unwrap_or_default(),
+                accept_by: row.accept_by,
+                tried: parse_tried(&row.tried),
+                reserved: row.reserved,
+                directory_version: row.directory_version,
+                received: row.received,
+                is_new: false,
+                changed: false,
+            };
+            (referral_id, route)
+        })
+        .collect())
+}
+
+/// Reads and locks the requested routes whose deadline is at or before `now`, oldest
+/// first; rows another transaction holds are skipped (it is working on them).
+pub async fn load_due(
+    connection: &mut PgConnection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Routes, sqlx::Error> {
+    let ids = sqlx::query_scalar!(
+        r#"
+        SELECT referral_id
+        FROM router_referrals
+        WHERE status = 'requested' AND accept_by <= $1
+        ORDER BY accept_by
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+        "#,
+        now,
+        limit,
+    )
+    .fetch_all(&mut *connection)
+    .await?;
+    if ids.is_empty() {
+        return Ok(Routes::new());
+    }
+    load_routes(connection, &ids).await
+}
+
+/// Locks every caseload row, in provider id order (one order for every transaction,
+/// so two never wait on each other in a cycle), and reads them.
+pub async fn lock_loads(connection: &mut PgConnection) -> Result<Loads, sqlx::Error> {
+    let rows = sqlx::query!(
+        "SELECT provider_id, active FROM provider_load ORDER BY provider_id FOR UPDATE"
+    )
+    .fetch_all(connection)
+    .await?;
+    let active = rows
+        .into_iter()
+        .filter_map(|row| {
+            let id = ProviderId::parse(&row.provider_id).ok()?;
+            Some((id, u32::try_from(row.active).unwrap_or_default()))
+        })
+        .collect();
+    Ok(Loads {
+        active,
+        changed: HashSet::new(),
+    })
+}
+
+/// Writes the rows and caseloads that changed.
+pub async fn save(
+    connection: &mut PgConnection,
+    routes: &Routes,
+    loads: &Loads,
+) -> Result<(), sqlx::Error> {
+    let mut new = Columns::default();
+    let mut updated = Columns::default();
+    for route in routes.values().filter(|route| route.changed) {
+        if route.is_new {
+            new.push(route);
+        } else {
+            updated.push(route);
+        }
+    }
+    if !new.ids.is_empty() {
+        sqlx::query!(
+            r#"
+            INSERT INTO router_referrals
+                (referral_id, status, provider_id, attempt, confirmed_attempt, accept_by, tried,
+                 reserved, directory_version, received)
+            SELECT * FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::INT[], $5::INT[],
+                                 $6::TIMESTAMPTZ[], $7::TEXT[], $8::BOOL[], $9::TEXT[], $10::BYTEA[])
+            "#,
+            &new.ids,
+            &new.statuses as &[&str],
+            &new.providers as &[Option<String>],
+            &new.attempts,
+            &new.confirmed,
+            &new.accept_by as &[Option<DateTime<Utc>>],
+            &new.tried,
+            &new.reserved,
+            &new.versions,
+            &new.received as &[Option<Vec<u8>>],
+        )
+        .execute(&mut *connection)
+        .await?;
+    }
+    if !updated.ids.is_empty() {
+        // The content is only ever dropped after receipt, never replaced.
+        sqlx::query!(
+            r#"
+            UPDATE router_referrals AS r
+            SET status = u.status, provider_id = u.provider_id, attempt = u.attempt,
+                confirmed_attempt = u.confirmed_attempt, accept_by = u.accept_by,
+                tried = u.tried, reserved = u.reserved, directory_version = u.directory_version,
+                received = CASE WHEN u.keep_received THEN r.received END,
+                updated_at = now()
+            FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::INT[], $5::INT[],
+                        $6::TIMESTAMPTZ[], $7::TEXT[], $8::BOOL[], $9::TEXT[], $10::BOOL[])
+                AS u(referral_id, status, provider_id, attempt, confirmed_attempt, accept_by,
+                     tried, reserved, directory_version, keep_received)
+            WHERE r.referral_id = u.referral_id
+            "#,
+            &updated.ids,
+            &updated.statuses as &[&str],
+            &updated.providers as &[Option<String>],
+            &updated.attempts,
+            &updated.confirmed,
+            &updated.accept_by as &[Option<DateTime<Utc>>],
+            &updated.tried,
+            &updated.reserved,
+            &updated.versions,
+            &updated.keep_received,
+        )
+        .execute(&mut *connection)
+        .await?;
+    }
+    if !loads.changed.is_empty() {
+        let (ids, counts): (Vec<String>, Vec<i32>) = loads
+            .changed
+            .iter()
+            .map(|provider| {
+                let active = loads.active.get(provider).copied().unwrap_or_default();
+                (
+                    provider.as_str().to_owned(),
+                    i32::try_from(active).unwrap_or(i32::MAX),
+                )
+            })
+            .unzip();
+        sqlx::query!(
+            r#"
+            INSERT INTO provider_load (provider_id, active)
+            SELECT * FROM UNNEST($1::TEXT[], $2::INT[])
+            ON CONFLICT (provider_id) DO UPDATE SET active = EXCLUDED.active, updated_at = now()
+            "#,
+            &ids,
+            &counts,
+        )
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Columns {
+    ids: Vec<Uuid>,
+    statuses: Vec<&'static str>,
+    providers: Vec<Option<String>>,
+    attempts: Vec<i32>,
+    confirmed: Vec<i32>,
+    accept_by: Vec<Option<DateTime<Utc>>>,
+    tried: Vec<String>,
+    reserved: Vec<bool>,
+    versions: Vec<String>,
+    received: Vec<Option<Vec<u8>>>,
+    keep_received: Vec<bool>,
+}
+
+impl Columns {
+    fn push(&mut self, route: &Route) {
+        self.ids.push(*route.referral_id.as_uuid());
+        self.statuses.push(route.status.code());
+        self.providers
+            .push(route.provider.as_ref().map(|id| id.as_str().to_owned()));
+        self.attempts
+            .push(i32::try_from(route.attempt).unwrap_or(i32::MAX));
+        self.confirmed
+            .push(i32::try_from(route.confirmed_attempt).unwrap_or(i32::MAX));
+        self.accept_by.push(route.accept_by);
+        self.tried.push(
+            route
+                .tried
+                .iter()
+                .map(ProviderId::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        self.reserved.push(route.reserved);
+        self.versions.push(route.directory_version.clone());
+        self.received.push(route.received.clone());
+        self.keep_received.push(route.received.is_some());
+    }
+}
+
+fn parse_tried(text: &str) -> Vec<ProviderId> {
+    text.split(',')
+        .filter(|id| !id.is_empty())
+        .filter_map(|id| ProviderId::parse(id).ok())
+        .collect()
+}
