@@ -339,41 +339,52 @@ fn keys(messages: &[ReadMessage], of_type: &str) -> Vec<String> {
         .collect()
 }
 
-async fn capacity_holds(instances: usize) {
+/// `count` referrals for a need service of capacity 5 and an activity with room.
+async fn capacity_holds(instances: usize, count: usize) {
     let rig = Rig::new(DIRECTORY).await;
     let routers: Vec<_> = (0..instances).map(|_| rig.start_router()).collect();
-    let referrals: Vec<_> = (0..8)
-        .map(|number| referral(number, &money_and_loneliness(), monday()))
+    let referrals: Vec<(EventId, ReferralEvent)> = (0..count as u32)
+        .map(|number| {
+            let received = referral(number, &money_and_loneliness(), monday());
+            (
+                EventId::derive(&["capacity", &received.referral_id.to_string()]),
+                ReferralEvent::Received(Box::new(received)),
+            )
+        })
         .collect();
-    for each in &referrals {
-        rig.receive(each).await;
+    for result in rig
+        .producer
+        .publish_batch(&rig.topics.events, "test", monday(), &referrals)
+        .await
+    {
+        result.unwrap();
     }
-    eventually(Duration::from_secs(60), "8 referrals routed", || async {
-        rig.routed_count().await == 8
+    eventually(Duration::from_secs(90), "every referral routed", || async {
+        rig.routed_count().await == count as i64
     })
     .await;
     rig.outbox_drained().await;
     let loads = rig.loads().await;
     assert_eq!(loads["money-advice"], 5, "{loads:?}");
-    assert_eq!(loads["connectors"], 3, "{loads:?}");
+    assert_eq!(loads["connectors"] as usize, count - 5, "{loads:?}");
     let money = keys(
         &rig.queue("money-advice", 5),
         linkwork_router::engine::PROVIDER_REQUEST_TYPE,
     );
     let connectors = keys(
-        &rig.queue("connectors", 3),
+        &rig.queue("connectors", count - 5),
         linkwork_router::engine::PROVIDER_REQUEST_TYPE,
     );
     assert_eq!(money.len(), 5, "the need service gets exactly its capacity");
     assert_eq!(
         connectors.len(),
-        3,
+        count - 5,
         "the rest go to the next eligible provider"
     );
     let all: HashSet<&String> = money.iter().chain(&connectors).collect();
-    assert_eq!(all.len(), 8, "each referral on exactly one queue");
-    // The three that overflowed say why the need service was passed over.
-    for decision in rig.decisions(8) {
+    assert_eq!(all.len(), count, "each referral on exactly one queue");
+    // Those that overflowed say why the need service was passed over.
+    for decision in rig.decisions(count) {
         let ReferralEvent::Routed(routed) = decision else {
             panic!("every referral is routable here")
         };
@@ -396,12 +407,17 @@ async fn capacity_holds(instances: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_with_capacity_5_gets_5_of_8_and_the_rest_go_to_the_next_provider() {
-    capacity_holds(1).await;
+    capacity_holds(1, 8).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_router_instances_in_one_group_do_not_oversubscribe_a_provider() {
-    capacity_holds(2).await;
+    capacity_holds(2, 8).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_router_instances_racing_over_400_referrals_still_give_capacity_5_exactly_5() {
+    capacity_holds(2, 400).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

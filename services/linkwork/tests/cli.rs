@@ -277,7 +277,7 @@ fn the_oruk_conformance_record_imports_into_a_new_directory_version_with_its_que
 
     let import = run(linkwork()
         .args(["directory", "import"])
-        .arg(root.join("../shared/conformance/oruk/service_full.json"))
+        .arg(linkwork_testkit::conformance_dir().join("oruk/service_full.json"))
         .args(["--area", "E99000001", "--capacity", "12"])
         .env("LINKWORK_DATABASE_URL", &url));
     assert!(

@@ -358,9 +358,7 @@ mod tests {
     use super::*;
 
     fn service_full() -> Value {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/conformance/oruk/service_full.json");
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+        linkwork_testkit::conformance("oruk/service_full.json")
     }
 
     #[test]
