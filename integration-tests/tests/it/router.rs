@@ -182,6 +182,16 @@ impl Rig {
         self.publish(event, &id).await;
     }
 
+    /// Starts a router and sends it one referral; returns once it is on a queue.
+    async fn route_one(&self, number: u32, needs: &[Need]) -> (JoinHandle<()>, ReferralReceived) {
+        let router = self.start_router();
+        let person = referral(number, needs, monday());
+        self.receive(&person).await;
+        self.wait_for_route(person.referral_id, "requested", 1)
+            .await;
+        (router, person)
+    }
+
     async fn routed_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM router_referrals")
             .fetch_one(&self.pool)
@@ -423,11 +433,8 @@ async fn two_router_instances_racing_over_400_referrals_still_give_capacity_5_ex
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejection_then_deadline_reroute_and_end_in_triage_when_nobody_is_left() {
     let rig = Rig::new(DIRECTORY).await;
-    let router = rig.start_router();
-    let person = referral(1, &money_and_loneliness(), monday());
+    let (router, person) = rig.route_one(1, &money_and_loneliness()).await;
     let id = person.referral_id;
-    rig.receive(&person).await;
-    rig.wait_for_route(id, "requested", 1).await;
     assert_eq!(rig.route_of(id).await.1.as_deref(), Some("money-advice"));
 
     // The need service rejects: the activity is next.
@@ -526,11 +533,8 @@ async fn rejection_then_deadline_reroute_and_end_in_triage_when_nobody_is_left()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_between_deadline_set_and_deadline_due_still_fires_it_once() {
     let rig = Rig::new(DIRECTORY).await;
-    let router = rig.start_router();
-    let person = referral(2, &[Need::Loneliness], monday());
+    let (router, person) = rig.route_one(2, &[Need::Loneliness]).await;
     let id = person.referral_id;
-    rig.receive(&person).await;
-    rig.wait_for_route(id, "requested", 1).await;
     assert_eq!(rig.route_of(id).await.1.as_deref(), Some("connectors"));
     router.abort();
     let _ = router.await;
@@ -568,11 +572,8 @@ async fn a_restart_between_deadline_set_and_deadline_due_still_fires_it_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acceptance_that_reaches_the_log_before_the_escalation_wins() {
     let rig = Rig::new(DIRECTORY).await;
-    let router = rig.start_router();
-    let person = referral(3, &money_and_loneliness(), monday());
+    let (router, person) = rig.route_one(3, &money_and_loneliness()).await;
     let id = person.referral_id;
-    rig.receive(&person).await;
-    rig.wait_for_route(id, "requested", 1).await;
     // Stop the relay's effect: kill the router, pass the deadline, and let the sweeper
     // escalate while the provider's acceptance is already on the log.
     router.abort();
@@ -763,11 +764,8 @@ async fn a_directory_change_mid_stream_is_used_from_the_next_decision_and_record
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_provider_queue_message_is_a_bundle_of_service_request_patient_and_task() {
     let rig = Rig::new(DIRECTORY).await;
-    let router = rig.start_router();
-    let person = referral(30, &[Need::Loneliness], monday());
+    let (router, person) = rig.route_one(30, &[Need::Loneliness]).await;
     let id = person.referral_id;
-    rig.receive(&person).await;
-    rig.wait_for_route(id, "requested", 1).await;
     rig.outbox_drained().await;
     let queue = rig.queue("connectors", 1);
     assert_eq!(queue.len(), 1);
