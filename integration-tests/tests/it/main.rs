@@ -7,6 +7,8 @@ mod consumer;
 mod helpers;
 mod outbox;
 mod partitioner;
+mod projector;
+mod provider_loop;
 mod router;
 mod topics;
 mod tracing_context;

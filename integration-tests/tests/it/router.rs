@@ -283,7 +283,8 @@ impl Rig {
 }
 
 /// A synthetic GP referral: NHS number in the never-issued 999 range, invented name.
-fn referral(number: u32, needs: &[Need], at: DateTime<Utc>) -> ReferralReceived {
+/// A synthetic referral from a GP: NHS number in the 999 range, invented name.
+pub(crate) fn referral(number: u32, needs: &[Need], at: DateTime<Utc>) -> ReferralReceived {
     let source = Source::parse("gp:A81001").unwrap();
     let value = format!("SYN-{number:06}");
     let referral_id = ReferralId::derive(&source, "https://example.org/referrals", &value);

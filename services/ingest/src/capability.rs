@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-/// What ingest serves today. Read interactions arrive with the projector.
+/// What linkwork's FHIR API serves: intake, the provider loop and the read API.
 pub fn statement(base_url: &str, software_version: &str) -> Value {
     json!({
         "resourceType": "CapabilityStatement",
@@ -29,13 +29,46 @@ pub fn statement(base_url: &str, software_version: &str) -> Value {
             "security": {
                 "cors": false,
                 "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth"}]}],
-                "description": "Bearer JWT; scope referral:submit to send referrals, call-log:submit to send the ASC call log"
+                "description": "Bearer JWT; scope referral:submit to send referrals, call-log:submit to send the ASC call log, referral:respond for providers' updates, referral:read to read"
             },
             "resource": [{
                 "type": "ServiceRequest",
-                "interaction": [{"code": "create"}],
+                "interaction": [{"code": "create"}, {"code": "read"}, {"code": "history-instance"}, {"code": "search-type"}],
                 "conditionalCreate": false,
-                "documentation": "201 with Location and the stored ServiceRequest (id = linkwork's referral id)"
+                "searchParam": [
+                    {"name": "subject:identifier", "type": "token", "documentation": "NHS number (https://fhir.nhs.uk/Id/nhs-number|<number>)"},
+                    {"name": "performer", "type": "reference", "documentation": "the provider's directory id"},
+                    {"name": "status", "type": "token", "documentation": "linkwork's referral status (requested, accepted, in-progress, ...)"},
+                    {"name": "_count", "type": "number", "documentation": "page size, at most 100; next links page on"}
+                ],
+                "documentation": "create: 201 with Location and the stored ServiceRequest (id = linkwork's referral id). \
+                                  read and _history: the status follows the referral's life, one version per event; \
+                                  only the referrer, the provider holding the referral and administrators read it."
+            }, {
+                "type": "Task",
+                "interaction": [{"code": "read"}, {"code": "update"}],
+                "documentation": "One Task per routing attempt, owned by the provider. PUT by that provider moves it \
+                                  along the lifecycle (accepted, rejected with statusReason, in-progress, on-hold, \
+                                  completed, failed with statusReason, cancelled, entered-in-error); anything else is 409."
+            }, {
+                "type": "Observation",
+                "interaction": [{"code": "create"}, {"code": "search-type"}],
+                "searchParam": [{"name": "based-on", "type": "reference"}],
+                "documentation": "Outcome measures (UCLA-3, ONS4, SWEMWBS, WEMWBS, De Jong Gierveld 6) by the provider \
+                                  holding the referral, basedOn its ServiceRequest, with the outcome-timepoint extension."
+            }, {
+                "type": "Communication",
+                "interaction": [{"code": "create"}],
+                "documentation": "A contact with the person (sent, medium), basedOn the ServiceRequest."
+            }, {
+                "type": "Procedure",
+                "interaction": [{"code": "create"}],
+                "documentation": "An activity attended (code.text, category group|service|volunteering|befriending, performedDateTime)."
+            }, {
+                "type": "Consent",
+                "interaction": [{"code": "create"}],
+                "documentation": "Consent to share pseudonymised outcomes for evaluation: active (given) or inactive (withdrawn), \
+                                  the ServiceRequest in provision.data."
             }],
             "interaction": [
                 {"code": "batch", "documentation": "POST /fhir: each ServiceRequest entry independent"},

@@ -84,6 +84,7 @@ pub struct Intake {
     producer: Producer,
     /// A pending claim older than this is treated as abandoned.
     abandon_after: chrono::Duration,
+    events_topic: String,
 }
 
 impl Intake {
@@ -92,7 +93,14 @@ impl Intake {
             pool,
             producer,
             abandon_after: chrono::Duration::minutes(1),
+            events_topic: REFERRAL_EVENTS.to_owned(),
         }
+    }
+
+    /// Publishes to `topic` instead of `referral.events` (tests give each run its own).
+    pub fn with_events_topic(mut self, topic: String) -> Self {
+        self.events_topic = topic;
+        self
     }
 
     /// Takes one referral.
@@ -255,7 +263,7 @@ impl Intake {
         if !to_publish.is_empty() {
             let deliveries = self
                 .producer
-                .publish_batch(REFERRAL_EVENTS, EVENT_SOURCE, now, &to_publish)
+                .publish_batch(&self.events_topic, EVENT_SOURCE, now, &to_publish)
                 .await;
             let mut connection = match self.pool.acquire().await {
                 Ok(connection) => Some(connection),
@@ -381,7 +389,13 @@ impl Intake {
         };
         let event_id = EventId::derive(&["referral", &referral_id.to_string(), kind]);
         self.producer
-            .publish(REFERRAL_EVENTS, event_id, EVENT_SOURCE, Utc::now(), &event)
+            .publish(
+                &self.events_topic,
+                event_id,
+                EVENT_SOURCE,
+                Utc::now(),
+                &event,
+            )
             .await
             .map_err(IntakeError::Unavailable)?;
         receipts::mark_cancelled(&mut connection, referral_id).await?;

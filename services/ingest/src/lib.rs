@@ -9,6 +9,7 @@ pub mod capability;
 pub mod http;
 pub mod inbound;
 pub mod intake;
+pub mod provider;
 pub mod receipts;
 
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 
 pub async fn migrate(pool: &PgPool) -> Result<(), linkwork_store::StoreError> {
     migrator().run(pool).await?;
+    // The provider API keeps its unprojected events beside the projector's tables.
+    linkwork_projector::migrate(pool).await?;
     Ok(())
 }
 
@@ -90,7 +93,8 @@ impl Application {
         }
         let producer = Producer::with_delivery_timeout(kafka, settings.delivery_timeout)
             .map_err(|error| std::io::Error::other(error.to_string()))?;
-        let intake = intake::Intake::new(pool.clone(), producer.clone());
+        let intake = intake::Intake::new(pool.clone(), producer.clone())
+            .with_events_topic(settings.http.events_topic.clone());
         let state = http::AppState::new(
             intake,
             verifier,

@@ -32,6 +32,9 @@ enum Command {
         #[arg(value_enum)]
         service: linkwork::serve::Service,
     },
+    /// Rebuild every read model from offset 0 of referral.events into fresh tables,
+    /// with a progress bar, then swap them in (a running projector carries on).
+    Replay,
     /// Print a development token (needs LINKWORK_AUTH_DEV_SECRET).
     DevToken(DevTokenArgs),
     /// Adult Social Care call log.
@@ -140,6 +143,7 @@ fn main() -> ExitCode {
         Command::Topics { .. } => "topics",
         Command::Demo(_) => "demo",
         Command::Serve { .. } => "serve",
+        Command::Replay => "replay",
         Command::DevToken(_) => "dev-token",
         Command::Asc { .. } => "asc",
         Command::Directory { .. } => "directory",
@@ -183,6 +187,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             linkwork::demo::run(&settings, options, shutdown).await
         }
         Command::Serve { service } => linkwork::serve::run(&settings, service, shutdown).await,
+        Command::Replay => {
+            let pool = linkwork_store::connect(&settings.database()?).await?;
+            linkwork_store::migrate(&pool).await?;
+            linkwork_projector::migrate(&pool).await?;
+            let config = linkwork_projector::ProjectorConfig::new(settings.pseudonym_key()?);
+            let report =
+                linkwork_projector::replay::replay(&pool, settings.kafka()?, &config, true).await?;
+            println!(
+                "replayed {} events into {} referrals in {:.1}s ({:.0} events/s); the rebuilt read models are live",
+                report.events,
+                report.referrals,
+                report.elapsed.as_secs_f64(),
+                report.events as f64 / report.elapsed.as_secs_f64().max(0.001),
+            );
+            Ok(())
+        }
         Command::DevToken(args) => {
             let secret = std::env::var("LINKWORK_AUTH_DEV_SECRET")
                 .map_err(|_| anyhow::anyhow!("LINKWORK_AUTH_DEV_SECRET is not set"))?;

@@ -15,6 +15,8 @@ pub enum Service {
     Ingest,
     /// Routing to community providers, re-routing, deadlines, triage.
     Router,
+    /// Read models from referral.events, outcome Observations out.
+    Projector,
     /// Call-log reduction (more metrics as they land).
     Metrics,
     /// Every service in one process.
@@ -36,6 +38,18 @@ pub async fn run(
     let with_ingest = matches!(service, Service::Ingest | Service::All);
     let with_metrics = matches!(service, Service::Metrics | Service::All);
     let with_router = matches!(service, Service::Router | Service::All);
+    let with_projector = matches!(service, Service::Projector | Service::All);
+    let projector_config = if with_projector {
+        Some(linkwork_projector::ProjectorConfig::new(
+            settings.pseudonym_key()?,
+        ))
+    } else {
+        None
+    };
+    if with_ingest || with_projector {
+        // Ingest's provider API reads the projection and its pending commands.
+        linkwork_projector::migrate(&pool).await?;
+    }
     if with_ingest {
         linkwork_ingest::migrate(&pool).await?;
     }
@@ -96,6 +110,19 @@ pub async fn run(
         tasks.spawn(async move {
             router.run(token).await?;
             Ok("router")
+        });
+    }
+    if let Some(config) = projector_config {
+        let projector = linkwork_projector::Projector::new(
+            config,
+            kafka.clone(),
+            pool.clone(),
+            Some(outbox.clone()),
+        );
+        let token = work.clone();
+        tasks.spawn(async move {
+            projector.run(token).await?;
+            Ok("projector")
         });
     }
     if with_metrics {

@@ -20,6 +20,8 @@ pub struct Settings {
     /// A provider directory (YAML) the router stores as a new version at start when
     /// it differs from the newest (`LINKWORK_DIRECTORY`).
     pub directory_file: Option<std::path::PathBuf>,
+    /// The secret behind data-team pseudonyms (`LINKWORK_PSEUDONYM_KEY`).
+    pseudonym_key: Option<secrecy::SecretString>,
 }
 
 impl Settings {
@@ -46,6 +48,10 @@ impl Settings {
             directory_file: std::env::var_os("LINKWORK_DIRECTORY")
                 .filter(|path| !path.is_empty())
                 .map(std::path::PathBuf::from),
+            pseudonym_key: std::env::var("LINKWORK_PSEUDONYM_KEY")
+                .ok()
+                .filter(|key| !key.is_empty())
+                .map(secrecy::SecretString::from),
         })
     }
 
@@ -56,6 +62,17 @@ impl Settings {
             (None, Some(error)) => bail!("{error}"),
             (None, None) => bail!("LINKWORK_KAFKA_BROKERS is not set"),
         }
+    }
+
+    /// The pseudonym key; an error naming the variable when it is not set or weak.
+    pub fn pseudonym_key(&self) -> anyhow::Result<linkwork_projector::PseudonymKey> {
+        use secrecy::ExposeSecret;
+        let Some(key) = &self.pseudonym_key else {
+            bail!("LINKWORK_PSEUDONYM_KEY is not set (a random secret of at least 32 bytes; it keys the pseudonyms on data-team topics)");
+        };
+        Ok(linkwork_projector::PseudonymKey::new(
+            key.expose_secret().as_bytes(),
+        )?)
     }
 
     /// The database URL with any password replaced, for telling people where to look.

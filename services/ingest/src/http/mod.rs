@@ -4,6 +4,8 @@ pub mod bars;
 pub mod error;
 pub mod extract;
 pub mod fhir;
+pub mod provider;
+pub mod read;
 
 use std::num::NonZeroU32;
 use std::ops::Deref;
@@ -41,6 +43,8 @@ pub struct HttpConfig {
     pub requests_per_minute: u32,
     /// Base of absolute URLs in responses (`Location`), without a trailing slash.
     pub public_base_url: String,
+    /// Where accepted referrals and provider updates go (`referral.events`).
+    pub events_topic: String,
 }
 
 impl Default for HttpConfig {
@@ -51,6 +55,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(30),
             requests_per_minute: 6_000,
             public_base_url: String::new(),
+            events_topic: linkwork_bus::topics::REFERRAL_EVENTS.to_owned(),
         }
     }
 }
@@ -124,9 +129,28 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let fhir = Router::new()
         .route("/fhir/metadata", get(fhir::metadata))
-        .route("/fhir/ServiceRequest", post(fhir::create_service_request))
+        .route(
+            "/fhir/ServiceRequest",
+            post(fhir::create_service_request).get(read::search_service_requests),
+        )
         .route("/fhir/$process-message", post(fhir::process_message))
         .route("/fhir", post(fhir::post_bundle))
+        .route("/fhir/ServiceRequest/{id}", get(read::service_request))
+        .route(
+            "/fhir/ServiceRequest/{id}/_history",
+            get(read::service_request_history),
+        )
+        .route(
+            "/fhir/Task/{id}",
+            get(read::task).put(provider::update_task),
+        )
+        .route(
+            "/fhir/Observation",
+            get(read::search_observations).post(provider::create_observation),
+        )
+        .route("/fhir/Communication", post(provider::create_communication))
+        .route("/fhir/Procedure", post(provider::create_procedure))
+        .route("/fhir/Consent", post(provider::create_consent))
         .route("/asc/call-log", post(call_log))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(

@@ -1,0 +1,591 @@
+//! The projector against the real broker and Postgres: a referral's whole life into
+//! the read models, outcome Observations out (identified, and pseudonymised only with
+//! consent), replay equivalence, and a kill mid-stream.
+//!
+//! Events are published straight onto a per-test event topic, so each test controls
+//! exactly what the log holds.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Duration as Span, Utc};
+use linkwork_bus::{OutboxRelay, Producer, RelayConfig};
+use linkwork_domain::event::{
+    ActivityAttended, ActivityKind, ConsentChange, ConsentScope, ContactMode, ContactRecorded,
+    OutcomeRecorded, ProviderStatusChange, ReferralReceived, ReferralRouted,
+};
+use linkwork_domain::{
+    Actor, EventId, Need, NhsNumber, OutcomeMeasure, ProviderId, ReferralEvent, Timepoint,
+};
+use linkwork_projector::{Projector, ProjectorConfig, ProjectorTopics, PseudonymKey};
+use linkwork_store::sqlx::{self, PgPool};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::helpers::{eventually, stack, unique, ReadMessage, Stack};
+use crate::router::referral;
+
+const TABLES: [&str; 9] = [
+    "referrals",
+    "history",
+    "superseded",
+    "tasks",
+    "caseload",
+    "observations",
+    "outcome_pairs",
+    "contacts",
+    "activities",
+];
+
+fn start() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-09-01T09:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+struct Rig {
+    stack: Stack,
+    pool: PgPool,
+    config: ProjectorConfig,
+    producer: Producer,
+    shutdown: CancellationToken,
+    relay: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Rig {
+    async fn new() -> Rig {
+        let stack = stack();
+        let pool = stack.database().await;
+        linkwork_projector::migrate(&pool).await.unwrap();
+        let prefix = unique("pj");
+        let topics = ProjectorTopics {
+            events: format!("{prefix}.referral.events"),
+            observations: format!("{prefix}.outcomes.observations"),
+            pseudonymised: format!("{prefix}.outcomes.observations.pseudonymised"),
+        };
+        stack.create_topic(&topics.events, 3).await;
+        stack.create_topic(&topics.observations, 2).await;
+        stack.create_topic(&topics.pseudonymised, 2).await;
+        let mut config = ProjectorConfig::new(PseudonymKey::new(&[42u8; 32]).unwrap());
+        config.dlq_topic = format!("{prefix}.projector.dlq");
+        stack.create_topic(&config.dlq_topic, 1).await;
+        config.topics = topics;
+        config.group_id = unique("projector");
+        let producer = Producer::new(&stack.kafka).unwrap();
+        let shutdown = CancellationToken::new();
+        let relay = OutboxRelay::new(pool.clone(), &stack.kafka, RelayConfig::default()).unwrap();
+        let notify = relay.notifier();
+        tokio::spawn(relay.run(shutdown.clone()));
+        Rig {
+            stack,
+            pool,
+            config,
+            producer,
+            shutdown,
+            relay: notify,
+        }
+    }
+
+    fn start_projector(&self) -> JoinHandle<()> {
+        let projector = Projector::new(
+            self.config.clone(),
+            self.stack.kafka.clone(),
+            self.pool.clone(),
+            Some(self.relay.clone()),
+        );
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            projector.run(shutdown).await.expect("projector runs");
+        })
+    }
+
+    async fn publish_all(&self, events: &[(EventId, ReferralEvent)]) {
+        for (id, event) in events {
+            self.producer
+                .publish(
+                    &self.config.topics.events,
+                    *id,
+                    "test",
+                    event.occurred_at(),
+                    event,
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Waits until the projector has applied or superseded `count` events.
+    async fn projected(&self, count: i64) {
+        eventually(Duration::from_secs(60), &format!("{count} events projected"), || async {
+            let seen: Option<i64> = sqlx::query_scalar(
+                "SELECT (SELECT count(*) FROM projection.history) + (SELECT count(*) FROM projection.superseded)",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .ok();
+            seen == Some(count)
+        })
+        .await;
+    }
+
+    /// Every read model, rows in a stable order, as JSON text.
+    async fn dump(&self) -> BTreeMap<&'static str, String> {
+        let mut dump = BTreeMap::new();
+        for table in TABLES {
+            let rows: String = sqlx::query_scalar(&format!(
+                "SELECT coalesce(json_agg(t ORDER BY t::text), '[]')::text FROM projection.{table} t"
+            ))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+            dump.insert(table, rows);
+        }
+        dump
+    }
+
+    fn read(&self, topic: &str, expected: usize) -> Vec<ReadMessage> {
+        self.stack.read_topic(
+            topic,
+            expected,
+            Duration::from_secs(30),
+            Duration::from_millis(1500),
+        )
+    }
+}
+
+fn change(referral: &ReferralReceived, provider: &str, at: DateTime<Utc>) -> ProviderStatusChange {
+    ProviderStatusChange {
+        referral_id: referral.referral_id,
+        provider_id: ProviderId::parse(provider).unwrap(),
+        reason: None,
+        occurred_at: at,
+    }
+}
+
+fn outcome(
+    referral: &ReferralReceived,
+    provider: &str,
+    timepoint: Timepoint,
+    measure: OutcomeMeasure,
+    at: DateTime<Utc>,
+) -> ReferralEvent {
+    ReferralEvent::OutcomeRecorded(OutcomeRecorded {
+        referral_id: referral.referral_id,
+        provider_id: ProviderId::parse(provider).unwrap(),
+        observation_id: Uuid::new_v5(
+            referral.referral_id.as_uuid(),
+            format!("{timepoint:?}{measure:?}").as_bytes(),
+        ),
+        timepoint,
+        measure,
+        effective_at: at,
+        occurred_at: at,
+    })
+}
+
+/// A referral's whole life with one provider: routed, accepted, consent (or not),
+/// baseline UCLA and SWEMWBS, started, a contact, an activity, follow-up scores,
+/// completed. Event ids derive from the referral and the step.
+fn life(
+    referral: &ReferralReceived,
+    provider: &str,
+    consent: bool,
+) -> Vec<(EventId, ReferralEvent)> {
+    let t = referral.authored_on;
+    let id = referral.referral_id;
+    let mut events = vec![
+        ReferralEvent::Received(Box::new(referral.clone())),
+        ReferralEvent::Routed(ReferralRouted {
+            referral_id: id,
+            provider_id: ProviderId::parse(provider).unwrap(),
+            attempt: 1,
+            directory_version: "v1-test".into(),
+            rule: "least loaded".into(),
+            candidates: Vec::new(),
+            accept_by: t + Span::days(2),
+            occurred_at: t + Span::minutes(1),
+        }),
+        ReferralEvent::Accepted(change(referral, provider, t + Span::hours(3))),
+    ];
+    if consent {
+        events.push(ReferralEvent::ConsentRecorded(ConsentChange {
+            referral_id: id,
+            scope: ConsentScope::Evaluation,
+            recorded_by: Actor::Provider(ProviderId::parse(provider).unwrap()),
+            occurred_at: t + Span::days(1),
+        }));
+    }
+    events.extend([
+        outcome(
+            referral,
+            provider,
+            Timepoint::Baseline,
+            OutcomeMeasure::single(linkwork_domain::Instrument::Ucla3, 8).unwrap(),
+            t + Span::days(1),
+        ),
+        outcome(
+            referral,
+            provider,
+            Timepoint::Baseline,
+            OutcomeMeasure::single(linkwork_domain::Instrument::Swemwbs, 17).unwrap(),
+            t + Span::days(1),
+        ),
+        ReferralEvent::Started(change(referral, provider, t + Span::days(1))),
+        ReferralEvent::ContactRecorded(ContactRecorded {
+            referral_id: id,
+            provider_id: ProviderId::parse(provider).unwrap(),
+            contact_at: t + Span::hours(20),
+            mode: ContactMode::Phone,
+            occurred_at: t + Span::days(1),
+        }),
+        ReferralEvent::ActivityAttended(ActivityAttended {
+            referral_id: id,
+            provider_id: ProviderId::parse(provider).unwrap(),
+            activity_id: Some("walking-group".into()),
+            activity_name: "Millbrook walking group".into(),
+            kind: ActivityKind::Group,
+            attended_on: (t + Span::days(10)).date_naive(),
+            occurred_at: t + Span::days(10),
+        }),
+        outcome(
+            referral,
+            provider,
+            Timepoint::FollowUp,
+            OutcomeMeasure::single(linkwork_domain::Instrument::Ucla3, 5).unwrap(),
+            t + Span::days(84),
+        ),
+        outcome(
+            referral,
+            provider,
+            Timepoint::FollowUp,
+            OutcomeMeasure::single(linkwork_domain::Instrument::Swemwbs, 24).unwrap(),
+            t + Span::days(84),
+        ),
+        ReferralEvent::Completed(change(referral, provider, t + Span::days(85))),
+    ]);
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(step, event)| {
+            (
+                EventId::derive(&[&id.to_string(), &step.to_string()]),
+                event,
+            )
+        })
+        .collect()
+}
+
+/// Every standalone 10-digit number in `text` (spaced as 3-3-4 or not) that passes
+/// the NHS number check. Digits inside longer tokens (hex pseudonyms, UUIDs) are not
+/// NHS numbers.
+fn valid_nhs_numbers(text: &str) -> Vec<String> {
+    let squeezed = text.replace(|c: char| c == ' ', "");
+    let mut found = Vec::new();
+    for haystack in [text, squeezed.as_str()] {
+        for token in haystack.split(|c: char| !c.is_ascii_alphanumeric()) {
+            if token.len() == 10
+                && token.chars().all(|c| c.is_ascii_digit())
+                && NhsNumber::parse(token).is_ok()
+            {
+                found.push(token.to_owned());
+            }
+        }
+    }
+    found
+}
+
+fn json(message: &ReadMessage) -> Value {
+    serde_json::from_slice(&message.payload).unwrap()
+}
+
+#[tokio::test]
+async fn a_referral_life_projects_and_its_outcomes_go_out_identified_and_only_with_consent_pseudonymised(
+) {
+    let rig = Rig::new().await;
+    let consenting = referral(1, &[Need::Loneliness], start());
+    let declining = referral(2, &[Need::Loneliness], start() + Span::minutes(5));
+    let mut events = life(&consenting, "connectors", true);
+    events.extend(life(&declining, "connectors", false));
+    // Another provider claiming the first referral: on the log, superseded.
+    events.push((
+        EventId::derive(&["intruder"]),
+        ReferralEvent::Failed(change(&consenting, "elsewhere", start() + Span::days(90))),
+    ));
+    let total = events.len() as i64;
+    rig.publish_all(&events).await;
+    let _projector = rig.start_projector();
+    rig.projected(total).await;
+
+    let (status, version, contacts, activities): (String, i64, i32, i32) = sqlx::query_as(
+        "SELECT status, version, contacts, activities FROM projection.referrals WHERE referral_id = $1",
+    )
+    .bind(consenting.referral_id.as_uuid())
+    .fetch_one(&rig.pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), contacts, activities), ("completed", 1, 1));
+    let applied = life(&consenting, "connectors", true).len() as i64;
+    assert_eq!(version, applied, "one version per applied event");
+    let superseded: Vec<(String, String)> =
+        sqlx::query_as("SELECT event_type, reason FROM projection.superseded")
+            .fetch_all(&rig.pool)
+            .await
+            .unwrap();
+    assert_eq!(superseded.len(), 1);
+    assert!(superseded[0].1.contains("does not hold"), "{superseded:?}");
+
+    let task: (String, i32, String) = sqlx::query_as(
+        "SELECT status, attempt, provider_id FROM projection.tasks WHERE task_id = $1",
+    )
+    .bind(consenting.referral_id.task_id(1))
+    .fetch_one(&rig.pool)
+    .await
+    .unwrap();
+    assert_eq!(task, ("completed".into(), 1, "connectors".into()));
+    let caseload: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT provider_id, status, referrals FROM projection.caseload WHERE referrals <> 0",
+    )
+    .fetch_all(&rig.pool)
+    .await
+    .unwrap();
+    assert_eq!(caseload, vec![("connectors".into(), "completed".into(), 2)]);
+    let pairs: Vec<(String, Option<i16>, Option<i16>)> = sqlx::query_as(
+        "SELECT instrument, baseline_total, follow_up_total FROM projection.outcome_pairs
+         WHERE referral_id = $1 ORDER BY instrument",
+    )
+    .bind(consenting.referral_id.as_uuid())
+    .fetch_all(&rig.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        pairs,
+        vec![
+            ("swemwbs".into(), Some(17), Some(24)),
+            ("ucla-3".into(), Some(8), Some(5)),
+        ]
+    );
+
+    // Identified: 4 Observations per referral and a summary per closed referral.
+    let identified = rig.read(&rig.config.topics.observations, 10);
+    let observations: Vec<Value> = identified
+        .iter()
+        .filter(|message| message.header("ce_type") == Some("linkwork.outcomes.observation.v1"))
+        .map(json)
+        .collect();
+    assert_eq!(observations.len(), 8);
+    let swemwbs = observations
+        .iter()
+        .find(|o| o["code"]["coding"][1]["code"] == "718466001" && o["valueInteger"] == 24)
+        .expect("a SWEMWBS follow-up with its SNOMED CT code");
+    assert_eq!(swemwbs["status"], "final");
+    assert_eq!(swemwbs["category"][0]["coding"][0]["code"], "survey");
+    assert_eq!(
+        swemwbs["subject"]["identifier"]["system"],
+        "https://fhir.nhs.uk/Id/nhs-number"
+    );
+    assert_eq!(
+        swemwbs["basedOn"][0]["reference"],
+        format!(
+            "ServiceRequest/{}",
+            swemwbs["basedOn"][0]["reference"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("ServiceRequest/")
+        )
+    );
+    let summaries: Vec<Value> = identified
+        .iter()
+        .filter(|message| {
+            message.header("ce_type") == Some("linkwork.outcomes.referral-summary.v1")
+        })
+        .map(json)
+        .collect();
+    assert_eq!(summaries.len(), 2, "one summary per completed referral");
+    let summary_task = &summaries[0]["entry"][0]["resource"];
+    assert_eq!(summary_task["status"], "completed");
+    let outputs = summary_task["output"].to_string();
+    assert!(
+        outputs.contains("Millbrook walking group on 2026-09-"),
+        "{outputs}"
+    );
+    assert!(outputs.contains("first contact"), "{outputs}");
+
+    // Pseudonymised: only the consenting person's four, with nothing identifying.
+    let pseudonymised = rig.read(&rig.config.topics.pseudonymised, 4);
+    assert_eq!(pseudonymised.len(), 4);
+    let consenting_nhs = consenting.subject.nhs_number.as_ref().unwrap().to_string();
+    let declining_nhs = declining.subject.nhs_number.as_ref().unwrap().to_string();
+    for message in &pseudonymised {
+        let text = String::from_utf8(message.payload.clone()).unwrap();
+        let everything = format!("{text} {:?} {:?}", message.key, message.headers);
+        assert_eq!(
+            valid_nhs_numbers(&everything),
+            Vec::<String>::new(),
+            "{everything}"
+        );
+        for identifying in [
+            "Synthetic",
+            "Testy",
+            "LW1 2AB",
+            "LW12AB",
+            "1950-05-17",
+            "birthDate",
+            "address",
+        ] {
+            assert!(
+                !everything.contains(identifying),
+                "{identifying} in {everything}"
+            );
+        }
+        assert!(!everything.contains(&consenting.referral_id.to_string()));
+        let observation: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            observation["subject"]["identifier"]["value"]
+                .as_str()
+                .unwrap()
+                .len(),
+            64
+        );
+        let extensions = observation["extension"].to_string();
+        assert!(
+            extensions.contains("\"LW1\"") && extensions.contains("75-84"),
+            "{extensions}"
+        );
+    }
+    let everything: String = pseudonymised
+        .iter()
+        .map(|message| String::from_utf8_lossy(&message.payload).into_owned())
+        .collect();
+    for number in [&consenting_nhs, &declining_nhs] {
+        assert!(!everything.contains(number.as_str()));
+    }
+    let keys: std::collections::HashSet<_> = pseudonymised.iter().map(|m| m.key.clone()).collect();
+    assert_eq!(keys.len(), 1, "one person, one pseudonym");
+}
+
+#[tokio::test]
+async fn replay_rebuilds_read_models_equal_to_the_live_projection() {
+    let rig = Rig::new().await;
+    let mut events = Vec::new();
+    for number in 0..40 {
+        let person = referral(
+            100 + number,
+            &[Need::Loneliness],
+            start() + Span::minutes(number.into()),
+        );
+        events.extend(life(
+            &person,
+            if number % 2 == 0 {
+                "connectors"
+            } else {
+                "reconnect"
+            },
+            number % 3 == 0,
+        ));
+    }
+    let total = events.len() as i64;
+    rig.publish_all(&events).await;
+    let projector = rig.start_projector();
+    rig.projected(total).await;
+    let live = rig.dump().await;
+    projector.abort();
+    let _ = projector.await;
+    assert!(live["history"].len() > 1000);
+
+    let report =
+        linkwork_projector::replay::replay(&rig.pool, &rig.stack.kafka, &rig.config, false)
+            .await
+            .unwrap();
+    assert_eq!(report.referrals, 40);
+    assert_eq!(report.events as i64, total);
+    let rebuilt = rig.dump().await;
+    for table in TABLES {
+        assert_eq!(live[table], rebuilt[table], "{table} differs after replay");
+    }
+
+    // The live projector carries on from where the replay stopped.
+    let _projector = rig.start_projector();
+    let late = referral(999, &[Need::Loneliness], start());
+    let more = life(&late, "connectors", false);
+    rig.publish_all(&more).await;
+    rig.projected(total + more.len() as i64).await;
+}
+
+#[tokio::test]
+async fn killing_the_projector_mid_stream_leaves_the_read_models_as_without_the_kill() {
+    let rig = Rig::new().await;
+    let mut events = Vec::new();
+    for number in 0..300 {
+        let person = referral(
+            1000 + number,
+            &[Need::Loneliness],
+            start() + Span::minutes(number.into()),
+        );
+        events.extend(life(
+            &person,
+            ["connectors", "reconnect", "talking"][number as usize % 3],
+            number % 4 == 0,
+        ));
+    }
+    let total = events.len() as i64;
+    rig.publish_all(&events).await;
+    let projector = rig.start_projector();
+    eventually(
+        Duration::from_secs(60),
+        "the projector to be part way",
+        || async {
+            let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM projection.history")
+                .fetch_one(&rig.pool)
+                .await
+                .unwrap_or(0);
+            seen > 200
+        },
+    )
+    .await;
+    projector.abort();
+    let _ = projector.await;
+    let at_kill: i64 = sqlx::query_scalar("SELECT count(*) FROM projection.history")
+        .fetch_one(&rig.pool)
+        .await
+        .unwrap();
+    assert!(
+        at_kill < total,
+        "killed before the end ({at_kill} of {total})"
+    );
+
+    let _restarted = rig.start_projector();
+    rig.projected(total).await;
+    let after_kill = rig.dump().await;
+    linkwork_projector::replay::replay(&rig.pool, &rig.stack.kafka, &rig.config, false)
+        .await
+        .unwrap();
+    let without_kill = rig.dump().await;
+    for table in TABLES {
+        assert_eq!(
+            after_kill[table], without_kill[table],
+            "{table} differs after the kill"
+        );
+    }
+    // Each Observation went out once, however the batches fell around the kill.
+    rig.stack.read_topic(
+        &rig.config.topics.observations,
+        0,
+        Duration::from_secs(1),
+        Duration::from_millis(10),
+    );
+    let published: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE ce_type = 'linkwork.outcomes.observation.v1'",
+    )
+    .fetch_one(&rig.pool)
+    .await
+    .unwrap();
+    assert_eq!(published, 300 * 4);
+}

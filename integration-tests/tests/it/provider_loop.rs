@@ -1,0 +1,711 @@
+//! The provider loop through the real services: ingest's HTTP API, the router, the
+//! projector and the outbox relay, on the real broker and Postgres. A GP's referral is
+//! routed, the provider accepts it over HTTP, records scores and completes it, and
+//! everything reads back over the FHIR API and comes out on the outcome topics.
+
+use std::time::Duration;
+
+use linkwork_auth::{Role, Verifier};
+use linkwork_bus::{OutboxRelay, RelayConfig};
+use linkwork_domain::ReferralId;
+use linkwork_ingest::{Application, IngestSettings};
+use linkwork_projector::{Projector, ProjectorConfig, ProjectorTopics, PseudonymKey};
+use linkwork_router::directory::{self, DirectoryDocument};
+use linkwork_router::{Router, RouterConfig, RouterTopics};
+use linkwork_store::sqlx::PgPool;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::helpers::{eventually, stack, unique, Stack};
+
+const DEV_SECRET: &str = "provider-loop-tests-development-secret-0123456789";
+const BASE: &str = "https://linkwork.example/fhir";
+
+/// Two providers for the same people (Leeds city centre, LS1, in the test referral).
+const DIRECTORY: &str = r#"
+providers:
+  - id: connectors
+    name: Community Connectors
+    kind: want
+    areas: { postcode_districts: [LS1] }
+    needs: [social-isolation, loneliness]
+    capacity: 100
+    accept_within_working_days: 5
+  - id: reconnect
+    name: Reconnect
+    kind: want
+    areas: { postcode_districts: [LS2] }
+    needs: [social-isolation, loneliness]
+    capacity: 100
+    accept_within_working_days: 5
+"#;
+
+struct Loop {
+    stack: Stack,
+    pool: PgPool,
+    address: String,
+    client: reqwest::Client,
+    projector: ProjectorConfig,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn token(role: Role, client: &str) -> String {
+    linkwork_auth::dev_token(
+        &SecretString::from(DEV_SECRET),
+        role,
+        client,
+        &role.default_scopes(client),
+        600,
+    )
+    .unwrap()
+}
+
+fn gp() -> String {
+    token(Role::Source, "gp:A81001")
+}
+
+fn provider(id: &str) -> String {
+    token(Role::Provider, id)
+}
+
+impl Loop {
+    async fn start() -> Loop {
+        let stack = stack();
+        let pool = stack.database().await;
+        linkwork_ingest::migrate(&pool).await.unwrap();
+        linkwork_router::migrate(&pool).await.unwrap();
+        linkwork_projector::migrate(&pool).await.unwrap();
+        let prefix = unique("pl");
+        let events = format!("{prefix}.referral.events");
+        let router_topics = RouterTopics {
+            events: events.clone(),
+            triage: format!("{prefix}.triage.referrals"),
+            dlq: format!("{prefix}.router.dlq"),
+            queue_prefix: format!("{prefix}."),
+        };
+        let mut projector = ProjectorConfig::new(PseudonymKey::new(&[7u8; 32]).unwrap());
+        projector.topics = ProjectorTopics {
+            events: events.clone(),
+            observations: format!("{prefix}.outcomes.observations"),
+            pseudonymised: format!("{prefix}.outcomes.observations.pseudonymised"),
+        };
+        projector.dlq_topic = format!("{prefix}.projector.dlq");
+        projector.group_id = unique("projector");
+        for (topic, partitions) in [
+            (events.as_str(), 3),
+            (router_topics.triage.as_str(), 1),
+            (router_topics.dlq.as_str(), 1),
+            (projector.topics.observations.as_str(), 2),
+            (projector.topics.pseudonymised.as_str(), 2),
+            (projector.dlq_topic.as_str(), 1),
+        ] {
+            stack.create_topic(topic, partitions).await;
+        }
+        let document = DirectoryDocument::parse(DIRECTORY).unwrap();
+        for id in document.provider_ids() {
+            stack
+                .create_topic(&router_topics.provider_queue(&id), 1)
+                .await;
+        }
+        let mut transaction = pool.begin().await.unwrap();
+        directory::store(&mut transaction, &document, "test")
+            .await
+            .unwrap();
+        transaction.commit().await.unwrap();
+
+        let shutdown = CancellationToken::new();
+        let relay = OutboxRelay::new(pool.clone(), &stack.kafka, RelayConfig::default()).unwrap();
+        let notify = relay.notifier();
+        tokio::spawn(relay.run(shutdown.clone()));
+        let router = Router::new(
+            RouterConfig {
+                topics: router_topics,
+                group_id: unique("router"),
+                ..RouterConfig::default()
+            },
+            stack.kafka.clone(),
+            pool.clone(),
+            Some(notify.clone()),
+        );
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { router.run(shutdown).await.expect("router runs") }
+        });
+        let projector_run = Projector::new(
+            projector.clone(),
+            stack.kafka.clone(),
+            pool.clone(),
+            Some(notify),
+        );
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { projector_run.run(shutdown).await.expect("projector runs") }
+        });
+        let mut settings = IngestSettings::new("127.0.0.1:0".parse().unwrap());
+        settings.http.events_topic = events;
+        let verifier = Verifier::dev(SecretString::from(DEV_SECRET)).unwrap();
+        let application = Application::build(settings, &stack.kafka, pool.clone(), verifier)
+            .await
+            .unwrap();
+        let address = format!("http://127.0.0.1:{}", application.port());
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                application
+                    .run_until_stopped(shutdown)
+                    .await
+                    .expect("ingest runs")
+            }
+        });
+        Loop {
+            stack,
+            pool,
+            address,
+            client: reqwest::Client::new(),
+            projector,
+            shutdown,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .header("accept", "application/fhir+json");
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, token, None).await
+    }
+
+    async fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    async fn put(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        self.send(reqwest::Method::PUT, path, token, Some(body))
+            .await
+    }
+
+    /// Posts a GP referral and waits until its Task is on a provider's queue and in the
+    /// read models.
+    async fn routed_referral(&self, reference: &str) -> ReferralId {
+        let (status, created) = self
+            .post(
+                "/fhir/ServiceRequest",
+                &gp(),
+                &linkwork_testkit::gp_referral(reference),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        let referral =
+            ReferralId::from_uuid(Uuid::parse_str(created["id"].as_str().unwrap()).unwrap());
+        self.wait_for_status(referral, "requested").await;
+        referral
+    }
+
+    /// Waits until the read API shows the referral in `status` (linkwork's code).
+    async fn wait_for_status(&self, referral: ReferralId, status: &str) {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{referral} {status}"),
+            || async {
+                let (code, resource) = self
+                    .get(&format!("/fhir/ServiceRequest/{referral}"), &gp())
+                    .await;
+                code == 200 && referral_status(&resource) == status
+            },
+        )
+        .await;
+    }
+
+    async fn version(&self, referral: ReferralId) -> i64 {
+        linkwork_store::sqlx::query_scalar(
+            "SELECT version FROM projection.referrals WHERE referral_id = $1",
+        )
+        .bind(referral.as_uuid())
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+}
+
+fn referral_status(resource: &Value) -> String {
+    resource["extension"]
+        .as_array()
+        .and_then(|extensions| {
+            extensions
+                .iter()
+                .find(|e| e["url"] == format!("{BASE}/StructureDefinition/referral-status"))
+        })
+        .and_then(|e| e["valueCode"].as_str())
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn task(referral: ReferralId, attempt: u32, status: &str, reason: Option<&str>) -> Value {
+    let mut task = json!({
+        "resourceType": "Task",
+        "id": referral.task_id(attempt).to_string(),
+        "status": status,
+        "intent": "order",
+        "focus": { "reference": format!("ServiceRequest/{referral}") },
+    });
+    if let Some(reason) = reason {
+        task["statusReason"] = json!({ "text": reason });
+    }
+    task
+}
+
+fn score(
+    referral: ReferralId,
+    instrument: &str,
+    snomed: Option<&str>,
+    value: i64,
+    timepoint: &str,
+    when: &str,
+) -> Value {
+    let mut coding = vec![
+        json!({ "system": format!("{BASE}/CodeSystem/outcome-instrument"), "code": instrument }),
+    ];
+    if let Some(code) = snomed {
+        coding.push(json!({ "system": "http://snomed.info/sct", "code": code }));
+    }
+    json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey" }] }],
+        "code": { "coding": coding },
+        "basedOn": [{ "reference": format!("ServiceRequest/{referral}") }],
+        "effectiveDateTime": when,
+        "valueInteger": value,
+        "extension": [{ "url": format!("{BASE}/StructureDefinition/outcome-timepoint"), "valueCode": timepoint }],
+    })
+}
+
+#[tokio::test]
+async fn a_gp_referral_is_routed_accepted_scored_completed_and_reads_back() {
+    let run = Loop::start().await;
+    let referral = run.routed_referral(&unique("GP")).await;
+    let task_path = format!("/fhir/Task/{}", referral.task_id(1));
+    let connectors = provider("connectors");
+
+    let (status, current) = run.get(&task_path, &connectors).await;
+    assert_eq!(
+        (status, current["status"].as_str()),
+        (200, Some("requested")),
+        "{current}"
+    );
+    assert_eq!(current["owner"]["identifier"]["value"], "connectors");
+
+    let steps: Vec<(&str, Value)> = vec![
+        ("PUT", task(referral, 1, "accepted", None)),
+        (
+            "POST /fhir/Consent",
+            json!({
+                "resourceType": "Consent",
+                "status": "active",
+                "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "research" }] },
+                "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
+                "provision": { "data": [{ "meaning": "related", "reference": { "reference": format!("ServiceRequest/{referral}") } }] },
+            }),
+        ),
+        (
+            "POST /fhir/Observation",
+            score(
+                referral,
+                "ucla-3",
+                None,
+                8,
+                "baseline",
+                "2026-03-10T10:00:00Z",
+            ),
+        ),
+        (
+            "POST /fhir/Observation",
+            score(
+                referral,
+                "swemwbs",
+                Some("718466001"),
+                17,
+                "baseline",
+                "2026-03-10T10:05:00Z",
+            ),
+        ),
+        ("PUT", task(referral, 1, "in-progress", None)),
+        (
+            "POST /fhir/Communication",
+            json!({
+                "resourceType": "Communication",
+                "status": "completed",
+                "basedOn": [{ "reference": format!("ServiceRequest/{referral}") }],
+                "sent": "2026-03-09T15:00:00Z",
+                "medium": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationMode", "code": "PHONE" }] }],
+            }),
+        ),
+        (
+            "POST /fhir/Procedure",
+            json!({
+                "resourceType": "Procedure",
+                "status": "completed",
+                "basedOn": [{ "reference": format!("ServiceRequest/{referral}") }],
+                "subject": { "reference": format!("Patient/{}", referral.patient_id()) },
+                "category": { "coding": [{ "system": format!("{BASE}/CodeSystem/activity-kind"), "code": "group" }] },
+                "code": { "text": "Townley lunch club" },
+                "performedDateTime": "2026-03-20",
+            }),
+        ),
+        (
+            "POST /fhir/Observation",
+            score(
+                referral,
+                "ucla-3",
+                None,
+                5,
+                "follow-up",
+                "2026-06-01T10:00:00Z",
+            ),
+        ),
+        (
+            "POST /fhir/Observation",
+            score(
+                referral,
+                "swemwbs",
+                Some("718466001"),
+                24,
+                "follow-up",
+                "2026-06-01T10:05:00Z",
+            ),
+        ),
+        ("PUT", task(referral, 1, "completed", None)),
+    ];
+    for (how, body) in &steps {
+        let (status, answer) = match how.strip_prefix("POST ") {
+            Some(path) => run.post(path, &connectors, body).await,
+            None => run.put(&task_path, &connectors, body).await,
+        };
+        assert!(
+            status == 200 || status == 201,
+            "{how} {body}: {status} {answer}"
+        );
+    }
+    run.wait_for_status(referral, "completed").await;
+
+    let (_, service_request) = run
+        .get(&format!("/fhir/ServiceRequest/{referral}"), &gp())
+        .await;
+    assert_eq!(service_request["status"], "completed");
+    // received, routed, then one version per step above.
+    let versions = 2 + steps.len();
+    assert_eq!(service_request["meta"]["versionId"], versions.to_string());
+    let (status, history) = run
+        .get(&format!("/fhir/ServiceRequest/{referral}/_history"), &gp())
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(history["type"], "history");
+    assert_eq!(history["total"], versions);
+    let statuses: Vec<String> = history["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|entry| referral_status(&entry["resource"]))
+        .collect();
+    assert_eq!(
+        &statuses[..4],
+        ["received", "requested", "accepted", "accepted"]
+    );
+    assert_eq!(statuses.last().unwrap(), "completed");
+    assert_eq!(
+        history["entry"][0]["resource"]["meta"]["versionId"],
+        versions.to_string()
+    );
+
+    let (_, task_now) = run.get(&task_path, &connectors).await;
+    assert_eq!(task_now["status"], "completed");
+    let (status, observations) = run
+        .get(
+            &format!("/fhir/Observation?based-on=ServiceRequest/{referral}"),
+            &gp(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(observations["type"], "searchset");
+    assert_eq!(observations["total"], 4);
+    let values: Vec<(String, i64)> = observations["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            let resource = &entry["resource"];
+            (
+                resource["code"]["coding"][0]["code"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                resource["valueInteger"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        values,
+        [
+            ("ucla-3".into(), 8),
+            ("swemwbs".into(), 17),
+            ("ucla-3".into(), 5),
+            ("swemwbs".into(), 24)
+        ]
+    );
+    let swemwbs = &observations["entry"][1]["resource"];
+    assert_eq!(swemwbs["code"]["coding"][1]["code"], "718466001");
+    assert_eq!(
+        swemwbs["subject"]["identifier"]["value"],
+        linkwork_testkit::NHS_NUMBERS[0]
+    );
+    assert_eq!(
+        swemwbs["basedOn"][0]["reference"],
+        format!("ServiceRequest/{referral}")
+    );
+
+    // Both outcome topics carry the Observations; the referrer's summary comes too.
+    let identified = run.stack.read_topic(
+        &run.projector.topics.observations,
+        5,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    );
+    let types: Vec<&str> = identified
+        .iter()
+        .filter_map(|m| m.header("ce_type"))
+        .collect();
+    assert_eq!(
+        types
+            .iter()
+            .filter(|t| **t == "linkwork.outcomes.observation.v1")
+            .count(),
+        4
+    );
+    assert_eq!(
+        types
+            .iter()
+            .filter(|t| **t == "linkwork.outcomes.referral-summary.v1")
+            .count(),
+        1
+    );
+    let pseudonymised = run.stack.read_topic(
+        &run.projector.topics.pseudonymised,
+        4,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    );
+    assert_eq!(pseudonymised.len(), 4);
+    for message in &pseudonymised {
+        let text = String::from_utf8_lossy(&message.payload);
+        assert!(
+            !text.contains(linkwork_testkit::NHS_NUMBERS[0])
+                && !text.contains("Brightwater")
+                && !text.contains("LS1 4AP"),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn transitions_outside_the_lifecycle_are_refused_with_409_and_no_event() {
+    let run = Loop::start().await;
+    let referral = run.routed_referral(&unique("GP")).await;
+    let path = format!("/fhir/Task/{}", referral.task_id(1));
+    let connectors = provider("connectors");
+    // (the status the Task is moved to before, the refused status)
+    let refused_from_requested = ["in-progress", "on-hold", "completed"];
+    let before = run.version(referral).await;
+    for status in refused_from_requested {
+        let (code, outcome) = run
+            .put(&path, &connectors, &task(referral, 1, status, None))
+            .await;
+        assert_eq!(code, 409, "requested -> {status}: {outcome}");
+        assert_eq!(outcome["resourceType"], "OperationOutcome");
+        assert!(
+            outcome["issue"][0]["diagnostics"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("from requested to {status}")),
+            "{outcome}"
+        );
+    }
+    let (code, outcome) = run
+        .put(
+            &path,
+            &connectors,
+            &task(referral, 1, "failed", Some("could not reach")),
+        )
+        .await;
+    assert_eq!(code, 409, "{outcome}");
+    let (code, _) = run
+        .put(&path, &connectors, &task(referral, 1, "accepted", None))
+        .await;
+    assert_eq!(code, 200);
+    let (code, outcome) = run
+        .put(
+            &path,
+            &connectors,
+            &task(referral, 1, "rejected", Some("full")),
+        )
+        .await;
+    assert_eq!(code, 409, "accepted -> rejected: {outcome}");
+    let (code, _) = run
+        .put(&path, &connectors, &task(referral, 1, "completed", None))
+        .await;
+    assert_eq!(code, 200);
+    for status in ["accepted", "in-progress", "on-hold", "failed", "cancelled"] {
+        let reason = (status == "failed").then_some("late");
+        let (code, outcome) = run
+            .put(&path, &connectors, &task(referral, 1, status, reason))
+            .await;
+        assert_eq!(code, 409, "completed -> {status}: {outcome}");
+    }
+    // A rejection without a reason, and a status providers do not set, are 400s.
+    let (code, outcome) = run
+        .put(&path, &connectors, &task(referral, 1, "rejected", None))
+        .await;
+    assert!(code == 400 || code == 422, "{code} {outcome}");
+    let (code, _) = run
+        .put(&path, &connectors, &task(referral, 1, "requested", None))
+        .await;
+    assert!(code == 400 || code == 422);
+
+    run.wait_for_status(referral, "completed").await;
+    assert_eq!(
+        run.version(referral).await,
+        before + 2,
+        "only the acceptance and the completion were recorded"
+    );
+}
+
+#[tokio::test]
+async fn a_provider_cannot_read_or_update_another_providers_referral() {
+    let run = Loop::start().await;
+    let referral = run.routed_referral(&unique("GP")).await;
+    let other = provider("reconnect");
+    let task_path = format!("/fhir/Task/{}", referral.task_id(1));
+    let before = run.version(referral).await;
+
+    let (code, _) = run
+        .get(&format!("/fhir/ServiceRequest/{referral}"), &other)
+        .await;
+    assert_eq!(code, 403);
+    let (code, _) = run
+        .get(&format!("/fhir/ServiceRequest/{referral}/_history"), &other)
+        .await;
+    assert_eq!(code, 403);
+    let (code, _) = run.get(&task_path, &other).await;
+    assert_eq!(code, 403);
+    let (code, _) = run
+        .get(
+            &format!("/fhir/Observation?based-on=ServiceRequest/{referral}"),
+            &other,
+        )
+        .await;
+    assert_eq!(code, 403);
+    let (code, outcome) = run
+        .put(&task_path, &other, &task(referral, 1, "accepted", None))
+        .await;
+    assert_eq!(code, 403, "{outcome}");
+    let (code, _) = run
+        .post(
+            "/fhir/Observation",
+            &other,
+            &score(
+                referral,
+                "ucla-3",
+                None,
+                6,
+                "baseline",
+                "2026-03-10T10:00:00Z",
+            ),
+        )
+        .await;
+    assert_eq!(code, 403);
+    let (code, _) = run
+        .get("/fhir/ServiceRequest?performer=connectors", &other)
+        .await;
+    assert_eq!(code, 403);
+    let (code, found) = run
+        .get("/fhir/ServiceRequest?status=requested", &other)
+        .await;
+    assert_eq!((code, found["total"].as_i64()), (200, Some(0)), "{found}");
+    // A data team sees no identifiable referral at all; another GP neither.
+    let (code, _) = run
+        .get(
+            &format!("/fhir/ServiceRequest/{referral}"),
+            &token(Role::Data, "evaluation-team"),
+        )
+        .await;
+    assert_eq!(code, 403);
+    let (code, _) = run
+        .get(
+            &format!("/fhir/ServiceRequest/{referral}"),
+            &token(Role::Source, "gp:B82002"),
+        )
+        .await;
+    assert_eq!(code, 403);
+    assert_eq!(run.version(referral).await, before, "nothing was recorded");
+
+    // The holder and the referrer find it by NHS number, one page at a time.
+    let nhs = linkwork_testkit::NHS_NUMBERS[0];
+    let second = run.routed_referral(&unique("GP")).await;
+    let (code, page) = run
+        .get(&format!("/fhir/ServiceRequest?subject:identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}&_count=1"), &provider("connectors"))
+        .await;
+    assert_eq!((code, page["total"].as_i64()), (200, Some(2)), "{page}");
+    assert_eq!(page["entry"].as_array().unwrap().len(), 1);
+    let next = page["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .expect("a next link");
+    let next_path = next["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches(&run.address)
+        .to_owned();
+    let (code, page_two) = run.get(&next_path, &provider("connectors")).await;
+    assert_eq!(code, 200);
+    let ids: Vec<&str> = [&page, &page_two]
+        .iter()
+        .map(|p| p["entry"][0]["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&referral.to_string().as_str()) && ids.contains(&second.to_string().as_str()),
+        "{ids:?}"
+    );
+}

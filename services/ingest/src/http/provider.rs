@@ -1,0 +1,214 @@
+//! Providers' writes: `PUT /fhir/Task/{id}` (status changes), `POST /fhir/Observation`
+//! (outcome measures), `POST /fhir/Communication` (contacts), `POST /fhir/Procedure`
+//! (activities attended), `POST /fhir/Consent` (consent to share for evaluation).
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use chrono::Utc;
+use linkwork_auth::{scopes, Role};
+use linkwork_domain::ProviderId;
+use linkwork_fhir::{Issue, IssueCode};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::error::FhirError;
+use super::extract::{Caller, FhirJson};
+use super::fhir::fhir_response;
+use super::AppState;
+use crate::provider::{self, CommandError, Submission};
+
+const EVENT_SOURCE: &str = "linkwork/ingest";
+/// How long a Task update waits for the projection to reach a fresh routing attempt.
+const ROUTING_WAIT: Duration = Duration::from_secs(3);
+
+/// The provider a caller is; only providers update referrals.
+pub fn calling_provider(caller: &Caller) -> Result<ProviderId, FhirError> {
+    caller.require(scopes::REFERRAL_RESPOND)?;
+    if caller.0.role != Role::Provider {
+        return Err(FhirError::forbidden(format!(
+            "client {} is not a provider; only the provider a referral is routed to may update it",
+            caller.0.client
+        )));
+    }
+    ProviderId::parse(&caller.0.client).map_err(|error| FhirError::forbidden(error.to_string()))
+}
+
+pub fn command_error(error: CommandError) -> FhirError {
+    let (status, code) = match &error {
+        CommandError::NotFound(_) => (StatusCode::NOT_FOUND, IssueCode::NotFound),
+        CommandError::Forbidden(_) => (StatusCode::FORBIDDEN, IssueCode::Forbidden),
+        CommandError::Conflict(_) => (StatusCode::CONFLICT, IssueCode::Conflict),
+        CommandError::NotYetProjected(_) => {
+            return FhirError::unavailable(error.to_string(), 2);
+        }
+        CommandError::Unavailable(_) => {
+            return FhirError::unavailable(
+                "the event log is unavailable; nothing was recorded, send the update again",
+                5,
+            )
+        }
+        CommandError::Database(error) => return FhirError::internal(error),
+    };
+    FhirError::one(status, Issue::error(code, error.to_string()))
+}
+
+/// Applies a submission, waiting briefly when it names a routing attempt the projection
+/// has not reached yet (the provider can be quicker than the projector).
+async fn apply(state: &AppState, submission: &Submission) -> Result<provider::Applied, FhirError> {
+    let deadline = tokio::time::Instant::now() + ROUTING_WAIT;
+    loop {
+        match provider::submit(
+            &state.pool,
+            &state.producer,
+            &state.config.events_topic,
+            EVENT_SOURCE,
+            submission,
+        )
+        .await
+        {
+            Err(CommandError::NotYetProjected(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other.map_err(command_error),
+        }
+    }
+}
+
+fn read(
+    body: &Value,
+    provider: &ProviderId,
+    task_id: Option<Uuid>,
+    state: &AppState,
+) -> Result<Submission, FhirError> {
+    provider::parse(
+        body,
+        provider,
+        task_id,
+        &state.rules.canonical_base,
+        Utc::now(),
+    )
+    .map_err(FhirError::from_issues)
+}
+
+/// `PUT /fhir/Task/{id}`: the provider's status for its Task.
+pub async fn update_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    caller: Caller,
+    FhirJson(body): FhirJson,
+) -> Result<Response, FhirError> {
+    let provider = calling_provider(&caller)?;
+    let task_id = Uuid::parse_str(&id).map_err(|_| {
+        FhirError::one(
+            StatusCode::NOT_FOUND,
+            Issue::error(
+                IssueCode::NotFound,
+                format!("Task/{id} is not a linkwork Task"),
+            ),
+        )
+    })?;
+    if linkwork_fhir::parse::resource_type(&body) != Some("Task") {
+        return Err(FhirError::one(
+            StatusCode::BAD_REQUEST,
+            Issue::error(IssueCode::Invalid, "PUT /fhir/Task/{id} takes a Task").at("resourceType"),
+        ));
+    }
+    let submission = read(&body, &provider, Some(task_id), &state)?;
+    let applied = apply(&state, &submission).await?;
+    let mut task = body;
+    task["id"] = json!(task_id.to_string());
+    task["meta"] = json!({
+        "versionId": applied.state.version.to_string(),
+        "lastUpdated": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    });
+    let mut response = fhir_response(StatusCode::OK, task);
+    if let Ok(etag) = HeaderValue::from_str(&format!("W/\"{}\"", applied.state.version)) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
+}
+
+/// `POST /fhir/<Observation|Communication|Procedure|Consent>`: a fact the provider
+/// records on a referral it holds.
+pub async fn record(
+    State(state): State<AppState>,
+    caller: Caller,
+    FhirJson(body): FhirJson,
+    expected: &'static str,
+) -> Result<Response, FhirError> {
+    let provider = calling_provider(&caller)?;
+    if linkwork_fhir::parse::resource_type(&body) != Some(expected) {
+        return Err(FhirError::one(
+            StatusCode::BAD_REQUEST,
+            Issue::error(
+                IssueCode::Invalid,
+                format!("POST /fhir/{expected} takes a {expected}"),
+            )
+            .at("resourceType"),
+        ));
+    }
+    let submission = read(&body, &provider, None, &state)?;
+    let applied = apply(&state, &submission).await?;
+    let id = match &submission.command {
+        linkwork_domain::referral::Command::RecordOutcome(outcome) => outcome.observation_id,
+        _ => applied
+            .events
+            .first()
+            .map(|(id, _)| *id.as_uuid())
+            .unwrap_or_else(|| {
+                Uuid::new_v5(submission.referral.as_uuid(), body.to_string().as_bytes())
+            }),
+    };
+    let mut resource = body;
+    resource["id"] = json!(id.to_string());
+    resource["meta"] = json!({
+        "versionId": "1",
+        "lastUpdated": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    });
+    let status = if applied.events.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let mut response = fhir_response(status, resource);
+    let location = format!("{}/fhir/{expected}/{id}", state.config.public_base_url);
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+pub async fn create_observation(
+    state: State<AppState>,
+    caller: Caller,
+    body: FhirJson,
+) -> Result<Response, FhirError> {
+    record(state, caller, body, "Observation").await
+}
+
+pub async fn create_communication(
+    state: State<AppState>,
+    caller: Caller,
+    body: FhirJson,
+) -> Result<Response, FhirError> {
+    record(state, caller, body, "Communication").await
+}
+
+pub async fn create_procedure(
+    state: State<AppState>,
+    caller: Caller,
+    body: FhirJson,
+) -> Result<Response, FhirError> {
+    record(state, caller, body, "Procedure").await
+}
+
+pub async fn create_consent(
+    state: State<AppState>,
+    caller: Caller,
+    body: FhirJson,
+) -> Result<Response, FhirError> {
+    record(state, caller, body, "Consent").await
+}

@@ -1,0 +1,463 @@
+//! Applying `referral.events` to the read models: the projector's consumer handler.
+//!
+//! Log order decides. Each event is judged by the referral aggregate (`decide`) against
+//! the state the events before it built: one that the lifecycle refuses there (an
+//! acceptance that reached the log after the router re-routed, a second closing
+//! status from a race between two updates) is recorded as superseded and changes
+//! nothing. This is the same rule the router applies, so the two always agree on who
+//! holds a referral.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use linkwork_bus::{CloudEvent, Effects, Handler, HandlerError, Incoming, OutboxEvent};
+use linkwork_domain::event::ReferralReceived;
+use linkwork_domain::referral::{self, Command, Status};
+use linkwork_domain::{ReferralEvent, ReferralId};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::model::{
+    self, ActivityRow, BatchWrites, ContactRow, HistoryRow, ModelError, NewReferral,
+    ObservationRow, Projected, SupersededRow, TaskChange, TaskRow,
+};
+use crate::resources::{self, Person};
+use crate::ProjectorConfig;
+
+/// The projector's handler. `publish` is off during a replay: history is rebuilt, not
+/// re-sent.
+#[derive(Debug)]
+pub struct ProjectorHandler {
+    pub config: ProjectorConfig,
+    pub schema: String,
+    pub publish: bool,
+}
+
+impl From<ModelError> for HandlerError {
+    fn from(error: ModelError) -> Self {
+        match error {
+            ModelError::Database(error) => error.into(),
+            corrupt @ ModelError::Corrupt(_) => HandlerError::Fatal(Box::new(corrupt)),
+        }
+    }
+}
+
+/// The command an event on the log would have been, for judging it in log order.
+fn as_command(event: &ReferralEvent) -> Command {
+    match event.clone() {
+        ReferralEvent::Received(received) => Command::Receive(received),
+        ReferralEvent::Routed(routed) => Command::Route(routed),
+        ReferralEvent::Unroutable(unroutable) => Command::MarkUnroutable(unroutable),
+        ReferralEvent::Accepted(change) => Command::Accept(change),
+        ReferralEvent::Rejected(change) => Command::Reject(change),
+        ReferralEvent::Started(change) => Command::Start(change),
+        ReferralEvent::OnHold(change) => Command::Hold(change),
+        ReferralEvent::Completed(change) => Command::Complete(change),
+        ReferralEvent::Failed(change) => Command::Fail(change),
+        ReferralEvent::Cancelled(closed) => Command::Cancel(closed),
+        ReferralEvent::EnteredInError(closed) => Command::EnterInError(closed),
+        ReferralEvent::ContactRecorded(contact) => Command::RecordContact(contact),
+        ReferralEvent::ActivityAttended(activity) => Command::RecordActivity(activity),
+        ReferralEvent::OutcomeRecorded(outcome) => Command::RecordOutcome(outcome),
+        ReferralEvent::ConsentRecorded(consent) => Command::GiveConsent(consent),
+        ReferralEvent::ConsentWithdrawn(consent) => Command::WithdrawConsent(consent),
+    }
+}
+
+fn new_referral(received: &ReferralReceived) -> Projected {
+    let subject = &received.subject;
+    let state = referral::apply(None, &ReferralEvent::Received(Box::new(received.clone())))
+        .unwrap_or_else(|| unreachable!("a receipt always creates the referral"));
+    Projected {
+        state,
+        nhs_number: subject.nhs_number.as_ref().map(ToString::to_string),
+        birth_date: subject.birth_date,
+        postcode: subject
+            .postcode
+            .as_ref()
+            .map(|code| code.as_str().to_owned()),
+        last_updated: received.occurred_at,
+        closed_at: None,
+        new_row: Some(NewReferral {
+            source_identifier_system: received.source_identifier.system.clone(),
+            source_identifier_value: received.source_identifier.value.clone(),
+            needs: received
+                .needs
+                .iter()
+                .map(|need| need.code().to_owned())
+                .collect(),
+            priority: serde_json::to_value(received.priority)
+                .ok()
+                .and_then(|value| value.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "routine".to_owned()),
+            requester: received.requester.clone(),
+            asc_case_id: received
+                .asc_case_id
+                .as_ref()
+                .map(|id| id.as_str().to_owned()),
+            authored_on: received.authored_on,
+            received_at: received.occurred_at,
+            service_request: received.service_request.clone(),
+            patient: received.patient.clone(),
+        }),
+    }
+}
+
+/// The event's body for the history table; a receipt's ServiceRequest is in `referrals`.
+fn history_body(event: &ReferralEvent) -> Option<serde_json::Value> {
+    use linkwork_domain::DomainEvent;
+    match event {
+        ReferralEvent::Received(_) => None,
+        other => serde_json::from_slice(&other.encode()).ok(),
+    }
+}
+
+impl Handler for ProjectorHandler {
+    type Message = CloudEvent<ReferralEvent>;
+
+    async fn handle(
+        &mut self,
+        transaction: &mut PgConnection,
+        batch: &[Incoming<'_, Self::Message>],
+        effects: &mut Effects,
+    ) -> Result<(), HandlerError> {
+        // The read models first; the consumer's own tables (offsets, outbox) are in public.
+        sqlx::query("SELECT set_config('search_path', $1, true)")
+            .bind(format!("{}, public", crate::quote_ident(&self.schema)))
+            .execute(&mut *transaction)
+            .await?;
+        let mut ids: Vec<Uuid> = batch
+            .iter()
+            .map(|incoming| *incoming.message.event.referral_id().as_uuid())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut referrals = model::load(transaction, &ids).await?;
+        let mut writes = BatchWrites::default();
+        let mut changed: HashSet<ReferralId> = HashSet::new();
+        let mut outputs: Vec<(usize, Output)> = Vec::new();
+        for (index, incoming) in batch.iter().enumerate() {
+            let event = &incoming.message.event;
+            let event_id = incoming.message.meta.id;
+            writes.seen_event_ids.push(event_id);
+            let referral_id = event.referral_id();
+            let verdict = match (referrals.get(&referral_id), event) {
+                (None, ReferralEvent::Received(received)) => {
+                    referrals.insert(referral_id, new_referral(received));
+                    None
+                }
+                (None, _) => Some("the referral was never received".to_owned()),
+                (Some(projected), _) => {
+                    match referral::decide(Some(&projected.state), as_command(event)) {
+                        Ok(events) if events.is_empty() => {
+                            Some("repeats what is already recorded".to_owned())
+                        }
+                        Ok(_) => {
+                            let projected = referrals
+                                .get_mut(&referral_id)
+                                .unwrap_or_else(|| unreachable!("matched above"));
+                            step(projected, event, event_id, &mut writes, &mut outputs, index);
+                            None
+                        }
+                        Err(refusal) => Some(refusal.to_string()),
+                    }
+                }
+            };
+            match verdict {
+                Some(reason) => {
+                    tracing::info!(referral = %referral_id, event = incoming.message.meta.event_type, %reason, "event superseded");
+                    writes.superseded.push(SupersededRow {
+                        event_id,
+                        referral_id: *referral_id.as_uuid(),
+                        event_type: incoming.message.meta.event_type.clone(),
+                        occurred_at: event.occurred_at(),
+                        reason,
+                    });
+                }
+                None => {
+                    let projected = &referrals[&referral_id];
+                    changed.insert(referral_id);
+                    writes.history.push(HistoryRow {
+                        referral_id: *referral_id.as_uuid(),
+                        version: projected.state.version,
+                        event_id,
+                        event_type: incoming.message.meta.event_type.clone(),
+                        occurred_at: event.occurred_at(),
+                        status: projected.state.status.code(),
+                        provider_id: projected
+                            .state
+                            .provider
+                            .as_ref()
+                            .map(|p| p.as_str().to_owned()),
+                        body: history_body(event),
+                    });
+                }
+            }
+        }
+        if !self.publish {
+            writes.seen_event_ids.clear();
+        }
+        let mut changed: Vec<&Projected> = changed.iter().map(|id| &referrals[id]).collect();
+        changed.sort_by_key(|projected| projected.state.id);
+        model::save(transaction, &changed).await?;
+        writes.write(transaction).await?;
+        if self.publish && !outputs.is_empty() {
+            for (index, output) in outputs {
+                let incoming = &batch[index];
+                for message in self.render(transaction, &referrals, output).await? {
+                    effects.publish(incoming, message);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What an applied event sends out once the batch is written.
+#[derive(Debug, Clone)]
+enum Output {
+    /// An outcome measure: the Observation, and its pseudonymised copy with consent.
+    Observation {
+        referral: ReferralId,
+        observation: ObservationRow,
+    },
+    /// Consent given: earlier outcomes may now go to data teams.
+    ConsentGiven { referral: ReferralId },
+    /// The referral closed: the summary for the referrer.
+    Closed {
+        referral: ReferralId,
+        at: DateTime<Utc>,
+    },
+}
+
+/// Applies one accepted event to the referral and records what it changes.
+fn step(
+    projected: &mut Projected,
+    event: &ReferralEvent,
+    event_id: Uuid,
+    writes: &mut BatchWrites,
+    outputs: &mut Vec<(usize, Output)>,
+    index: usize,
+) {
+    let before_status = projected.state.status;
+    let before_provider = projected.state.provider.clone();
+    let before_attempt = projected.state.attempt;
+    let state = referral::apply(Some(projected.state.clone()), event)
+        .unwrap_or_else(|| unreachable!("apply keeps an existing referral"));
+    projected.state = state;
+    let at = event.occurred_at();
+    projected.last_updated = at;
+    let referral_id = projected.state.id;
+    let version = projected.state.version;
+    let after_status = projected.state.status;
+
+    // Caseloads: the referral leaves its old (provider, status) and joins the new one.
+    if before_provider != projected.state.provider || before_status != after_status {
+        if let Some(provider) = &before_provider {
+            writes.move_caseload(provider, Some(before_status), None);
+        }
+        if let Some(provider) = &projected.state.provider {
+            writes.move_caseload(provider, None, Some(after_status));
+        }
+    }
+
+    // Tasks: one per routing attempt.
+    let live_task = |attempt: u32| referral_id.task_id(attempt);
+    let close_open_task = |writes: &mut BatchWrites, status: &'static str, reason: String| {
+        if before_attempt > 0 && before_status == Status::Requested
+            || before_status.is_with_provider()
+        {
+            writes.change_task(TaskChange {
+                task_id: live_task(before_attempt),
+                status,
+                status_reason: Some(reason),
+                last_modified: at,
+                version,
+            });
+        }
+    };
+    match event {
+        ReferralEvent::Routed(routed) => {
+            close_open_task(
+                writes,
+                "cancelled",
+                "the acceptance deadline passed; re-routed".to_owned(),
+            );
+            writes.new_tasks.insert(
+                live_task(routed.attempt),
+                TaskRow {
+                    task_id: live_task(routed.attempt),
+                    referral_id: *referral_id.as_uuid(),
+                    attempt: routed.attempt,
+                    provider_id: routed.provider_id.as_str().to_owned(),
+                    status: "requested",
+                    status_reason: None,
+                    authored_on: routed.occurred_at,
+                    last_modified: routed.occurred_at,
+                    accept_by: Some(routed.accept_by),
+                    version,
+                },
+            );
+        }
+        ReferralEvent::Unroutable(unroutable) => close_open_task(
+            writes,
+            "cancelled",
+            format!("no provider left: {}", unroutable.reasons.join("; ")),
+        ),
+        ReferralEvent::Accepted(change)
+        | ReferralEvent::Rejected(change)
+        | ReferralEvent::Started(change)
+        | ReferralEvent::OnHold(change)
+        | ReferralEvent::Completed(change)
+        | ReferralEvent::Failed(change) => writes.change_task(TaskChange {
+            task_id: live_task(before_attempt),
+            status: after_status.code(),
+            status_reason: change.reason.clone(),
+            last_modified: at,
+            version,
+        }),
+        ReferralEvent::Cancelled(closed) | ReferralEvent::EnteredInError(closed) => {
+            close_open_task(
+                writes,
+                after_status.code(),
+                closed
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| format!("closed by {}", closed.by)),
+            )
+        }
+        ReferralEvent::ContactRecorded(contact) => writes.contacts.push(ContactRow {
+            event_id,
+            referral_id: *referral_id.as_uuid(),
+            provider_id: contact.provider_id.as_str().to_owned(),
+            contact_at: contact.contact_at,
+            mode: code_of(&contact.mode),
+        }),
+        ReferralEvent::ActivityAttended(activity) => writes.activities.push(ActivityRow {
+            event_id,
+            referral_id: *referral_id.as_uuid(),
+            provider_id: activity.provider_id.as_str().to_owned(),
+            activity_id: activity.activity_id.clone(),
+            activity_name: activity.activity_name.clone(),
+            kind: code_of(&activity.kind),
+            attended_on: activity.attended_on,
+        }),
+        ReferralEvent::OutcomeRecorded(outcome) => {
+            let observation = ObservationRow {
+                observation_id: outcome.observation_id,
+                referral_id: *referral_id.as_uuid(),
+                provider_id: outcome.provider_id.as_str().to_owned(),
+                instrument: outcome.measure.instrument().code(),
+                timepoint: timepoint_code(outcome.timepoint),
+                measure: serde_json::to_value(outcome.measure).unwrap_or_default(),
+                total: outcome.measure.total(),
+                effective_at: outcome.effective_at,
+                recorded_at: outcome.occurred_at,
+                version,
+            };
+            writes.observations.push(observation.clone());
+            outputs.push((
+                index,
+                Output::Observation {
+                    referral: referral_id,
+                    observation,
+                },
+            ));
+        }
+        ReferralEvent::ConsentRecorded(_) => outputs.push((
+            index,
+            Output::ConsentGiven {
+                referral: referral_id,
+            },
+        )),
+        ReferralEvent::Received(_) | ReferralEvent::ConsentWithdrawn(_) => {}
+    }
+    if after_status.is_terminal() && !before_status.is_terminal() {
+        projected.closed_at = Some(at);
+        outputs.push((
+            index,
+            Output::Closed {
+                referral: referral_id,
+                at,
+            },
+        ));
+    }
+}
+
+fn code_of<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+pub(crate) fn timepoint_code(timepoint: linkwork_domain::Timepoint) -> &'static str {
+    match timepoint {
+        linkwork_domain::Timepoint::Baseline => "baseline",
+        linkwork_domain::Timepoint::Interim => "interim",
+        linkwork_domain::Timepoint::FollowUp => "follow-up",
+    }
+}
+
+impl ProjectorHandler {
+    fn person(projected: &Projected) -> Person<'_> {
+        Person {
+            referral: projected.state.id,
+            nhs_number: projected.nhs_number.as_deref(),
+            birth_date: projected.birth_date,
+            postcode: projected.postcode.as_deref(),
+        }
+    }
+
+    fn may_share(&self, projected: &Projected) -> bool {
+        projected.state.consent_to_evaluation || self.config.evaluation_lawful_basis.is_some()
+    }
+
+    async fn render(
+        &self,
+        transaction: &mut PgConnection,
+        referrals: &std::collections::HashMap<ReferralId, Projected>,
+        output: Output,
+    ) -> Result<Vec<OutboxEvent>, HandlerError> {
+        let config = &self.config;
+        let mut messages = Vec::new();
+        match output {
+            Output::Observation {
+                referral,
+                observation,
+            } => {
+                let projected = &referrals[&referral];
+                let person = Self::person(projected);
+                messages.push(resources::observation_message(
+                    config,
+                    &person,
+                    &observation,
+                ));
+                if self.may_share(projected) {
+                    messages.push(resources::pseudonymised_message(
+                        config,
+                        &person,
+                        &observation,
+                    ));
+                }
+            }
+            Output::ConsentGiven { referral } => {
+                let projected = &referrals[&referral];
+                let person = Self::person(projected);
+                for observation in crate::read::observation_rows(transaction, referral).await? {
+                    messages.push(resources::pseudonymised_message(
+                        config,
+                        &person,
+                        &observation,
+                    ));
+                }
+            }
+            Output::Closed { referral, at } => {
+                let projected = &referrals[&referral];
+                let summary = crate::read::summary_parts(transaction, referral).await?;
+                messages.push(resources::summary_message(config, projected, &summary, at));
+            }
+        }
+        Ok(messages)
+    }
+}
