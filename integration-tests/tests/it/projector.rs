@@ -287,7 +287,7 @@ fn life(
 /// the NHS number check. Digits inside longer tokens (hex pseudonyms, UUIDs) are not
 /// NHS numbers.
 fn valid_nhs_numbers(text: &str) -> Vec<String> {
-    let squeezed = text.replace(|c: char| c == ' ', "");
+    let squeezed = text.replace(' ', "");
     let mut found = Vec::new();
     for haystack in [text, squeezed.as_str()] {
         for token in haystack.split(|c: char| !c.is_ascii_alphanumeric()) {

@@ -86,15 +86,39 @@ async fn the_capability_statement_tells_what_is_served() {
         statement["rest"][0]["operation"][0]["name"],
         "process-message"
     );
-    let interactions: Vec<&str> = statement["rest"][0]["resource"][0]["interaction"]
+    // Nothing is claimed that is not served: each resource's interactions, exactly.
+    let claimed: Vec<(String, Vec<String>)> = statement["rest"][0]["resource"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|interaction| interaction["code"].as_str().unwrap())
+        .map(|resource| {
+            let interactions = resource["interaction"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|interaction| interaction["code"].as_str().unwrap().to_owned())
+                .collect();
+            (resource["type"].as_str().unwrap().to_owned(), interactions)
+        })
         .collect();
-    assert_eq!(
-        interactions,
-        vec!["create"],
-        "nothing is claimed that is not served"
-    );
+    let expected: Vec<(String, Vec<String>)> = [
+        (
+            "ServiceRequest",
+            &["create", "read", "history-instance", "search-type"][..],
+        ),
+        ("Task", &["read", "update"][..]),
+        ("Observation", &["create", "search-type"][..]),
+        ("Communication", &["create"][..]),
+        ("Procedure", &["create"][..]),
+        ("Consent", &["create"][..]),
+    ]
+    .iter()
+    .map(|(kind, codes)| {
+        (
+            (*kind).to_owned(),
+            codes.iter().map(|code| (*code).to_owned()).collect(),
+        )
+    })
+    .collect();
+    assert_eq!(claimed, expected);
 }
