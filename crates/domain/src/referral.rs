@@ -176,6 +176,31 @@ pub enum Command {
     WithdrawConsent(ConsentChange),
 }
 
+impl From<ReferralEvent> for Command {
+    /// The command an event on the log would have been: how a reader of the log judges
+    /// each event in log order with [`decide`].
+    fn from(event: ReferralEvent) -> Self {
+        match event {
+            ReferralEvent::Received(received) => Command::Receive(received),
+            ReferralEvent::Routed(routed) => Command::Route(routed),
+            ReferralEvent::Unroutable(unroutable) => Command::MarkUnroutable(unroutable),
+            ReferralEvent::Accepted(change) => Command::Accept(change),
+            ReferralEvent::Rejected(change) => Command::Reject(change),
+            ReferralEvent::Started(change) => Command::Start(change),
+            ReferralEvent::OnHold(change) => Command::Hold(change),
+            ReferralEvent::Completed(change) => Command::Complete(change),
+            ReferralEvent::Failed(change) => Command::Fail(change),
+            ReferralEvent::Cancelled(closed) => Command::Cancel(closed),
+            ReferralEvent::EnteredInError(closed) => Command::EnterInError(closed),
+            ReferralEvent::ContactRecorded(contact) => Command::RecordContact(contact),
+            ReferralEvent::ActivityAttended(activity) => Command::RecordActivity(activity),
+            ReferralEvent::OutcomeRecorded(outcome) => Command::RecordOutcome(outcome),
+            ReferralEvent::ConsentRecorded(consent) => Command::GiveConsent(consent),
+            ReferralEvent::ConsentWithdrawn(consent) => Command::WithdrawConsent(consent),
+        }
+    }
+}
+
 /// Why a command was refused. Each maps to an HTTP status at the edge (409 for
 /// lifecycle conflicts, 403 for permission, 404 for unknown referrals).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

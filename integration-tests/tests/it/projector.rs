@@ -155,7 +155,7 @@ impl Rig {
         self.stack.read_topic(
             topic,
             expected,
-            Duration::from_secs(30),
+            Duration::from_secs(60),
             Duration::from_millis(1500),
         )
     }

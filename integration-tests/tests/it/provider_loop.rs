@@ -235,7 +235,7 @@ impl Loop {
     /// Waits until the read API shows the referral in `status` (linkwork's code).
     async fn wait_for_status(&self, referral: ReferralId, status: &str) {
         eventually(
-            Duration::from_secs(30),
+            Duration::from_secs(60),
             &format!("{referral} {status}"),
             || async {
                 let (code, resource) = self
@@ -499,7 +499,7 @@ async fn a_gp_referral_is_routed_accepted_scored_completed_and_reads_back() {
     let identified = run.stack.read_topic(
         &run.projector.topics.observations,
         5,
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         Duration::from_secs(1),
     );
     let types: Vec<&str> = identified
@@ -523,7 +523,7 @@ async fn a_gp_referral_is_routed_accepted_scored_completed_and_reads_back() {
     let pseudonymised = run.stack.read_topic(
         &run.projector.topics.pseudonymised,
         4,
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         Duration::from_secs(1),
     );
     assert_eq!(pseudonymised.len(), 4);

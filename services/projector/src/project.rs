@@ -42,28 +42,6 @@ impl From<ModelError> for HandlerError {
     }
 }
 
-/// The command an event on the log would have been, for judging it in log order.
-fn as_command(event: &ReferralEvent) -> Command {
-    match event.clone() {
-        ReferralEvent::Received(received) => Command::Receive(received),
-        ReferralEvent::Routed(routed) => Command::Route(routed),
-        ReferralEvent::Unroutable(unroutable) => Command::MarkUnroutable(unroutable),
-        ReferralEvent::Accepted(change) => Command::Accept(change),
-        ReferralEvent::Rejected(change) => Command::Reject(change),
-        ReferralEvent::Started(change) => Command::Start(change),
-        ReferralEvent::OnHold(change) => Command::Hold(change),
-        ReferralEvent::Completed(change) => Command::Complete(change),
-        ReferralEvent::Failed(change) => Command::Fail(change),
-        ReferralEvent::Cancelled(closed) => Command::Cancel(closed),
-        ReferralEvent::EnteredInError(closed) => Command::EnterInError(closed),
-        ReferralEvent::ContactRecorded(contact) => Command::RecordContact(contact),
-        ReferralEvent::ActivityAttended(activity) => Command::RecordActivity(activity),
-        ReferralEvent::OutcomeRecorded(outcome) => Command::RecordOutcome(outcome),
-        ReferralEvent::ConsentRecorded(consent) => Command::GiveConsent(consent),
-        ReferralEvent::ConsentWithdrawn(consent) => Command::WithdrawConsent(consent),
-    }
-}
-
 fn new_referral(received: &ReferralReceived) -> Projected {
     let subject = &received.subject;
     let state = referral::apply(None, &ReferralEvent::Received(Box::new(received.clone())))
@@ -148,7 +126,7 @@ impl Handler for ProjectorHandler {
                 }
                 (None, _) => Some("the referral was never received".to_owned()),
                 (Some(projected), _) => {
-                    match referral::decide(Some(&projected.state), as_command(event)) {
+                    match referral::decide(Some(&projected.state), Command::from(event.clone())) {
                         Ok(events) if events.is_empty() => {
                             Some("repeats what is already recorded".to_owned())
                         }

@@ -75,7 +75,7 @@ pub async fn current_state(
         if let Ok(event) = ReferralEvent::decode(&event_type, &body) {
             // Judged as the projector will: an event the state refuses changes nothing.
             if let Some(current) = &state {
-                if matches!(referral::decide(Some(current), as_command(&event)), Ok(events) if !events.is_empty())
+                if matches!(referral::decide(Some(current), Command::from(event.clone())), Ok(events) if !events.is_empty())
                 {
                     state = referral::apply(state, &event);
                 }
@@ -83,28 +83,6 @@ pub async fn current_state(
         }
     }
     Ok(state)
-}
-
-fn as_command(event: &ReferralEvent) -> Command {
-    // Only provider events are ever pending.
-    match event.clone() {
-        ReferralEvent::Accepted(change) => Command::Accept(change),
-        ReferralEvent::Rejected(change) => Command::Reject(change),
-        ReferralEvent::Started(change) => Command::Start(change),
-        ReferralEvent::OnHold(change) => Command::Hold(change),
-        ReferralEvent::Completed(change) => Command::Complete(change),
-        ReferralEvent::Failed(change) => Command::Fail(change),
-        ReferralEvent::Cancelled(closed) => Command::Cancel(closed),
-        ReferralEvent::EnteredInError(closed) => Command::EnterInError(closed),
-        ReferralEvent::ContactRecorded(contact) => Command::RecordContact(contact),
-        ReferralEvent::ActivityAttended(activity) => Command::RecordActivity(activity),
-        ReferralEvent::OutcomeRecorded(outcome) => Command::RecordOutcome(outcome),
-        ReferralEvent::ConsentRecorded(consent) => Command::GiveConsent(consent),
-        ReferralEvent::ConsentWithdrawn(consent) => Command::WithdrawConsent(consent),
-        ReferralEvent::Received(received) => Command::Receive(received),
-        ReferralEvent::Routed(routed) => Command::Route(routed),
-        ReferralEvent::Unroutable(unroutable) => Command::MarkUnroutable(unroutable),
-    }
 }
 
 /// Judges a submission against the referral's state: the events it produces (empty for
