@@ -6,8 +6,12 @@
 use std::time::Duration;
 
 use linkwork_auth::{Role, Verifier};
-use linkwork_bus::{OutboxRelay, RelayConfig};
+use linkwork_bus::headers::HeaderList;
+use linkwork_bus::{
+    dlq, ConsumerConfig, ConsumerRunner, Outbound, OutboxRelay, Producer, RelayConfig,
+};
 use linkwork_domain::ReferralId;
+use linkwork_ingest::responses::{ProviderResponsesHandler, PROVIDER_HEADER};
 use linkwork_ingest::{Application, IngestSettings};
 use linkwork_projector::{Projector, ProjectorConfig, ProjectorTopics, PseudonymKey};
 use linkwork_router::directory::{self, DirectoryDocument};
@@ -48,6 +52,9 @@ struct Loop {
     address: String,
     client: reqwest::Client,
     projector: ProjectorConfig,
+    /// ingest's `provider.responses` consumer reads this topic, dead-letters to `dlq`.
+    responses: String,
+    responses_dlq: String,
     shutdown: CancellationToken,
 }
 
@@ -143,11 +150,33 @@ impl Loop {
             projector.clone(),
             stack.kafka.clone(),
             pool.clone(),
-            Some(notify),
+            Some(notify.clone()),
         );
         tokio::spawn({
             let shutdown = shutdown.clone();
             async move { projector_run.run(shutdown).await.expect("projector runs") }
+        });
+        let responses = format!("{prefix}.provider.responses");
+        let responses_dlq = format!("{prefix}.provider.responses.dlq");
+        stack.create_topic(&responses, 2).await;
+        stack.create_topic(&responses_dlq, 1).await;
+        let mut consumer = ConsumerConfig::new(&unique("responses"), &[&responses]);
+        consumer.dlq_topic = responses_dlq.clone();
+        let responses_consumer = ConsumerRunner::new(
+            consumer,
+            stack.kafka.clone(),
+            pool.clone(),
+            ProviderResponsesHandler::new(BASE).with_events_topic(&events),
+        )
+        .with_outbox_notify(notify.clone());
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                responses_consumer
+                    .run(shutdown)
+                    .await
+                    .expect("provider.responses consumer runs")
+            }
         });
         let mut settings = IngestSettings::new("127.0.0.1:0".parse().unwrap());
         settings.http.events_topic = events;
@@ -171,8 +200,31 @@ impl Loop {
             address,
             client: reqwest::Client::new(),
             projector,
+            responses,
+            responses_dlq,
             shutdown,
         }
+    }
+
+    /// Puts `body` on `provider.responses` as `provider` (no header when `None`), keyed
+    /// by the referral as providers' systems do.
+    async fn respond(&self, referral: ReferralId, provider: Option<&str>, body: &[u8]) {
+        let producer = Producer::new(&self.stack.kafka).unwrap();
+        let mut headers = HeaderList::default();
+        if let Some(provider) = provider {
+            headers.push(PROVIDER_HEADER, provider);
+        }
+        let key = referral.to_string();
+        producer
+            .send(Outbound {
+                topic: &self.responses,
+                key: Some(key.as_bytes()),
+                partition: None,
+                payload: body,
+                headers,
+            })
+            .await
+            .expect("acknowledged");
     }
 
     async fn send(
@@ -193,6 +245,32 @@ impl Loop {
                 .body(body.to_string());
         }
         let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// PATCH with a body of the given content type.
+    async fn patch(
+        &self,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: &Value,
+    ) -> (u16, Value) {
+        let response = self
+            .client
+            .patch(format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .header("accept", "application/fhir+json")
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
         (
@@ -707,5 +785,295 @@ async fn a_provider_cannot_read_or_update_another_providers_referral() {
     assert!(
         ids.contains(&referral.to_string().as_str()) && ids.contains(&second.to_string().as_str()),
         "{ids:?}"
+    );
+}
+
+#[tokio::test]
+async fn on_provider_responses_the_same_transitions_are_refused_to_the_dlq_and_record_nothing() {
+    let run = Loop::start().await;
+    let referral = run.routed_referral(&unique("GP")).await;
+    let before = run.version(referral).await;
+    let as_json = |value: Value| value.to_string().into_bytes();
+    // (sent by, body, what the refusal must say; None: recorded). One partition, so
+    // each is judged on the state the ones before it left, in one batch or several.
+    let messages: Vec<(Option<&str>, Vec<u8>, Option<&str>)> = vec![
+        (
+            Some("connectors"),
+            as_json(task(referral, 1, "in-progress", None)),
+            Some("from requested to in-progress"),
+        ),
+        (
+            Some("connectors"),
+            as_json(task(referral, 1, "on-hold", None)),
+            Some("from requested to on-hold"),
+        ),
+        (
+            Some("connectors"),
+            as_json(task(referral, 1, "completed", None)),
+            Some("from requested to completed"),
+        ),
+        (
+            Some("connectors"),
+            as_json(task(referral, 1, "failed", Some("could not reach"))),
+            Some("from requested to failed"),
+        ),
+        (
+            Some("reconnect"),
+            as_json(task(referral, 1, "accepted", None)),
+            Some("reconnect"),
+        ),
+        (
+            None,
+            as_json(task(referral, 1, "accepted", None)),
+            Some(PROVIDER_HEADER),
+        ),
+        (Some("connectors"), b"{not json".to_vec(), Some("JSON")),
+        (
+            Some("connectors"),
+            as_json(task(referral, 1, "accepted", None)),
+            None,
+        ),
+        (
+            Some("connectors"),
+            as_json(task(referral, 1, "rejected", Some("full"))),
+            Some("from accepted to rejected"),
+        ),
+        (
+            Some("connectors"),
+            as_json(score(
+                referral,
+                "ucla-3",
+                None,
+                7,
+                "baseline",
+                "2026-03-10T10:00:00Z",
+            )),
+            None,
+        ),
+        (
+            Some("connectors"),
+            as_json(score(
+                referral,
+                "ucla-3",
+                None,
+                12,
+                "baseline",
+                "2026-03-10T10:00:00Z",
+            )),
+            Some("outside its range"),
+        ),
+        (
+            Some("connectors"),
+            as_json(task(referral, 1, "completed", None)),
+            None,
+        ),
+        (
+            Some("connectors"),
+            as_json(task(referral, 1, "accepted", None)),
+            Some("from completed to accepted"),
+        ),
+        (
+            Some("connectors"),
+            as_json(task(referral, 1, "in-progress", None)),
+            Some("from completed to in-progress"),
+        ),
+        (
+            Some("connectors"),
+            as_json(task(referral, 1, "on-hold", None)),
+            Some("from completed to on-hold"),
+        ),
+        (
+            Some("connectors"),
+            as_json(task(referral, 1, "failed", Some("late"))),
+            Some("from completed to failed"),
+        ),
+        (
+            Some("connectors"),
+            as_json(task(referral, 1, "cancelled", None)),
+            Some("completed"),
+        ),
+        (
+            Some("connectors"),
+            as_json(task(referral, 1, "rejected", None)),
+            Some("statusReason"),
+        ),
+        (
+            Some("connectors"),
+            as_json(task(referral, 1, "requested", None)),
+            Some("cannot set a Task to \"requested\""),
+        ),
+    ];
+    for (provider, body, _) in &messages {
+        run.respond(referral, *provider, body).await;
+    }
+    let refusals: Vec<&str> = messages
+        .iter()
+        .filter_map(|(_, _, refusal)| *refusal)
+        .collect();
+
+    run.wait_for_status(referral, "completed").await;
+    let dead = tokio::task::spawn_blocking({
+        let stack = crate::helpers::stack();
+        let topic = run.responses_dlq.clone();
+        let expected = refusals.len();
+        move || {
+            stack.read_topic(
+                &topic,
+                expected,
+                Duration::from_secs(60),
+                Duration::from_secs(2),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        dead.len(),
+        refusals.len(),
+        "one dead letter per refused message"
+    );
+    let mut dead: Vec<_> = dead
+        .iter()
+        .map(|message| {
+            let offset: i64 = message
+                .header(dlq::ORIGINAL_OFFSET)
+                .unwrap()
+                .parse()
+                .unwrap();
+            let reason: Value = serde_json::from_str(message.header(dlq::REASON).unwrap())
+                .expect("the reason is an OperationOutcome");
+            (offset, reason, message.payload.clone())
+        })
+        .collect();
+    dead.sort_by_key(|(offset, _, _)| *offset);
+    let refused_bodies: Vec<&Vec<u8>> = messages
+        .iter()
+        .filter(|(_, _, refusal)| refusal.is_some())
+        .map(|(_, body, _)| body)
+        .collect();
+    for (((_, reason, payload), expected), body) in dead.iter().zip(&refusals).zip(refused_bodies) {
+        assert_eq!(reason["resourceType"], "OperationOutcome");
+        let diagnostics: Vec<&str> = reason["issue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|issue| issue["diagnostics"].as_str())
+            .collect();
+        assert!(
+            diagnostics.iter().any(|text| text.contains(expected)),
+            "expected {expected:?} in {reason}"
+        );
+        assert_eq!(payload, body, "the dead letter carries the message as sent");
+    }
+
+    assert_eq!(
+        run.version(referral).await,
+        before + 3,
+        "only the acceptance, the score and the completion were recorded"
+    );
+    let (_, observations) = run
+        .get(
+            &format!("/fhir/Observation?based-on=ServiceRequest/{referral}"),
+            &gp(),
+        )
+        .await;
+    assert_eq!(observations["total"], 1, "{observations}");
+    assert_eq!(observations["entry"][0]["resource"]["valueInteger"], 7);
+    let (_, task_now) = run
+        .get(
+            &format!("/fhir/Task/{}", referral.task_id(1)),
+            &provider("connectors"),
+        )
+        .await;
+    assert_eq!(task_now["status"], "completed");
+}
+
+#[tokio::test]
+async fn a_task_is_patched_along_the_lifecycle_and_bad_patches_are_refused() {
+    let run = Loop::start().await;
+    let referral = run.routed_referral(&unique("GP")).await;
+    let path = format!("/fhir/Task/{}", referral.task_id(1));
+    let connectors = provider("connectors");
+    let patch_type = "application/json-patch+json";
+    let before = run.version(referral).await;
+
+    let accept = json!([
+        { "op": "test", "path": "/status", "value": "requested" },
+        { "op": "replace", "path": "/status", "value": "accepted" },
+    ]);
+    let (code, other) = run
+        .patch(&path, &provider("reconnect"), patch_type, &accept)
+        .await;
+    assert_eq!(code, 403, "another provider: {other}");
+    let (code, wrong_type) = run
+        .patch(&path, &connectors, "application/fhir+json", &accept)
+        .await;
+    assert_eq!(code, 415, "{wrong_type}");
+    assert_eq!(wrong_type["resourceType"], "OperationOutcome");
+    let (code, not_a_patch) = run
+        .patch(
+            &path,
+            &connectors,
+            patch_type,
+            &json!({ "status": "accepted" }),
+        )
+        .await;
+    assert_eq!(code, 400, "{not_a_patch}");
+
+    let (code, accepted) = run.patch(&path, &connectors, patch_type, &accept).await;
+    assert_eq!(
+        (code, accepted["status"].as_str()),
+        (200, Some("accepted")),
+        "{accepted}"
+    );
+    run.wait_for_status(referral, "accepted").await;
+
+    // The same patch again: its test fails now the Task is accepted.
+    let (code, failed_test) = run.patch(&path, &connectors, patch_type, &accept).await;
+    assert_eq!(code, 422, "{failed_test}");
+    // A rejection after acceptance is outside the lifecycle, patched or put.
+    let reject = json!([
+        { "op": "replace", "path": "/status", "value": "rejected" },
+        { "op": "add", "path": "/statusReason", "value": { "text": "full" } },
+    ]);
+    let (code, refused) = run.patch(&path, &connectors, patch_type, &reject).await;
+    assert_eq!(code, 409, "{refused}");
+    assert!(
+        refused.to_string().contains("from accepted to rejected"),
+        "{refused}"
+    );
+    let (code, _) = run
+        .patch(
+            &path,
+            &connectors,
+            patch_type,
+            &json!([{ "op": "replace", "path": "/id", "value": Uuid::new_v4().to_string() }]),
+        )
+        .await;
+    assert_eq!(code, 422, "a patch may not change the id");
+
+    let hold = json!([
+        { "op": "replace", "path": "/status", "value": "on-hold" },
+        { "op": "add", "path": "/statusReason", "value": { "text": "person in hospital" } },
+    ]);
+    let (code, held) = run.patch(&path, &connectors, patch_type, &hold).await;
+    assert_eq!(code, 200, "{held}");
+    run.wait_for_status(referral, "on-hold").await;
+    let (_, task_now) = run.get(&path, &connectors).await;
+    assert_eq!(task_now["statusReason"]["text"], "person in hospital");
+    // Resuming keeps nothing of the hold's reason.
+    let resume = json!([{ "op": "replace", "path": "/status", "value": "in-progress" }]);
+    let (code, resumed) = run.patch(&path, &connectors, patch_type, &resume).await;
+    assert_eq!(code, 200, "{resumed}");
+    assert!(resumed.get("statusReason").is_none(), "{resumed}");
+    run.wait_for_status(referral, "in-progress").await;
+    let (_, task_now) = run.get(&path, &connectors).await;
+    assert_eq!(task_now["status"], "in-progress");
+    assert!(task_now.get("statusReason").is_none(), "{task_now}");
+
+    assert_eq!(
+        run.version(referral).await,
+        before + 3,
+        "the acceptance, the hold and the resumption, nothing else"
     );
 }

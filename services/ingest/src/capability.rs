@@ -46,10 +46,12 @@ pub fn statement(base_url: &str, software_version: &str) -> Value {
                                   only the referrer, the provider holding the referral and administrators read it."
             }, {
                 "type": "Task",
-                "interaction": [{"code": "read"}, {"code": "update"}],
-                "documentation": "One Task per routing attempt, owned by the provider. PUT by that provider moves it \
-                                  along the lifecycle (accepted, rejected with statusReason, in-progress, on-hold, \
-                                  completed, failed with statusReason, cancelled, entered-in-error); anything else is 409."
+                "interaction": [{"code": "read"}, {"code": "update"}, {"code": "patch"}],
+                "documentation": "One Task per routing attempt, owned by the provider. PUT by that provider, or PATCH \
+                                  with a JSON Patch (application/json-patch+json), moves it along the lifecycle \
+                                  (accepted, rejected with statusReason, in-progress, on-hold, completed, failed with \
+                                  statusReason, cancelled, entered-in-error); anything else is 409. Providers' systems \
+                                  may send the same Task on the provider.responses topic instead."
             }, {
                 "type": "Observation",
                 "interaction": [{"code": "create"}, {"code": "search-type"}],

@@ -11,6 +11,7 @@ pub mod inbound;
 pub mod intake;
 pub mod provider;
 pub mod receipts;
+pub mod responses;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! `linkwork serve <service>`: the long-running services, in one process or several.
 
 use anyhow::Context;
-use linkwork_bus::topics::{consumers, ASC_CALL_LOG, REFERRALS_INBOUND};
+use linkwork_bus::topics::{consumers, ASC_CALL_LOG, PROVIDER_RESPONSES, REFERRALS_INBOUND};
 use linkwork_bus::{ConsumerConfig, ConsumerRunner, OutboxRelay, RelayConfig};
 use linkwork_ingest::{Application, IngestSettings};
 use tokio::task::JoinSet;
@@ -11,7 +11,8 @@ use crate::settings::Settings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Service {
-    /// FHIR and BaRS intake over HTTP, `referrals.inbound`, the ASC call log.
+    /// FHIR and BaRS intake over HTTP, `referrals.inbound`, the ASC call log, and
+    /// providers' responses over HTTP and `provider.responses`.
     Ingest,
     /// Routing to community providers, re-routing, deadlines, triage.
     Router,
@@ -86,6 +87,18 @@ pub async fn run(
             Ok("ingest http")
         });
         let rules = linkwork_fhir::IntakeRules::default();
+        let responses = ConsumerRunner::new(
+            ConsumerConfig::new(consumers::PROVIDER_RESPONSES, &[PROVIDER_RESPONSES]),
+            kafka.clone(),
+            pool.clone(),
+            linkwork_ingest::responses::ProviderResponsesHandler::new(&rules.canonical_base),
+        )
+        .with_outbox_notify(outbox.clone());
+        let token = work.clone();
+        tasks.spawn(async move {
+            responses.run(token).await?;
+            Ok("provider.responses consumer")
+        });
         let runner = ConsumerRunner::new(
             ConsumerConfig::new(consumers::INBOUND, &[REFERRALS_INBOUND]),
             kafka.clone(),

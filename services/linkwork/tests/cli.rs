@@ -309,3 +309,232 @@ fn the_oruk_conformance_record_imports_into_a_new_directory_version_with_its_que
         "{topics}"
     );
 }
+
+/// `linkwork serve all` on a fresh database, as an operator starts it, with a child
+/// process killed on drop so a failing test leaves nothing running.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+/// The rows of every per-referral read model for `referrals`, in a stable order, as
+/// psql prints them. (Other tests write to the same `referral.events` topic, so the
+/// comparison keeps to this test's referrals.)
+fn dump_projection(url: &str, referrals: &[String]) -> String {
+    let tables = [
+        "referrals",
+        "history",
+        "superseded",
+        "tasks",
+        "observations",
+        "contacts",
+        "activities",
+    ];
+    let ids = referrals
+        .iter()
+        .map(|id| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql: Vec<String> = tables
+        .iter()
+        .map(|table| {
+            format!("SELECT '{table}', coalesce(json_agg(t ORDER BY t::text), '[]') FROM projection.{table} t WHERE referral_id IN ({ids});")
+        })
+        .collect();
+    let output = Command::new("psql")
+        .arg(url)
+        .args(["-tA", "-v", "ON_ERROR_STOP=1", "-c", &sql.join(" ")])
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn serve_all_takes_referrals_and_provider_responses_and_replay_rebuilds_the_same_read_models() {
+    const SECRET: &str = "cli-tests-development-secret-0123456789abcdef";
+    let url = fresh_database();
+    run(linkwork().args(["topics", "apply"]));
+    let directory = std::env::temp_dir().join(format!(
+        "linkwork-cli-directory-{}.yaml",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(
+        &directory,
+        "providers:\n  - id: connectors\n    name: Community Connectors\n    kind: want\n    areas: { postcode_districts: [LS1] }\n    needs: [social-isolation, loneliness]\n    capacity: 100\n    accept_within_working_days: 5\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let serve = |command: &mut Command| {
+        command
+            .env("LINKWORK_DATABASE_URL", &url)
+            .env("LINKWORK_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("LINKWORK_AUTH_DEV_SECRET", SECRET)
+            .env(
+                "LINKWORK_PSEUDONYM_KEY",
+                "cli-tests-pseudonym-key-0123456789abcdef",
+            )
+            .env("LINKWORK_DIRECTORY", &directory);
+    };
+    let mut command = linkwork();
+    command.args(["serve", "all"]);
+    serve(&mut command);
+    let mut served = Served(command.spawn().expect("linkwork serve all starts"));
+
+    let client = reqwest::blocking::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client
+        .get(format!("{base}/readyz"))
+        .send()
+        .is_ok_and(|response| response.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "linkwork serve all did not become ready"
+        );
+        if let Ok(Some(status)) = served.0.try_wait() {
+            panic!("linkwork serve all exited: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let token = |role: linkwork_auth::Role, client_id: &str| {
+        linkwork_auth::dev_token(
+            &secrecy::SecretString::from(SECRET),
+            role,
+            client_id,
+            &role.default_scopes(client_id),
+            600,
+        )
+        .unwrap()
+    };
+    let gp = token(linkwork_auth::Role::Source, "gp:A81001");
+    let connectors = token(linkwork_auth::Role::Provider, "connectors");
+    let mut referrals = Vec::new();
+    for _ in 0..3 {
+        let reference = format!("CLI-{}", uuid::Uuid::new_v4().simple());
+        let response = client
+            .post(format!("{base}/fhir/ServiceRequest"))
+            .bearer_auth(&gp)
+            .header("content-type", "application/fhir+json")
+            .body(linkwork_testkit::gp_referral(&reference).to_string())
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+        let created: serde_json::Value = response.json().unwrap();
+        referrals.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let status_of = |id: &str| -> Option<String> {
+        let response = client
+            .get(format!("{base}/fhir/Task/{}", task_id(id)))
+            .bearer_auth(&connectors)
+            .send()
+            .ok()?;
+        let task: serde_json::Value = response.json().ok()?;
+        task["status"].as_str().map(str::to_owned)
+    };
+    let wait_for = |id: &str, status: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while status_of(id).as_deref() != Some(status) {
+            assert!(
+                Instant::now() < deadline,
+                "{id} did not reach {status} (is {:?})",
+                status_of(id)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for id in &referrals {
+        wait_for(id, "requested");
+    }
+    let task = |id: &str| {
+        serde_json::json!({
+            "resourceType": "Task",
+            "id": task_id(id),
+            "status": "accepted",
+            "intent": "order",
+            "focus": { "reference": format!("ServiceRequest/{id}") },
+        })
+    };
+    // The first is accepted over HTTP, the second over provider.responses.
+    let response = client
+        .put(format!("{base}/fhir/Task/{}", task_id(&referrals[0])))
+        .bearer_auth(&connectors)
+        .header("content-type", "application/fhir+json")
+        .body(task(&referrals[0]).to_string())
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let kafka = linkwork_bus::KafkaSettings::new(
+        std::env::var("LINKWORK_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into()),
+    );
+    let producer = linkwork_bus::Producer::new(&kafka).unwrap();
+    let mut headers = linkwork_bus::headers::HeaderList::default();
+    headers.push("linkwork-provider", "connectors");
+    let body = task(&referrals[1]).to_string();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(producer.send(linkwork_bus::Outbound {
+            topic: linkwork_bus::topics::PROVIDER_RESPONSES,
+            key: Some(referrals[1].as_bytes()),
+            partition: None,
+            payload: body.as_bytes(),
+            headers,
+        }))
+        .expect("acknowledged");
+    wait_for(&referrals[0], "accepted");
+    wait_for(&referrals[1], "accepted");
+    wait_for(&referrals[2], "requested");
+    // Let the projector settle anything else on the log before taking the dump.
+    std::thread::sleep(Duration::from_secs(2));
+    let live = dump_projection(&url, &referrals);
+    for id in &referrals {
+        assert!(live.contains(id.as_str()), "{id} is in the read models");
+    }
+
+    drop(served);
+    let mut command = linkwork();
+    command.arg("replay");
+    serve(&mut command);
+    let replayed = run(&mut command);
+    assert!(
+        replayed.contains("the rebuilt read models are live"),
+        "{replayed}"
+    );
+    let events: u64 = replayed
+        .split_whitespace()
+        .nth(1)
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("an event count in {replayed:?}"));
+    // Received and routed for each, and the two acceptances (the log may hold more
+    // from other runs against the same broker).
+    assert!(events >= 8, "{replayed}");
+    assert_eq!(
+        dump_projection(&url, &referrals),
+        live,
+        "replay rebuilt the same read models"
+    );
+    let _ = std::fs::remove_file(&directory);
+}
+
+/// The Task of a referral's first routing attempt.
+fn task_id(referral: &str) -> String {
+    linkwork_domain::ReferralId::from_uuid(uuid::Uuid::parse_str(referral).expect("a referral id"))
+        .task_id(1)
+        .to_string()
+}

@@ -91,7 +91,17 @@ pub async fn replay(
     let started = Instant::now();
     let topic = config.topics.events.clone();
     let replay_consumer = format!("{}-replay", config.consumer);
-    let targets = watermarks(kafka, &topic)?;
+    // The end of the log as the broker reports it, but never short of where the live
+    // projector already is (a broker's reported high watermark can trail the last
+    // offset for a moment): the rebuild covers at least what the live models hold.
+    let live = replay_offsets(pool, &config.consumer, &topic).await?;
+    let targets: Vec<(i32, i64, i64)> = watermarks(kafka, &topic)?
+        .into_iter()
+        .map(|(partition, low, high)| {
+            let live_at = live.get(&partition).copied().unwrap_or(high);
+            (partition, low, high.max(live_at))
+        })
+        .collect();
     let total: u64 = targets
         .iter()
         .map(|(_, low, high)| u64::try_from(high - low).unwrap_or(0))

@@ -94,6 +94,44 @@ impl FromRequest<AppState> for FhirJson {
     type Rejection = FhirError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        read_json(request, state, is_json, "application/fhir+json")
+            .await
+            .map(FhirJson)
+    }
+}
+
+/// A JSON Patch (RFC 6902) request body (`application/json-patch+json`), for FHIR's
+/// PATCH interaction.
+#[derive(Debug)]
+pub struct JsonPatch(pub Value);
+
+fn is_json_patch(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case("application/json-patch+json")
+}
+
+impl FromRequest<AppState> for JsonPatch {
+    type Rejection = FhirError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        read_json(request, state, is_json_patch, "application/json-patch+json")
+            .await
+            .map(JsonPatch)
+    }
+}
+
+/// Reads a JSON body of an accepted content type within the size limit.
+async fn read_json(
+    request: Request,
+    state: &AppState,
+    accepted: fn(&str) -> bool,
+    expected: &str,
+) -> Result<Value, FhirError> {
+    {
         let format = request
             .uri()
             .query()
@@ -124,13 +162,13 @@ impl FromRequest<AppState> for FhirJson {
             .get(header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .unwrap_or("");
-        if !is_json(content_type) {
+        if !accepted(content_type) {
             return Err(FhirError::one(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 Issue::error(
                     IssueCode::NotSupported,
                     format!(
-                        "content type {:?} is not supported; send application/fhir+json",
+                        "content type {:?} is not supported; send {expected}",
                         if content_type.is_empty() {
                             "(none)"
                         } else {
@@ -166,9 +204,8 @@ impl FromRequest<AppState> for FhirJson {
         let bytes = read_limited(request.into_body(), limit)
             .await
             .map_err(|_| too_large())?;
-        let value = linkwork_fhir::parse::json(&bytes)
-            .map_err(|issue| FhirError::one(StatusCode::BAD_REQUEST, issue))?;
-        Ok(FhirJson(value))
+        linkwork_fhir::parse::json(&bytes)
+            .map_err(|issue| FhirError::one(StatusCode::BAD_REQUEST, issue))
     }
 }
 

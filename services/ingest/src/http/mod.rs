@@ -142,7 +142,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/fhir/Task/{id}",
-            get(read::task).put(provider::update_task),
+            get(read::task)
+                .put(provider::update_task)
+                .patch(provider::patch_task),
         )
         .route(
             "/fhir/Observation",

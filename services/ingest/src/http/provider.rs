@@ -15,10 +15,12 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::error::FhirError;
-use super::extract::{Caller, FhirJson};
+use super::extract::{Caller, FhirJson, JsonPatch};
 use super::fhir::fhir_response;
 use super::AppState;
 use crate::provider::{self, CommandError, Submission};
+use linkwork_projector::read as read_model;
+use linkwork_projector::resources;
 
 const EVENT_SOURCE: &str = "linkwork/ingest";
 /// How long a Task update waits for the projection to reach a fresh routing attempt.
@@ -37,10 +39,10 @@ pub fn calling_provider(caller: &Caller) -> Result<ProviderId, FhirError> {
 }
 
 pub fn command_error(error: CommandError) -> FhirError {
-    let (status, code) = match &error {
-        CommandError::NotFound(_) => (StatusCode::NOT_FOUND, IssueCode::NotFound),
-        CommandError::Forbidden(_) => (StatusCode::FORBIDDEN, IssueCode::Forbidden),
-        CommandError::Conflict(_) => (StatusCode::CONFLICT, IssueCode::Conflict),
+    let status = match &error {
+        CommandError::NotFound(_) => StatusCode::NOT_FOUND,
+        CommandError::Forbidden(_) => StatusCode::FORBIDDEN,
+        CommandError::Conflict(_) => StatusCode::CONFLICT,
         CommandError::NotYetProjected(_) => {
             return FhirError::unavailable(error.to_string(), 2);
         }
@@ -52,7 +54,7 @@ pub fn command_error(error: CommandError) -> FhirError {
         }
         CommandError::Database(error) => return FhirError::internal(error),
     };
-    FhirError::one(status, Issue::error(code, error.to_string()))
+    FhirError::one(status, Issue::error(error.issue_code(), error.to_string()))
 }
 
 /// Applies a submission, waiting briefly when it names a routing attempt the projection
@@ -93,6 +95,88 @@ fn read(
     .map_err(FhirError::from_issues)
 }
 
+fn task_id(id: &str) -> Result<Uuid, FhirError> {
+    Uuid::parse_str(id).map_err(|_| {
+        FhirError::one(
+            StatusCode::NOT_FOUND,
+            Issue::error(
+                IssueCode::NotFound,
+                format!("Task/{id} is not a linkwork Task"),
+            ),
+        )
+    })
+}
+
+/// `PATCH /fhir/Task/{id}` with a JSON Patch (RFC 6902): applied to the Task as linkwork
+/// holds it, then judged exactly as the PUT of the result. A patch that leaves the
+/// Task's reason in place while changing its status drops the old reason, which was
+/// about the old status.
+pub async fn patch_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    caller: Caller,
+    JsonPatch(operations): JsonPatch,
+) -> Result<Response, FhirError> {
+    let provider = calling_provider(&caller)?;
+    let task_id = task_id(&id)?;
+    let operations: json_patch::Patch = serde_json::from_value(operations).map_err(|error| {
+        FhirError::one(
+            StatusCode::BAD_REQUEST,
+            Issue::error(
+                IssueCode::Structure,
+                format!("the body is not a JSON Patch (RFC 6902) document: {error}"),
+            ),
+        )
+    })?;
+    let current = {
+        let mut connection = state.pool.acquire().await.map_err(super::read::database)?;
+        read_model::task(&mut connection, read_model::LIVE_SCHEMA, task_id)
+            .await
+            .map_err(super::read::database)?
+    };
+    let Some(current) = current else {
+        // Not projected yet, or not a Task linkwork issued: as a PUT would be told.
+        return Err(FhirError::unavailable(
+            format!("Task/{id} is not known yet; if it was just issued, try again shortly"),
+            2,
+        ));
+    };
+    if current.provider_id != provider.as_str() {
+        return Err(FhirError::forbidden(format!(
+            "provider {provider} does not hold Task/{id}"
+        )));
+    }
+    let before = resources::task(&state.rules.canonical_base, &current);
+    let mut patched = before.clone();
+    json_patch::patch(&mut patched, &operations).map_err(|error| {
+        FhirError::one(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Issue::error(
+                IssueCode::Invalid,
+                format!("the patch could not be applied to Task/{id}: {error}"),
+            ),
+        )
+    })?;
+    if patched.get("resourceType") != Some(&json!("Task")) || patched.get("id") != before.get("id")
+    {
+        return Err(FhirError::one(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Issue::error(
+                IssueCode::BusinessRule,
+                "a patch may not change a Task's resourceType or id",
+            ),
+        ));
+    }
+    if patched.get("status") != before.get("status")
+        && patched.get("statusReason") == before.get("statusReason")
+    {
+        if let Some(fields) = patched.as_object_mut() {
+            fields.remove("statusReason");
+        }
+    }
+    put_task(&state, &provider, task_id, patched).await
+}
+
 /// `PUT /fhir/Task/{id}`: the provider's status for its Task.
 pub async fn update_task(
     State(state): State<AppState>,
@@ -101,23 +185,25 @@ pub async fn update_task(
     FhirJson(body): FhirJson,
 ) -> Result<Response, FhirError> {
     let provider = calling_provider(&caller)?;
-    let task_id = Uuid::parse_str(&id).map_err(|_| {
-        FhirError::one(
-            StatusCode::NOT_FOUND,
-            Issue::error(
-                IssueCode::NotFound,
-                format!("Task/{id} is not a linkwork Task"),
-            ),
-        )
-    })?;
+    let task_id = task_id(&id)?;
     if linkwork_fhir::parse::resource_type(&body) != Some("Task") {
         return Err(FhirError::one(
             StatusCode::BAD_REQUEST,
             Issue::error(IssueCode::Invalid, "PUT /fhir/Task/{id} takes a Task").at("resourceType"),
         ));
     }
-    let submission = read(&body, &provider, Some(task_id), &state)?;
-    let applied = apply(&state, &submission).await?;
+    put_task(&state, &provider, task_id, body).await
+}
+
+/// Applies a Task update for `task_id` as the provider sent it (or as its patch made it).
+async fn put_task(
+    state: &AppState,
+    provider: &ProviderId,
+    task_id: Uuid,
+    body: Value,
+) -> Result<Response, FhirError> {
+    let submission = read(&body, provider, Some(task_id), state)?;
+    let applied = apply(state, &submission).await?;
     let mut task = body;
     task["id"] = json!(task_id.to_string());
     task["meta"] = json!({

@@ -36,7 +36,19 @@ fn not_found(what: &str) -> FhirError {
     )
 }
 
-fn database(error: sqlx::Error) -> FhirError {
+pub(super) fn database(error: sqlx::Error) -> FhirError {
+    // 42P01 undefined table, 3F000 invalid schema: the projector has never run here.
+    let code = error
+        .as_database_error()
+        .and_then(|database| database.code())
+        .map(|code| code.into_owned());
+    if matches!(code.as_deref(), Some("42P01" | "3F000")) {
+        tracing::warn!(%error, "read models missing; is the projector running?");
+        return FhirError::unavailable(
+            "the read models are not built yet: the projector (`linkwork serve projector`) has not run against this database",
+            30,
+        );
+    }
     tracing::warn!(%error, "read model query failed");
     FhirError::unavailable("linkwork's database is unavailable; try again", 5)
 }

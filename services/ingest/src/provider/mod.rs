@@ -14,7 +14,11 @@ pub mod parse;
 use linkwork_bus::Producer;
 use linkwork_domain::referral::{self, Command, Referral, Refusal};
 use linkwork_domain::{DomainEvent, EventId, ReferralEvent, ReferralId};
+use linkwork_fhir::IssueCode;
+use std::collections::HashMap;
+
 use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 pub use parse::{parse, Submission, TaskTarget};
 
@@ -37,6 +41,19 @@ pub enum CommandError {
     Database(#[from] sqlx::Error),
 }
 
+impl CommandError {
+    /// The OperationOutcome code of the refusal.
+    pub fn issue_code(&self) -> IssueCode {
+        match self {
+            CommandError::NotFound(_) => IssueCode::NotFound,
+            CommandError::Forbidden(_) => IssueCode::Forbidden,
+            CommandError::Conflict(_) => IssueCode::Conflict,
+            CommandError::NotYetProjected(_) | CommandError::Unavailable(_) => IssueCode::Transient,
+            CommandError::Database(_) => IssueCode::Exception,
+        }
+    }
+}
+
 impl From<Refusal> for CommandError {
     fn from(refusal: Refusal) -> Self {
         let message = refusal.to_string();
@@ -55,34 +72,66 @@ pub async fn current_state(
     connection: &mut PgConnection,
     referral: ReferralId,
 ) -> Result<Option<Referral>, CommandError> {
+    Ok(current_states(connection, &[referral])
+        .await?
+        .remove(&referral))
+}
+
+/// [`current_state`] for many referrals at once: one read of the projection and one of
+/// the pending events, whatever the number. Referrals not known are absent.
+pub async fn current_states(
+    connection: &mut PgConnection,
+    referrals: &[ReferralId],
+) -> Result<HashMap<ReferralId, Referral>, CommandError> {
+    let ids: Vec<Uuid> = referrals.iter().map(|id| *id.as_uuid()).collect();
+    // The read models resolve through search_path; put it back afterwards so the rest
+    // of the caller's transaction sees what it saw before.
+    let saved: String = sqlx::query_scalar("SELECT current_setting('search_path')")
+        .fetch_one(&mut *connection)
+        .await?;
     sqlx::query("SELECT set_config('search_path', 'projection, public', true)")
         .execute(&mut *connection)
         .await?;
-    let mut loaded = linkwork_projector::model::load(connection, &[*referral.as_uuid()])
-        .await
+    let loaded = linkwork_projector::model::load(connection, &ids).await;
+    sqlx::query("SELECT set_config('search_path', $1, true)")
+        .bind(&saved)
+        .execute(&mut *connection)
+        .await?;
+    let mut states: HashMap<ReferralId, Referral> = loaded
         .map_err(|error| match error {
             linkwork_projector::model::ModelError::Database(error) => CommandError::Database(error),
             corrupt => CommandError::Conflict(corrupt.to_string()),
-        })?;
-    let mut state = loaded.remove(&referral).map(|projected| projected.state);
-    let pending: Vec<(String, Vec<u8>)> = sqlx::query_as(
-        "SELECT event_type, body FROM public.pending_provider_events WHERE referral_id = $1 ORDER BY seq",
+        })?
+        .into_iter()
+        .map(|(id, projected)| (id, projected.state))
+        .collect();
+    let pending: Vec<(Uuid, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT referral_id, event_type, body FROM public.pending_provider_events
+         WHERE referral_id = ANY($1) ORDER BY seq",
     )
-    .bind(referral.as_uuid())
+    .bind(&ids)
     .fetch_all(&mut *connection)
     .await?;
-    for (event_type, body) in pending {
-        if let Ok(event) = ReferralEvent::decode(&event_type, &body) {
-            // Judged as the projector will: an event the state refuses changes nothing.
-            if let Some(current) = &state {
-                if matches!(referral::decide(Some(current), Command::from(event.clone())), Ok(events) if !events.is_empty())
-                {
-                    state = referral::apply(state, &event);
-                }
-            }
+    for (referral, event_type, body) in pending {
+        let referral = ReferralId::from_uuid(referral);
+        let Ok(event) = ReferralEvent::decode(&event_type, &body) else {
+            continue;
+        };
+        // Judged as the projector will: an event the state refuses changes nothing.
+        if let Some(current) = states.remove(&referral) {
+            let applies = matches!(
+                referral::decide(Some(&current), Command::from(event.clone())),
+                Ok(events) if !events.is_empty()
+            );
+            let next = if applies {
+                referral::apply(Some(current.clone()), &event).unwrap_or(current)
+            } else {
+                current
+            };
+            states.insert(referral, next);
         }
     }
-    Ok(state)
+    Ok(states)
 }
 
 /// Judges a submission against the referral's state: the events it produces (empty for

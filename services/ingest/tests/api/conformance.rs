@@ -106,7 +106,7 @@ async fn the_capability_statement_tells_what_is_served() {
             "ServiceRequest",
             &["create", "read", "history-instance", "search-type"][..],
         ),
-        ("Task", &["read", "update"][..]),
+        ("Task", &["read", "update", "patch"][..]),
         ("Observation", &["create", "search-type"][..]),
         ("Communication", &["create"][..]),
         ("Procedure", &["create"][..]),

@@ -103,3 +103,30 @@ async fn the_same_identifier_from_another_source_is_another_referral() {
         "the source is part of the referral's identity"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_before_the_projector_has_ever_run_say_so_with_503() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(format!(
+            "{}/fhir/ServiceRequest/{}",
+            app.address,
+            uuid::Uuid::new_v4()
+        ))
+        .bearer_auth(gp_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let outcome: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert!(
+        outcome["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("linkwork serve projector"),
+        "{outcome}"
+    );
+}
