@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AscCaseId, EventId, ReferralId};
+use crate::ids::{AscCaseId, AscPersonId, EventId, ReferralId};
 use crate::{DecodeError, DomainEvent};
 
 /// Why ASC closed a case (the `closure_reason` column of the call-log CSV).
@@ -68,6 +68,10 @@ impl FromStr for ClosureReason {
 pub struct CaseOpened {
     pub case_id: AscCaseId,
     pub opened_at: DateTime<Utc>,
+    /// The person, when the call-log export names them (its optional `person_id`
+    /// column): how a diverted person's return to ASC is seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person_id: Option<AscPersonId>,
 }
 
 /// A case left the call log.
@@ -86,6 +90,31 @@ pub struct CaseDiverted {
     /// The referral made for the person, when ASC referred through linkwork.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub referral_id: Option<ReferralId>,
+}
+
+/// The call log at the end of one day (UK local time), as published on
+/// `metrics.call-log` for data teams: counts only, no case or person ids.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CallLogDay {
+    pub date: chrono::NaiveDate,
+    /// Cases open at the end of the day.
+    pub open_cases: i64,
+    /// Cases opened, closed, and diverted to community providers during the day.
+    pub opened: i64,
+    pub closed: i64,
+    pub diverted: i64,
+    /// The baseline the reduction is measured from.
+    pub baseline_date: chrono::NaiveDate,
+    pub open_at_baseline: i64,
+    /// `open_at_baseline - open_cases`.
+    pub reduction: i64,
+    /// The reduction as a percentage of the baseline, one decimal place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduction_percent: Option<f64>,
+}
+
+impl CallLogDay {
+    pub const EVENT_TYPE: &'static str = "linkwork.metrics.call-log-day.v1";
 }
 
 /// Every fact about an ASC call-log case.
@@ -254,6 +283,7 @@ mod tests {
             CallLogEvent::CaseOpened(CaseOpened {
                 case_id: AscCaseId::parse("ASC-1").unwrap(),
                 opened_at: DateTime::from_timestamp(1_767_225_600 + minute * 60, 0).unwrap(),
+                person_id: None,
             })
         };
         assert_eq!(opened(0).derived_id(), opened(0).derived_id());

@@ -205,65 +205,82 @@ impl From<ProviderId> for String {
     }
 }
 
-/// An Adult Social Care call-log case id, as ASC's own system writes it.
-/// Printable ASCII without commas or spaces, 1 to 64 characters.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct AscCaseId(String);
+/// An identifier as ASC's own system writes it: printable ASCII without commas or
+/// spaces, 1 to 64 characters (so it sits in a CSV cell unquoted).
+macro_rules! asc_identifier {
+    ($(#[$doc:meta])* $type:ident, $kind:expr, $description:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $type(String);
 
-string_schema!(
+        string_schema!($type, r"^[!-+\--~]{1,64}$", $description);
+
+        impl $type {
+            pub fn parse(value: &str) -> Result<Self, InvalidId> {
+                let valid = !value.is_empty()
+                    && value.len() <= 64
+                    && value
+                        .bytes()
+                        .all(|byte| byte.is_ascii_graphic() && byte != b',');
+                if valid {
+                    Ok(Self(value.to_owned()))
+                } else {
+                    Err(InvalidId {
+                        kind: $kind,
+                        value: value.to_owned(),
+                        rule: "1-64 printable ASCII characters without spaces or commas",
+                    })
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $type {
+            fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $type {
+            fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(formatter, "{}({})", stringify!($type), self.0)
+            }
+        }
+
+        impl TryFrom<String> for $type {
+            type Error = InvalidId;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                Self::parse(&value)
+            }
+        }
+
+        impl From<$type> for String {
+            fn from(id: $type) -> Self {
+                id.0
+            }
+        }
+    };
+}
+
+asc_identifier!(
+    /// An Adult Social Care call-log case id, as ASC's own system writes it.
     AscCaseId,
-    r"^[!-+\--~]{1,64}$",
+    "ASC case id",
     "An Adult Social Care call-log case id: printable ASCII without spaces or commas"
 );
 
-impl AscCaseId {
-    pub fn parse(value: &str) -> Result<Self, InvalidId> {
-        let valid = !value.is_empty()
-            && value.len() <= 64
-            && value
-                .bytes()
-                .all(|byte| byte.is_ascii_graphic() && byte != b',');
-        if valid {
-            Ok(Self(value.to_owned()))
-        } else {
-            Err(InvalidId {
-                kind: "ASC case id",
-                value: value.to_owned(),
-                rule: "1-64 printable ASCII characters without spaces or commas",
-            })
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for AscCaseId {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for AscCaseId {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "AscCaseId({})", self.0)
-    }
-}
-
-impl TryFrom<String> for AscCaseId {
-    type Error = InvalidId;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(&value)
-    }
-}
-
-impl From<AscCaseId> for String {
-    fn from(id: AscCaseId) -> Self {
-        id.0
-    }
-}
+asc_identifier!(
+    /// The person a call-log case is about, as ASC's own system identifies them (a
+    /// person or client number, never an NHS number). It links a person's cases, so a
+    /// diverted person who comes back to ASC is seen.
+    AscPersonId,
+    "ASC person id",
+    "The person an Adult Social Care case is about, by ASC's own person id: printable ASCII without spaces or commas"
+);
 
 /// Who sent a referral: the authenticated client, never the payload alone.
 /// Written as in DESIGN.md: `gp:<ODS code>`, `hospital:<ODS code>`, `contact-centre`,

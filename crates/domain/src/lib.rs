@@ -12,9 +12,9 @@ pub mod postcode;
 pub mod referral;
 pub mod schema;
 
-pub use call_log::{CallLogEvent, CaseClosed, CaseDiverted, CaseOpened, ClosureReason};
+pub use call_log::{CallLogDay, CallLogEvent, CaseClosed, CaseDiverted, CaseOpened, ClosureReason};
 pub use event::ReferralEvent;
-pub use ids::{Actor, AscCaseId, EventId, ProviderId, ReferralId, Source, SourceKind};
+pub use ids::{Actor, AscCaseId, AscPersonId, EventId, ProviderId, ReferralId, Source, SourceKind};
 pub use need::Need;
 pub use nhs_number::{NhsNumber, NhsNumberError};
 pub use outcome::{Instrument, OutcomeMeasure, Timepoint};

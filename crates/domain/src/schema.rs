@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::call_log::CallLogDay;
 use crate::{CallLogEvent, ReferralEvent};
 
 /// File name (under `schemas/`) → schema, for every versioned event type.
@@ -12,6 +13,7 @@ pub fn catalogue() -> BTreeMap<String, serde_json::Value> {
     for (event_type, mut schema) in ReferralEvent::type_schemas()
         .into_iter()
         .chain(CallLogEvent::type_schemas())
+        .chain([(CallLogDay::EVENT_TYPE, schemars::schema_for!(CallLogDay))])
     {
         schema.insert(
             "$id".into(),
@@ -93,6 +95,7 @@ mod tests {
         let types: Vec<&str> = ReferralEvent::TYPES
             .iter()
             .chain(CallLogEvent::TYPES)
+            .chain(&[CallLogDay::EVENT_TYPE])
             .copied()
             .collect();
         assert_eq!(catalogue.len(), types.len());

@@ -174,6 +174,7 @@ pub fn case_opened(number: usize) -> CallLogEvent {
     CallLogEvent::CaseOpened(CaseOpened {
         case_id: AscCaseId::parse(&format!("SYN-{number:06}")).unwrap(),
         opened_at: chrono::DateTime::from_timestamp(1_767_225_600 + number as i64 * 60, 0).unwrap(),
+        person_id: None,
     })
 }
 

@@ -5,6 +5,7 @@
 
 mod consumer;
 mod helpers;
+mod metrics;
 mod outbox;
 mod partitioner;
 mod projector;

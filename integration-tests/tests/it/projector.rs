@@ -45,11 +45,11 @@ fn start() -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-struct Rig {
-    stack: Stack,
-    pool: PgPool,
-    config: ProjectorConfig,
-    producer: Producer,
+pub(crate) struct Rig {
+    pub(crate) stack: Stack,
+    pub(crate) pool: PgPool,
+    pub(crate) config: ProjectorConfig,
+    pub(crate) producer: Producer,
     shutdown: CancellationToken,
     relay: std::sync::Arc<tokio::sync::Notify>,
 }
@@ -61,7 +61,7 @@ impl Drop for Rig {
 }
 
 impl Rig {
-    async fn new() -> Rig {
+    pub(crate) async fn new() -> Rig {
         let stack = stack();
         let pool = stack.database().await;
         linkwork_projector::migrate(&pool).await.unwrap();
@@ -94,7 +94,11 @@ impl Rig {
         }
     }
 
-    fn start_projector(&self) -> JoinHandle<()> {
+    pub(crate) fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub(crate) fn start_projector(&self) -> JoinHandle<()> {
         let projector = Projector::new(
             self.config.clone(),
             self.stack.kafka.clone(),
@@ -107,7 +111,7 @@ impl Rig {
         })
     }
 
-    async fn publish_all(&self, events: &[(EventId, ReferralEvent)]) {
+    pub(crate) async fn publish_all(&self, events: &[(EventId, ReferralEvent)]) {
         for (id, event) in events {
             self.producer
                 .publish(
@@ -123,7 +127,7 @@ impl Rig {
     }
 
     /// Waits until the projector has applied or superseded `count` events.
-    async fn projected(&self, count: i64) {
+    pub(crate) async fn projected(&self, count: i64) {
         eventually(Duration::from_secs(60), &format!("{count} events projected"), || async {
             let seen: Option<i64> = sqlx::query_scalar(
                 "SELECT (SELECT count(*) FROM projection.history) + (SELECT count(*) FROM projection.superseded)",
@@ -161,7 +165,11 @@ impl Rig {
     }
 }
 
-fn change(referral: &ReferralReceived, provider: &str, at: DateTime<Utc>) -> ProviderStatusChange {
+pub(crate) fn change(
+    referral: &ReferralReceived,
+    provider: &str,
+    at: DateTime<Utc>,
+) -> ProviderStatusChange {
     ProviderStatusChange {
         referral_id: referral.referral_id,
         provider_id: ProviderId::parse(provider).unwrap(),
@@ -170,7 +178,7 @@ fn change(referral: &ReferralReceived, provider: &str, at: DateTime<Utc>) -> Pro
     }
 }
 
-fn outcome(
+pub(crate) fn outcome(
     referral: &ReferralReceived,
     provider: &str,
     timepoint: Timepoint,

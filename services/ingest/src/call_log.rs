@@ -1,5 +1,6 @@
-//! The ASC call-log feed: CSV exports (`case_id,opened_at,closed_at,closure_reason`)
-//! become call-log events on `asc.call-log`.
+//! The ASC call-log feed: CSV exports (`case_id,opened_at,closed_at,closure_reason`,
+//! and optionally `person_id`, ASC's own id for the person, which lets a diverted
+//! person's return to ASC be counted) become call-log events on `asc.call-log`.
 //!
 //! A row that cannot be read is reported with its line number and the rest still
 //! import. Each fact's event id derives from its content, and ids already published
@@ -11,7 +12,9 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Europe::London;
 use linkwork_bus::topics::ASC_CALL_LOG;
 use linkwork_bus::{BusError, Producer};
-use linkwork_domain::{AscCaseId, CallLogEvent, CaseClosed, CaseOpened, ClosureReason, EventId};
+use linkwork_domain::{
+    AscCaseId, AscPersonId, CallLogEvent, CaseClosed, CaseOpened, ClosureReason, EventId,
+};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -71,6 +74,7 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedLog, CallLogError> {
         .map(|name| name.trim_start_matches('\u{feff}').to_ascii_lowercase())
         .collect();
     let column = |name: &str| names.iter().position(|found| found == name);
+    let person_column = column("person_id");
     let (Some(case_column), Some(opened_column), Some(closed_column), Some(reason_column)) = (
         column("case_id"),
         column("opened_at"),
@@ -111,6 +115,7 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedLog, CallLogError> {
             field(opened_column),
             field(closed_column),
             field(reason_column),
+            person_column.map(field).unwrap_or(""),
         ) {
             Ok(events) => {
                 if let Some(CallLogEvent::CaseOpened(opened)) = events.first() {
@@ -135,12 +140,19 @@ fn row(
     opened_at: &str,
     closed_at: &str,
     reason: &str,
+    person_id: &str,
 ) -> Result<Vec<CallLogEvent>, String> {
     let case_id = AscCaseId::parse(case_id).map_err(|error| format!("case_id: {error}"))?;
     let opened_at = timestamp(opened_at).map_err(|problem| format!("opened_at: {problem}"))?;
+    let person_id = if person_id.is_empty() {
+        None
+    } else {
+        Some(AscPersonId::parse(person_id).map_err(|error| format!("person_id: {error}"))?)
+    };
     let mut events = vec![CallLogEvent::CaseOpened(CaseOpened {
         case_id: case_id.clone(),
         opened_at,
+        person_id,
     })];
     match (closed_at.is_empty(), reason.is_empty()) {
         (true, true) => {}
@@ -284,6 +296,31 @@ mod tests {
         assert!(
             matches!(&parsed.events[1], CallLogEvent::CaseClosed(closed) if closed.reason == ClosureReason::DivertedToCommunity)
         );
+    }
+
+    #[test]
+    fn an_optional_person_id_column_names_the_person_of_each_case() {
+        let csv = "case_id,person_id,opened_at,closed_at,closure_reason\n\
+                   SYN-1,P-100,2026-01-05T09:00:00Z,,\n\
+                   SYN-2,,2026-01-06T09:00:00Z,,\n\
+                   SYN-3,P 101,2026-01-07T09:00:00Z,,\n";
+        let parsed = parse(csv.as_bytes()).unwrap();
+        let people: Vec<Option<&str>> = parsed
+            .events
+            .iter()
+            .map(|event| match event {
+                CallLogEvent::CaseOpened(opened) => opened.person_id.as_ref().map(|id| id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(people, [Some("P-100"), None]);
+        assert_eq!(parsed.errors.len(), 1);
+        assert!(
+            parsed.errors[0].message.starts_with("person_id:"),
+            "{:?}",
+            parsed.errors
+        );
+        assert_eq!(parsed.errors[0].line, 4);
     }
 
     #[test]

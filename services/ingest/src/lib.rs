@@ -111,6 +111,12 @@ impl Application {
         })
     }
 
+    /// Serves `routes` beside ingest's (`linkwork serve all` adds the metrics routes).
+    pub fn with_routes(mut self, routes: axum::Router) -> Self {
+        self.router = self.router.merge(routes);
+        self
+    }
+
     pub fn port(&self) -> u16 {
         self.listener
             .local_addr()

@@ -118,28 +118,32 @@ pub async fn run(
         }
     }
 
-    let summary = call_log::summary(&pool, log.baseline, log.end).await?;
+    // The synthetic log's baseline and end are midnights: count at the close of the
+    // day before each.
+    let day_before = |at: chrono::DateTime<chrono::Utc>| {
+        let date = at.date_naive();
+        date.pred_opt().unwrap_or(date)
+    };
+    let report = call_log::report(&pool, day_before(log.baseline), day_before(log.end)).await?;
     println!("\nCall-log reduction (from Postgres, as projected from the event log)");
     println!(
         "   baseline {}: {:>5} open cases",
-        summary.baseline.date_naive(),
-        summary.open_at_baseline
+        report.baseline, report.open_at_baseline
     );
     println!(
         "   end      {}: {:>5} open cases",
-        summary.end.date_naive(),
-        summary.open_at_end
+        report.end, report.open_at_end
     );
-    match summary.reduction_percent() {
+    match report.reduction_percent {
         Some(percent) => println!(
             "   reduction:       {:>5} cases ({percent:.1}%)",
-            summary.reduction()
+            report.reduction
         ),
-        None => println!("   reduction:       {:>5} cases", summary.reduction()),
+        None => println!("   reduction:       {:>5} cases", report.reduction),
     }
     println!(
         "   diverted to community connectors in the period: {}",
-        summary.diverted
+        report.diverted
     );
     println!("   drive took {:.1} s", started.elapsed().as_secs_f64());
     let other_runs = cases_from_other_seeds(&pool, options.seed).await?;

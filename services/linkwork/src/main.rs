@@ -35,6 +35,9 @@ enum Command {
     /// Rebuild every read model from offset 0 of referral.events into fresh tables,
     /// with a progress bar, then swap them in (a running projector carries on).
     Replay,
+    /// Write an evaluation summary (Markdown and HTML) of the call log, referrals and
+    /// outcomes between two dates.
+    Report(ReportArgs),
     /// Print a development token (needs LINKWORK_AUTH_DEV_SECRET).
     DevToken(DevTokenArgs),
     /// Adult Social Care call log.
@@ -47,6 +50,19 @@ enum Command {
         #[command(subcommand)]
         action: DirectoryAction,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct ReportArgs {
+    /// First day (YYYY-MM-DD): the call log's baseline and the start of the period.
+    #[arg(long)]
+    from: chrono::NaiveDate,
+    /// Last day (YYYY-MM-DD), included.
+    #[arg(long)]
+    to: chrono::NaiveDate,
+    /// Where to write the two files.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +160,7 @@ fn main() -> ExitCode {
         Command::Demo(_) => "demo",
         Command::Serve { .. } => "serve",
         Command::Replay => "replay",
+        Command::Report(_) => "report",
         Command::DevToken(_) => "dev-token",
         Command::Asc { .. } => "asc",
         Command::Directory { .. } => "directory",
@@ -201,6 +218,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 report.elapsed.as_secs_f64(),
                 report.events as f64 / report.elapsed.as_secs_f64().max(0.001),
             );
+            Ok(())
+        }
+        Command::Report(args) => {
+            if args.from > args.to {
+                anyhow::bail!("--from {} is after --to {}", args.from, args.to);
+            }
+            let pool = linkwork_store::connect(&settings.database()?).await?;
+            linkwork_store::migrate(&pool).await?;
+            linkwork_metrics::migrate(&pool).await?;
+            let period = linkwork_metrics::referrals::Period {
+                start: args.from,
+                end: args.to,
+            };
+            let snapshot = linkwork_metrics::http::snapshot(&pool, period).await?;
+            let (markdown, html) = linkwork_metrics::report::write(&snapshot, &args.out)?;
+            let log = &snapshot.call_log;
+            println!(
+                "open ASC cases {} -> {} ({} fewer), {} referrals, {} completed",
+                log.open_at_baseline,
+                log.open_at_end,
+                log.reduction,
+                snapshot.referrals.referrals,
+                snapshot.referrals.completions
+            );
+            println!("{}\n{}", markdown.display(), html.display());
             Ok(())
         }
         Command::DevToken(args) => {

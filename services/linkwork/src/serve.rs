@@ -1,7 +1,9 @@
 //! `linkwork serve <service>`: the long-running services, in one process or several.
 
 use anyhow::Context;
-use linkwork_bus::topics::{consumers, ASC_CALL_LOG, PROVIDER_RESPONSES, REFERRALS_INBOUND};
+use linkwork_bus::topics::{
+    consumers, ASC_CALL_LOG, METRICS_CALL_LOG, PROVIDER_RESPONSES, REFERRALS_INBOUND,
+};
 use linkwork_bus::{ConsumerConfig, ConsumerRunner, OutboxRelay, RelayConfig};
 use linkwork_ingest::{Application, IngestSettings};
 use tokio::task::JoinSet;
@@ -18,7 +20,8 @@ pub enum Service {
     Router,
     /// Read models from referral.events, outcome Observations out.
     Projector,
-    /// Call-log reduction (more metrics as they land).
+    /// Call-log reduction, referral and outcome metrics: JSON, MeasureReports,
+    /// Prometheus, the dashboard, daily records on metrics.call-log.
     Metrics,
     /// Every service in one process.
     All,
@@ -76,11 +79,24 @@ pub async fn run(
         Ok("outbox relay")
     });
 
+    let metrics_routes = with_metrics.then(|| {
+        linkwork_metrics::http::router(
+            pool.clone(),
+            linkwork_metrics::http::MetricsConfig {
+                baseline: settings.call_log_baseline,
+                ..linkwork_metrics::http::MetricsConfig::default()
+            },
+        )
+    });
     if with_ingest {
         let verifier = linkwork_auth::Verifier::from_env()?;
         let mut ingest = IngestSettings::new(settings.http_addr);
         ingest.http.public_base_url = settings.public_base_url.clone();
-        let application = Application::build(ingest, &kafka, pool.clone(), verifier).await?;
+        let mut application = Application::build(ingest, &kafka, pool.clone(), verifier).await?;
+        // One listener in one process: the metrics routes sit beside ingest's.
+        if let Some(routes) = metrics_routes.clone() {
+            application = application.with_routes(routes);
+        }
         let token = work.clone();
         tasks.spawn(async move {
             application.run_until_stopped(token).await?;
@@ -139,6 +155,34 @@ pub async fn run(
         });
     }
     if with_metrics {
+        if !with_ingest {
+            if let Some(routes) = metrics_routes {
+                let listener = tokio::net::TcpListener::bind(settings.http_addr)
+                    .await
+                    .with_context(|| format!("binding {}", settings.http_addr))?;
+                tracing::info!(address = %settings.http_addr, "metrics listening");
+                let token = work.clone();
+                tasks.spawn(async move {
+                    axum::serve(listener, routes)
+                        .with_graceful_shutdown(async move { token.cancelled().await })
+                        .await?;
+                    Ok("metrics http")
+                });
+            }
+        }
+        let (pool_for_days, baseline, token) =
+            (pool.clone(), settings.call_log_baseline, work.clone());
+        tasks.spawn(async move {
+            linkwork_metrics::daily::run(
+                pool_for_days,
+                METRICS_CALL_LOG.to_owned(),
+                baseline,
+                std::time::Duration::from_secs(15 * 60),
+                token,
+            )
+            .await?;
+            Ok("daily call-log records")
+        });
         let runner = ConsumerRunner::new(
             ConsumerConfig::new(consumers::METRICS, &[ASC_CALL_LOG]),
             kafka.clone(),

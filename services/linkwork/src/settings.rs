@@ -22,6 +22,9 @@ pub struct Settings {
     pub directory_file: Option<std::path::PathBuf>,
     /// The secret behind data-team pseudonyms (`LINKWORK_PSEUDONYM_KEY`).
     pseudonym_key: Option<secrecy::SecretString>,
+    /// The date the call-log reduction is measured from (`LINKWORK_CALL_LOG_BASELINE`,
+    /// YYYY-MM-DD); the first case's day when unset.
+    pub call_log_baseline: Option<chrono::NaiveDate>,
 }
 
 impl Settings {
@@ -34,7 +37,16 @@ impl Settings {
             .unwrap_or_else(|_| "127.0.0.1:8080".into())
             .parse()
             .context("LINKWORK_HTTP_ADDR is not a socket address (host:port)")?;
+        let call_log_baseline = match std::env::var("LINKWORK_CALL_LOG_BASELINE") {
+            Ok(text) if !text.trim().is_empty() => Some(
+                chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").with_context(|| {
+                    format!("LINKWORK_CALL_LOG_BASELINE {text:?} is not a date (YYYY-MM-DD)")
+                })?,
+            ),
+            _ => None,
+        };
         Ok(Self {
+            call_log_baseline,
             kafka,
             kafka_error,
             database_url: std::env::var("LINKWORK_DATABASE_URL")

@@ -56,6 +56,7 @@ pub fn call_log(seed: u64) -> SyntheticCallLog {
         opened.push(CaseOpened {
             case_id: id.clone(),
             opened_at: *opened_at,
+            person_id: None,
         });
     }
 
@@ -101,6 +102,7 @@ pub fn call_log(seed: u64) -> SyntheticCallLog {
                 opened.push(CaseOpened {
                     case_id: id.clone(),
                     opened_at,
+                    person_id: None,
                 });
                 open.push((id, opened_at));
             }

@@ -538,3 +538,42 @@ fn task_id(referral: &str) -> String {
         .task_id(1)
         .to_string()
 }
+
+#[test]
+fn report_writes_markdown_and_html_and_refuses_a_backwards_period() {
+    let url = fresh_database();
+    let out =
+        std::env::temp_dir().join(format!("linkwork-report-{}", uuid::Uuid::new_v4().simple()));
+    let printed = run(linkwork()
+        .args([
+            "report",
+            "--from",
+            "2026-01-01",
+            "--to",
+            "2026-01-31",
+            "--out",
+        ])
+        .arg(&out)
+        .env("LINKWORK_DATABASE_URL", &url));
+    assert!(
+        printed.contains("open ASC cases 0 -> 0 (0 fewer), 0 referrals, 0 completed"),
+        "{printed}"
+    );
+    let markdown =
+        std::fs::read_to_string(out.join("linkwork-evaluation-2026-01-01-2026-01-31.md"))
+            .expect("the Markdown file");
+    assert!(markdown.contains("# Social prescribing for loneliness and isolation"));
+    assert!(markdown.contains("not yet measurable"), "{markdown}");
+    let html = std::fs::read_to_string(out.join("linkwork-evaluation-2026-01-01-2026-01-31.html"))
+        .expect("the HTML file");
+    assert!(html.starts_with("<!doctype html>"));
+
+    let backwards = linkwork()
+        .args(["report", "--from", "2026-02-01", "--to", "2026-01-01"])
+        .env("LINKWORK_DATABASE_URL", &url)
+        .output()
+        .expect("linkwork runs");
+    assert!(!backwards.status.success());
+    assert!(String::from_utf8_lossy(&backwards.stderr).contains("is after --to"));
+    let _ = std::fs::remove_dir_all(&out);
+}

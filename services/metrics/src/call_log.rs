@@ -2,11 +2,15 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono_tz::Europe::London;
 use linkwork_bus::{CloudEvent, Effects, Handler, HandlerError, Incoming};
 use linkwork_domain::CallLogEvent;
+use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
+
+use crate::stats::percent;
 
 /// Applies call-log events to `asc_cases`. Idempotent per event (a repeated fact sets
 /// the same values), so replays and re-imports change nothing.
@@ -24,13 +28,14 @@ impl Handler for CallLogProjection {
     ) -> Result<(), HandlerError> {
         // One statement per kind of fact. Within a batch the last fact per case wins,
         // as it would applied one by one (a case's events share a partition, in order).
-        let mut opened: HashMap<&str, DateTime<Utc>> = HashMap::new();
+        let mut opened: HashMap<&str, (DateTime<Utc>, Option<&str>)> = HashMap::new();
         let mut closed: HashMap<&str, (DateTime<Utc>, &'static str)> = HashMap::new();
         let mut diverted: HashMap<&str, (DateTime<Utc>, Option<Uuid>)> = HashMap::new();
         for incoming in batch {
             match &incoming.message.event {
                 CallLogEvent::CaseOpened(event) => {
-                    opened.insert(event.case_id.as_str(), event.opened_at);
+                    let person = event.person_id.as_ref().map(|id| id.as_str());
+                    opened.insert(event.case_id.as_str(), (event.opened_at, person));
                 }
                 CallLogEvent::CaseClosed(event) => {
                     closed.insert(
@@ -45,15 +50,26 @@ impl Handler for CallLogProjection {
             }
         }
         if !opened.is_empty() {
-            let (ids, times): (Vec<&str>, Vec<DateTime<Utc>>) = opened.into_iter().unzip();
+            let mut ids = Vec::with_capacity(opened.len());
+            let mut times = Vec::with_capacity(opened.len());
+            let mut people: Vec<Option<&str>> = Vec::with_capacity(opened.len());
+            for (id, (time, person)) in opened {
+                ids.push(id);
+                times.push(time);
+                people.push(person);
+            }
             sqlx::query!(
                 r#"
-                INSERT INTO asc_cases (case_id, opened_at)
-                SELECT * FROM UNNEST($1::TEXT[], $2::TIMESTAMPTZ[])
-                ON CONFLICT (case_id) DO UPDATE SET opened_at = EXCLUDED.opened_at, updated_at = now()
+                INSERT INTO asc_cases (case_id, opened_at, person_id)
+                SELECT * FROM UNNEST($1::TEXT[], $2::TIMESTAMPTZ[], $3::TEXT[])
+                ON CONFLICT (case_id) DO UPDATE
+                SET opened_at = EXCLUDED.opened_at,
+                    person_id = COALESCE(EXCLUDED.person_id, asc_cases.person_id),
+                    updated_at = now()
                 "#,
                 &ids as &[&str],
                 &times,
+                &people as &[Option<&str>],
             )
             .execute(&mut *transaction)
             .await?;
@@ -110,62 +126,176 @@ impl Handler for CallLogProjection {
     }
 }
 
-/// The call log between two dates.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CallLogSummary {
-    pub baseline: DateTime<Utc>,
-    pub end: DateTime<Utc>,
+/// The ASC call log between a baseline date and an end date, each counted at the end
+/// of the day in UK local time (close of business).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallLogReport {
+    pub baseline: NaiveDate,
+    pub end: NaiveDate,
     pub open_at_baseline: i64,
     pub open_at_end: i64,
-    /// Cases closed as diverted to community providers between the two dates.
+    /// Fall in open cases since the baseline (negative if the log grew).
+    pub reduction: i64,
+    /// The reduction as a percentage of the baseline, one decimal place.
+    pub reduction_percent: Option<f64>,
+    /// Cases opened and closed after the baseline day, up to the end day.
+    pub opened: i64,
+    pub closed: i64,
+    /// Cases diverted to community providers after the baseline day.
     pub diverted: i64,
-    /// Cases known in total.
-    pub cases: i64,
+    pub returns: Returns,
+    /// Open cases at the end of each day from the baseline to the end.
+    pub daily: Vec<DailyOpen>,
 }
 
-impl CallLogSummary {
-    /// Reduction in open cases since the baseline (negative if the log grew).
-    pub fn reduction(&self) -> i64 {
-        self.open_at_baseline - self.open_at_end
-    }
-
-    /// The reduction as a percentage of the baseline, to one decimal place.
-    pub fn reduction_percent(&self) -> Option<f64> {
-        (self.open_at_baseline > 0).then(|| {
-            (self.reduction() as f64 * 1000.0 / self.open_at_baseline as f64).round() / 10.0
-        })
-    }
+/// Whether people diverted to community providers came back to ASC: a new case for the
+/// same person (the call log's `person_id`) opened within 90 days of the diversion.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Returns {
+    /// Diverted cases whose person is known.
+    pub with_person: i64,
+    /// Diverted cases with no person id (their return cannot be seen).
+    pub without_person: i64,
+    /// Of those with a person: back with a new case within 90 days.
+    pub returned_within_90_days: i64,
+    /// Of those with a person: whose 90 days are over, or who came back.
+    pub followed_up: i64,
+    /// Of those with a person: diverted less than 90 days before the end, not back yet.
+    pub window_open: i64,
+    /// `returned_within_90_days` of `followed_up`, percent.
+    pub return_percent: Option<f64>,
 }
 
-/// Open cases at `baseline` and `end`, and diversions between them.
-pub async fn summary(
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DailyOpen {
+    pub date: NaiveDate,
+    pub open: i64,
+}
+
+/// How many days after a diversion a new case counts as coming back.
+pub const RETURN_WINDOW_DAYS: i32 = 90;
+
+/// The first instant after `date` in UK local time.
+pub fn end_of_day(date: NaiveDate) -> DateTime<Utc> {
+    let next = date.succ_opt().unwrap_or(date);
+    next.and_hms_opt(0, 0, 0)
+        .and_then(|midnight| London.from_local_datetime(&midnight).earliest())
+        .map(|instant| instant.with_timezone(&Utc))
+        .unwrap_or_else(|| next.and_time(chrono::NaiveTime::MIN).and_utc())
+}
+
+/// The call log from `baseline` to `end` (inclusive days).
+pub async fn report(
     pool: &PgPool,
-    baseline: DateTime<Utc>,
-    end: DateTime<Utc>,
-) -> Result<CallLogSummary, sqlx::Error> {
-    let row = sqlx::query!(
+    baseline: NaiveDate,
+    end: NaiveDate,
+) -> Result<CallLogReport, sqlx::Error> {
+    let from = end_of_day(baseline);
+    let to = end_of_day(end);
+    // Open cases per day from the day-by-day changes: one pass over the cases, however
+    // long the period.
+    let daily: Vec<DailyOpen> = sqlx::query_as::<_, (NaiveDate, i64)>(
         r#"
-        SELECT
-            count(*) FILTER (WHERE opened_at <= $1 AND (closed_at IS NULL OR closed_at > $1)) AS "open_at_baseline!",
-            count(*) FILTER (WHERE opened_at <= $2 AND (closed_at IS NULL OR closed_at > $2)) AS "open_at_end!",
-            count(*) FILTER (
-                WHERE closure_reason = 'diverted-to-community' AND closed_at > $1 AND closed_at <= $2
-            ) AS "diverted!",
-            count(*) AS "cases!"
+        WITH changes AS (
+            SELECT (opened_at AT TIME ZONE 'Europe/London')::date AS day, 1 AS delta
+            FROM asc_cases WHERE opened_at IS NOT NULL
+            UNION ALL
+            SELECT (closed_at AT TIME ZONE 'Europe/London')::date, -1
+            FROM asc_cases WHERE opened_at IS NOT NULL AND closed_at IS NOT NULL
+        ), per_day AS (
+            SELECT day, sum(delta)::BIGINT AS delta FROM changes GROUP BY day
+        ), before AS (
+            SELECT coalesce(sum(delta), 0)::BIGINT AS open FROM per_day WHERE day < $1
+        ), series AS (
+            SELECT d::date AS day FROM generate_series($1::date, $2::date, interval '1 day') AS d
+        )
+        SELECT series.day,
+               ((SELECT open FROM before)
+                 + sum(coalesce(per_day.delta, 0)) OVER (ORDER BY series.day))::BIGINT AS open
+        FROM series LEFT JOIN per_day USING (day)
+        ORDER BY series.day
+        "#,
+    )
+    .bind(baseline)
+    .bind(end.max(baseline))
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|(date, open)| DailyOpen { date, open })
+    .collect();
+    let open_at_baseline = daily.first().map(|day| day.open).unwrap_or(0);
+    let open_at_end = daily.last().map(|day| day.open).unwrap_or(0);
+
+    let (opened, closed, diverted): (i64, i64, i64) = sqlx::query_as(
+        r#"
+        SELECT count(*) FILTER (WHERE opened_at >= $1 AND opened_at < $2),
+               count(*) FILTER (WHERE closed_at >= $1 AND closed_at < $2),
+               count(*) FILTER (WHERE coalesce(diverted_at, closed_at) >= $1
+                                  AND coalesce(diverted_at, closed_at) < $2
+                                  AND (diverted_at IS NOT NULL OR closure_reason = 'diverted-to-community'))
         FROM asc_cases
         "#,
-        baseline,
-        end,
     )
+    .bind(from)
+    .bind(to)
     .fetch_one(pool)
     .await?;
-    Ok(CallLogSummary {
+
+    let (with_person, without_person, returned, followed_up, window_open): (i64, i64, i64, i64, i64) =
+        sqlx::query_as(
+            r#"
+            WITH diverted AS (
+                SELECT case_id, person_id, coalesce(diverted_at, closed_at) AS at
+                FROM asc_cases
+                WHERE (diverted_at IS NOT NULL OR closure_reason = 'diverted-to-community')
+                  AND coalesce(diverted_at, closed_at) >= $1 AND coalesce(diverted_at, closed_at) < $2
+            ), judged AS (
+                SELECT d.person_id, d.at,
+                       EXISTS (
+                           SELECT 1 FROM asc_cases later
+                           WHERE later.person_id = d.person_id AND later.case_id <> d.case_id
+                             AND later.opened_at > d.at
+                             AND later.opened_at <= d.at + make_interval(days => $3)
+                             AND later.opened_at < $2
+                       ) AS returned
+                FROM diverted d
+            )
+            SELECT count(*) FILTER (WHERE person_id IS NOT NULL),
+                   count(*) FILTER (WHERE person_id IS NULL),
+                   count(*) FILTER (WHERE person_id IS NOT NULL AND returned),
+                   count(*) FILTER (WHERE person_id IS NOT NULL
+                                      AND (returned OR at + make_interval(days => $3) <= $2)),
+                   count(*) FILTER (WHERE person_id IS NOT NULL AND NOT returned
+                                      AND at + make_interval(days => $3) > $2)
+            FROM judged
+            "#,
+        )
+        .bind(from)
+        .bind(to)
+        .bind(RETURN_WINDOW_DAYS)
+        .fetch_one(pool)
+        .await?;
+
+    let reduction = open_at_baseline - open_at_end;
+    Ok(CallLogReport {
         baseline,
         end,
-        open_at_baseline: row.open_at_baseline,
-        open_at_end: row.open_at_end,
-        diverted: row.diverted,
-        cases: row.cases,
+        open_at_baseline,
+        open_at_end,
+        reduction,
+        reduction_percent: percent(reduction, open_at_baseline),
+        opened,
+        closed,
+        diverted,
+        returns: Returns {
+            with_person,
+            without_person,
+            returned_within_90_days: returned,
+            followed_up,
+            window_open,
+            return_percent: percent(returned, followed_up),
+        },
+        daily,
     })
 }
 
@@ -174,30 +304,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_seed_evaluation_figures_give_a_37_4_percent_reduction() {
-        let summary = CallLogSummary {
-            baseline: Utc::now(),
-            end: Utc::now(),
-            open_at_baseline: 920,
-            open_at_end: 576,
-            diverted: 0,
-            cases: 0,
-        };
-        assert_eq!(summary.reduction(), 344);
-        assert_eq!(summary.reduction_percent(), Some(37.4));
-    }
-
-    #[test]
-    fn no_percentage_without_a_baseline() {
-        let summary = CallLogSummary {
-            baseline: Utc::now(),
-            end: Utc::now(),
-            open_at_baseline: 0,
-            open_at_end: 3,
-            diverted: 0,
-            cases: 3,
-        };
-        assert_eq!(summary.reduction(), -3);
-        assert_eq!(summary.reduction_percent(), None);
+    fn a_day_ends_at_uk_midnight_in_summer_and_winter() {
+        let winter = NaiveDate::from_ymd_opt(2026, 1, 15).unwrap();
+        assert_eq!(end_of_day(winter).to_rfc3339(), "2026-01-16T00:00:00+00:00");
+        let summer = NaiveDate::from_ymd_opt(2026, 7, 15).unwrap();
+        assert_eq!(end_of_day(summer).to_rfc3339(), "2026-07-15T23:00:00+00:00");
     }
 }

@@ -1,0 +1,451 @@
+//! The metrics service over HTTP: the figures as JSON (`/api/metrics/...`), as FHIR R4
+//! MeasureReports (`/fhir/MeasureReport?measure=`), as Prometheus gauges (`/metrics`)
+//! and as a dashboard (`/dashboard`).
+//!
+//! Everything here is an aggregate over many people with no identifier in it, the kind
+//! of figure a published service evaluation carries, so these routes take no token;
+//! a deployment that wants them private puts them behind its own sign-on.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{NaiveDate, Utc};
+use chrono_tz::Europe::London;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::call_log::{self, CallLogReport};
+use crate::referrals::{self, Period, ProviderResponse, ReferralReport};
+use crate::{dashboard, measure};
+
+/// What the metrics routes need.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// The call log's baseline date (`LINKWORK_CALL_LOG_BASELINE`); the earliest case
+    /// when unset.
+    pub baseline: Option<NaiveDate>,
+    /// The canonical base of linkwork's CodeSystems (`Measure/...` lives under it).
+    pub canonical_base: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            baseline: None,
+            canonical_base: "https://linkwork.example/fhir".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct AppState {
+    pool: PgPool,
+    config: MetricsConfig,
+}
+
+/// The metrics routes, to serve alone (`linkwork serve metrics`) or beside ingest's.
+pub fn router(pool: PgPool, config: MetricsConfig) -> Router {
+    Router::new()
+        .route("/api/metrics", get(all_json))
+        .route("/api/metrics/call-log", get(call_log_json))
+        .route("/api/metrics/referrals", get(referrals_json))
+        .route("/fhir/MeasureReport", get(measure_reports))
+        .route("/metrics", get(prometheus))
+        .route("/dashboard", get(dashboard_page))
+        .with_state(AppState { pool, config })
+}
+
+/// Everything the dashboard shows, as one JSON document.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub generated_at: String,
+    pub call_log: CallLogReport,
+    pub referrals: ReferralReport,
+}
+
+/// Today in UK local time.
+pub fn today() -> NaiveDate {
+    Utc::now().with_timezone(&London).date_naive()
+}
+
+/// A problem with the request or the database, answered as JSON or FHIR.
+#[derive(Debug)]
+pub struct MetricsError {
+    status: StatusCode,
+    message: String,
+}
+
+impl MetricsError {
+    fn bad_request(message: String) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message,
+        }
+    }
+}
+
+impl From<sqlx::Error> for MetricsError {
+    fn from(error: sqlx::Error) -> Self {
+        let code = error
+            .as_database_error()
+            .and_then(|database| database.code())
+            .map(|code| code.into_owned());
+        let message = if matches!(code.as_deref(), Some("42P01" | "3F000")) {
+            "the read models are not built yet: the projector (`linkwork serve projector`) has not run against this database".to_owned()
+        } else {
+            tracing::warn!(%error, "metrics query failed");
+            "linkwork's database is unavailable; try again".to_owned()
+        };
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message,
+        }
+    }
+}
+
+impl IntoResponse for MetricsError {
+    fn into_response(self) -> Response {
+        let code = if self.status == StatusCode::BAD_REQUEST {
+            "invalid"
+        } else {
+            "transient"
+        };
+        let outcome = json!({
+            "resourceType": "OperationOutcome",
+            "issue": [{ "severity": "error", "code": code, "diagnostics": self.message }],
+        });
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, "application/fhir+json")],
+            outcome.to_string(),
+        )
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+fn date(
+    params: &HashMap<String, String>,
+    names: &[&str],
+) -> Result<Option<NaiveDate>, MetricsError> {
+    for name in names {
+        if let Some(text) = params.get(*name) {
+            // FHIR dates may carry a time; the day is what counts here.
+            let day = text.get(..10).unwrap_or(text);
+            return NaiveDate::parse_from_str(day, "%Y-%m-%d")
+                .map(Some)
+                .map_err(|_| {
+                    MetricsError::bad_request(format!("{name} {text:?} is not a date (YYYY-MM-DD)"))
+                });
+        }
+    }
+    Ok(None)
+}
+
+/// The period asked for: `period-start`/`from`/`baseline` to `period-end`/`to`/`end`,
+/// defaulting to the baseline (or the earliest case) and today.
+async fn period(
+    state: &AppState,
+    params: &HashMap<String, String>,
+) -> Result<Period, MetricsError> {
+    let end = date(params, &["period-end", "to", "end"])?.unwrap_or_else(today);
+    let start = match date(params, &["period-start", "from", "baseline"])? {
+        Some(start) => start,
+        None => match state.config.baseline {
+            Some(baseline) => baseline,
+            None => earliest(&state.pool).await?.unwrap_or(end),
+        },
+    };
+    if start > end {
+        return Err(MetricsError::bad_request(format!(
+            "the period starts ({start}) after it ends ({end})"
+        )));
+    }
+    Ok(Period { start, end })
+}
+
+/// The first day anything happened: the earliest case or referral.
+async fn earliest(pool: &PgPool) -> Result<Option<NaiveDate>, sqlx::Error> {
+    let cases: Option<NaiveDate> = sqlx::query_scalar(
+        "SELECT min((opened_at AT TIME ZONE 'Europe/London')::date) FROM asc_cases",
+    )
+    .fetch_one(pool)
+    .await?;
+    let referrals: Option<NaiveDate> = sqlx::query_scalar(
+        "SELECT min((received_at AT TIME ZONE 'Europe/London')::date) FROM projection.referrals",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap_or(None);
+    Ok(match (cases, referrals) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
+}
+
+/// The call log and the referral metrics for one period.
+pub async fn snapshot(pool: &PgPool, period: Period) -> Result<Snapshot, sqlx::Error> {
+    Ok(Snapshot {
+        generated_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        call_log: call_log::report(pool, period.start, period.end).await?,
+        referrals: referrals::report(pool, period).await?,
+    })
+}
+
+async fn all_json(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Snapshot>, MetricsError> {
+    let period = period(&state, &params).await?;
+    Ok(Json(snapshot(&state.pool, period).await?))
+}
+
+async fn call_log_json(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<CallLogReport>, MetricsError> {
+    let period = period(&state, &params).await?;
+    Ok(Json(
+        call_log::report(&state.pool, period.start, period.end).await?,
+    ))
+}
+
+async fn referrals_json(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<ReferralReport>, MetricsError> {
+    let period = period(&state, &params).await?;
+    Ok(Json(referrals::report(&state.pool, period).await?))
+}
+
+/// Every MeasureReport for a snapshot, by measure name.
+pub fn measure_reports_of(base: &str, snapshot: &Snapshot) -> Vec<(&'static str, Value)> {
+    let mut reports = vec![(
+        "call-log-reduction",
+        measure::call_log(base, &snapshot.call_log),
+    )];
+    reports.extend(measure::referral_reports(base, &snapshot.referrals));
+    reports
+}
+
+/// `GET /fhir/MeasureReport?measure=<group>&period-start=&period-end=`: a searchset
+/// Bundle of the matching MeasureReports (all groups without `measure`).
+async fn measure_reports(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, MetricsError> {
+    let wanted = params.get("measure").map(|measure| {
+        // A canonical URL names the same measure as its last segment.
+        measure.rsplit('/').next().unwrap_or(measure).to_owned()
+    });
+    if let Some(measure) = &wanted {
+        if !measure::MEASURES.contains(&measure.as_str()) {
+            return Err(MetricsError::bad_request(format!(
+                "measure {measure:?} is not one linkwork reports; it reports {}",
+                measure::MEASURES.join(", ")
+            )));
+        }
+    }
+    let period = period(&state, &params).await?;
+    let snapshot = snapshot(&state.pool, period).await?;
+    let entries: Vec<Value> = measure_reports_of(&state.config.canonical_base, &snapshot)
+        .into_iter()
+        .filter(|(name, _)| wanted.as_deref().is_none_or(|wanted| wanted == *name))
+        .map(|(_, resource)| {
+            json!({
+                "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, resource["id"].as_str().unwrap_or("").as_bytes())),
+                "resource": resource,
+                "search": { "mode": "match" },
+            })
+        })
+        .collect();
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": entries.len(),
+        "entry": entries,
+    });
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/fhir+json")],
+        bundle.to_string(),
+    )
+        .into_response())
+}
+
+type Labels = Vec<(String, String)>;
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: f64) {
+    let gauge = Gauge::<f64, AtomicU64>::default();
+    gauge.set(value);
+    registry.register(name, help, gauge);
+}
+
+fn family(registry: &mut Registry, name: &str, help: &str, values: Vec<(Labels, f64)>) {
+    let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    for (labels, value) in values {
+        family.get_or_create(&labels).set(value);
+    }
+    registry.register(name, help, family);
+}
+
+/// The snapshot as Prometheus gauges (OpenMetrics text).
+pub fn prometheus_text(snapshot: &Snapshot) -> String {
+    let mut registry = Registry::with_prefix("linkwork");
+    let call_log = &snapshot.call_log;
+    gauge(
+        &mut registry,
+        "asc_open_cases",
+        "Open ASC call-log cases at the end of the period",
+        call_log.open_at_end as f64,
+    );
+    gauge(
+        &mut registry,
+        "asc_open_cases_baseline",
+        "Open ASC call-log cases at the baseline",
+        call_log.open_at_baseline as f64,
+    );
+    gauge(
+        &mut registry,
+        "asc_call_log_reduction_percent",
+        "Fall in open ASC cases since the baseline, percent",
+        call_log.reduction_percent.unwrap_or(0.0),
+    );
+    gauge(
+        &mut registry,
+        "asc_diverted_cases",
+        "ASC cases diverted to community providers in the period",
+        call_log.diverted as f64,
+    );
+    gauge(
+        &mut registry,
+        "asc_diverted_returned_within_90_days",
+        "Diverted people back with ASC within 90 days",
+        call_log.returns.returned_within_90_days as f64,
+    );
+    let referrals = &snapshot.referrals;
+    family(
+        &mut registry,
+        "referrals",
+        "Referrals received in the period, by kind of source",
+        referrals
+            .by_source_total
+            .iter()
+            .map(|(source, count)| (vec![("source".to_owned(), source.clone())], *count as f64))
+            .collect(),
+    );
+    let per_provider = |figure: fn(&ProviderResponse) -> Option<f64>| -> Vec<(Labels, f64)> {
+        referrals
+            .providers
+            .iter()
+            .filter_map(|provider| {
+                figure(provider).map(|value| {
+                    (
+                        vec![("provider".to_owned(), provider.provider_id.clone())],
+                        value,
+                    )
+                })
+            })
+            .collect()
+    };
+    family(
+        &mut registry,
+        "provider_acceptance_percent",
+        "Offers a provider accepted, percent of those answered or expired",
+        per_provider(|provider| provider.acceptance_percent),
+    );
+    family(
+        &mut registry,
+        "provider_median_days_to_accept",
+        "Median days from offer to acceptance",
+        per_provider(|provider| provider.median_days_to_accept),
+    );
+    gauge(
+        &mut registry,
+        "referrals_completed",
+        "Referrals completed in the period",
+        referrals.completions as f64,
+    );
+    family(
+        &mut registry,
+        "outcome_improved_percent",
+        "Completers whose score improved, percent, by family",
+        [
+            ("loneliness", &referrals.outcomes.loneliness),
+            ("wellbeing", &referrals.outcomes.wellbeing),
+        ]
+        .into_iter()
+        .filter_map(|(name, family)| {
+            family
+                .improved_percent
+                .map(|percent| (vec![("family".to_owned(), name.to_owned())], percent))
+        })
+        .collect(),
+    );
+    gauge(
+        &mut registry,
+        "activities_attended",
+        "Activities attended in the period",
+        referrals.activities.attended as f64,
+    );
+    gauge(
+        &mut registry,
+        "consent_percent",
+        "Accepted referrals with consent to share outcomes for evaluation, percent",
+        referrals.consent.consent_percent.unwrap_or(0.0),
+    );
+    let mut text = String::new();
+    if encode(&mut text, &registry).is_err() {
+        text.clear();
+    }
+    text
+}
+
+async fn prometheus(State(state): State<AppState>) -> Result<Response, MetricsError> {
+    let period = period(&state, &HashMap::new()).await?;
+    let snapshot = snapshot(&state.pool, period).await?;
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        prometheus_text(&snapshot),
+    )
+        .into_response())
+}
+
+async fn dashboard_page(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, MetricsError> {
+    let period = period(&state, &params).await?;
+    let snapshot = snapshot(&state.pool, period).await?;
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+            ),
+        ],
+        dashboard::render(&snapshot),
+    )
+        .into_response())
+}
