@@ -830,6 +830,16 @@ async fn on_provider_responses_the_same_transitions_are_refused_to_the_dlq_and_r
         (Some("connectors"), b"{not json".to_vec(), Some("JSON")),
         (
             Some("connectors"),
+            as_json(task(
+                ReferralId::from_uuid(Uuid::new_v4()),
+                1,
+                "accepted",
+                None,
+            )),
+            Some("not a referral linkwork has received"),
+        ),
+        (
+            Some("connectors"),
             as_json(task(referral, 1, "accepted", None)),
             None,
         ),

@@ -161,13 +161,38 @@ impl Handler for ProviderResponsesHandler {
         let mut states = provider::current_states(transaction, &referrals)
             .await
             .map_err(database_error)?;
+        let unprojected: Vec<ReferralId> = referrals
+            .iter()
+            .filter(|referral| !states.contains_key(referral))
+            .copied()
+            .collect();
+        let received = if unprojected.is_empty() {
+            Default::default()
+        } else {
+            provider::received(transaction, &unprojected).await?
+        };
 
         let mut pending: Vec<(EventId, ReferralEvent)> = Vec::new();
         let mut waiting = HashMap::new();
         for (incoming, submission) in &submissions {
             let record = incoming.record;
             let position: Position = (record.topic.clone(), record.partition, record.offset);
-            match provider::judge(states.get(&submission.referral), submission) {
+            let state = states.get(&submission.referral);
+            if state.is_none() && !received.contains(&submission.referral) {
+                let issue = Issue::error(
+                    IssueCode::NotFound,
+                    format!(
+                        "ServiceRequest/{} is not a referral linkwork has received",
+                        submission.referral
+                    ),
+                );
+                effects.reject(
+                    incoming,
+                    OperationOutcome::single(issue).to_json().to_string(),
+                );
+                continue;
+            }
+            match provider::judge(state, submission) {
                 Ok(events) => {
                     for (index, event) in events.into_iter().enumerate() {
                         // Derived from where the message sits, so a batch applied twice

@@ -310,12 +310,25 @@ fn the_oruk_conformance_record_imports_into_a_new_directory_version_with_its_que
     );
 }
 
-/// `linkwork serve all` on a fresh database, as an operator starts it, with a child
-/// process killed on drop so a failing test leaves nothing running.
+/// `linkwork serve all` on a fresh database, as an operator starts it. Dropping it
+/// stops it as an operator would, with SIGTERM, so its consumers leave their groups
+/// (Tansu 0.6 does not evict a member that vanished: a killed process would keep its
+/// partitions from every later run against the same broker); SIGKILL only if it has
+/// not stopped within 20 s.
 struct Served(std::process::Child);
 
 impl Drop for Served {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -500,6 +513,30 @@ fn serve_all_takes_referrals_and_provider_responses_and_replay_rebuilds_the_same
     wait_for(&referrals[0], "accepted");
     wait_for(&referrals[1], "accepted");
     wait_for(&referrals[2], "requested");
+    // The metrics routes are served beside ingest's in `serve all`.
+    let metrics: serde_json::Value = client
+        .get(format!("{base}/api/metrics"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        metrics["referrals"]["referrals"].as_i64().unwrap_or(0) >= 3,
+        "{metrics}"
+    );
+    let reports = client
+        .get(format!(
+            "{base}/fhir/MeasureReport?measure=provider-response"
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(reports.status().as_u16(), 200);
+    let dashboard = client.get(format!("{base}/dashboard")).send().unwrap();
+    assert_eq!(dashboard.status().as_u16(), 200);
+    assert!(dashboard
+        .text()
+        .unwrap()
+        .contains("data-chart=\"providers\""));
     // Let the projector settle anything else on the log before taking the dump.
     std::thread::sleep(Duration::from_secs(2));
     let live = dump_projection(&url, &referrals);

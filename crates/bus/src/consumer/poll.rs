@@ -213,7 +213,13 @@ impl PollContext {
             }
         }
         let mut attempt = 0;
-        while let Err(error) = consumer.commit(&committed, CommitMode::Sync) {
+        // An empty assignment (more members than partitions, or a member that has not
+        // left yet) has nothing to commit; librdkafka answers an empty commit with
+        // NoOffset, which is no failure.
+        while committed.count() > 0 {
+            let Err(error) = consumer.commit(&committed, CommitMode::Sync) else {
+                break;
+            };
             attempt += 1;
             if attempt == 3 {
                 self.shared.push(Item::Failed(format!(

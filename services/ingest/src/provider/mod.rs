@@ -134,6 +134,23 @@ pub async fn current_states(
     Ok(states)
 }
 
+/// Of `referrals`, those ingest has taken (published to the log), whether or not the
+/// projection has them yet. A Task for a referral outside this set is for no referral
+/// linkwork knows, and waiting for the projection would not help.
+pub async fn received(
+    connection: &mut PgConnection,
+    referrals: &[ReferralId],
+) -> Result<std::collections::HashSet<ReferralId>, sqlx::Error> {
+    let ids: Vec<Uuid> = referrals.iter().map(|id| *id.as_uuid()).collect();
+    let found: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT referral_id FROM ingest_receipts WHERE referral_id = ANY($1) AND state = 'published'",
+    )
+    .bind(&ids)
+    .fetch_all(connection)
+    .await?;
+    Ok(found.into_iter().map(ReferralId::from_uuid).collect())
+}
+
 /// Judges a submission against the referral's state: the events it produces (empty for
 /// a repeat of what is already recorded) or why not.
 pub fn judge(
@@ -224,6 +241,16 @@ pub async fn submit(
     let mut transaction = pool.begin().await?;
     lock_referral(&mut transaction, submission.referral).await?;
     let state = current_state(&mut transaction, submission.referral).await?;
+    if state.is_none()
+        && !received(&mut transaction, &[submission.referral])
+            .await?
+            .contains(&submission.referral)
+    {
+        return Err(CommandError::NotFound(format!(
+            "ServiceRequest/{} is not a referral linkwork has received",
+            submission.referral
+        )));
+    }
     let events = judge(state.as_ref(), submission)?;
     let mut state = state.ok_or_else(|| {
         CommandError::NotFound(format!(
