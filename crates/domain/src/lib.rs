@@ -3,6 +3,7 @@
 //! except fresh event ids.
 
 pub mod call_log;
+pub mod clock;
 pub mod event;
 pub mod ids;
 pub mod need;
@@ -13,6 +14,7 @@ pub mod referral;
 pub mod schema;
 
 pub use call_log::{CallLogDay, CallLogEvent, CaseClosed, CaseDiverted, CaseOpened, ClosureReason};
+pub use clock::Clock;
 pub use event::ReferralEvent;
 pub use ids::{Actor, AscCaseId, AscPersonId, EventId, ProviderId, ReferralId, Source, SourceKind};
 pub use need::Need;

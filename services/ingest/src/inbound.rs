@@ -69,6 +69,17 @@ enum Request {
 #[derive(Debug, Clone)]
 pub struct InboundHandler {
     pub rules: IntakeRules,
+    /// The time events are stamped with (the system clock but in the demo).
+    pub clock: linkwork_domain::Clock,
+}
+
+impl InboundHandler {
+    pub fn new(rules: IntakeRules) -> Self {
+        Self {
+            rules,
+            clock: linkwork_domain::Clock::system(),
+        }
+    }
 }
 
 impl Handler for InboundHandler {
@@ -80,7 +91,7 @@ impl Handler for InboundHandler {
         batch: &[Incoming<'_, Self::Message>],
         effects: &mut Effects,
     ) -> Result<(), HandlerError> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut requests = Vec::with_capacity(batch.len());
         for incoming in batch {
             match read(incoming.message, &self.rules, now) {

@@ -85,6 +85,7 @@ pub struct Intake {
     /// A pending claim older than this is treated as abandoned.
     abandon_after: chrono::Duration,
     events_topic: String,
+    clock: linkwork_domain::Clock,
 }
 
 impl Intake {
@@ -94,7 +95,15 @@ impl Intake {
             producer,
             abandon_after: chrono::Duration::minutes(1),
             events_topic: REFERRAL_EVENTS.to_owned(),
+            clock: linkwork_domain::Clock::system(),
         }
+    }
+
+    /// Stamps events with `clock` (the demo runs a borough's year in minutes). Claims
+    /// and their expiry stay on the system clock.
+    pub fn with_clock(mut self, clock: linkwork_domain::Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Publishes to `topic` instead of `referral.events` (tests give each run its own).
@@ -226,7 +235,7 @@ impl Intake {
         referrals: Vec<ValidatedReferral>,
         plans: Vec<Plan>,
     ) -> Vec<Result<Taken, IntakeError>> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut to_publish = Vec::new();
         let mut positions = Vec::new();
         let mut results: Vec<Option<Result<Taken, IntakeError>>> = Vec::with_capacity(plans.len());
@@ -378,7 +387,7 @@ impl Intake {
             referral_id,
             by: Actor::Source(source.clone()),
             reason,
-            occurred_at: Utc::now(),
+            occurred_at: self.clock.now(),
         };
         let (kind, event) = match withdrawal {
             Withdrawal::Revoked => ("cancelled-by-referrer", ReferralEvent::Cancelled(closed)),
@@ -393,7 +402,7 @@ impl Intake {
                 &self.events_topic,
                 event_id,
                 EVENT_SOURCE,
-                Utc::now(),
+                self.clock.now(),
                 &event,
             )
             .await

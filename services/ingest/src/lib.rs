@@ -95,7 +95,8 @@ impl Application {
         let producer = Producer::with_delivery_timeout(kafka, settings.delivery_timeout)
             .map_err(|error| std::io::Error::other(error.to_string()))?;
         let intake = intake::Intake::new(pool.clone(), producer.clone())
-            .with_events_topic(settings.http.events_topic.clone());
+            .with_events_topic(settings.http.events_topic.clone())
+            .with_clock(settings.http.clock.clone());
         let state = http::AppState::new(
             intake,
             verifier,

@@ -78,6 +78,7 @@ pub struct ProviderResponsesHandler {
     /// When each message waiting for its routing attempt was first seen. Holds only the
     /// messages of the batch being retried.
     waiting: HashMap<Position, Instant>,
+    clock: linkwork_domain::Clock,
 }
 
 impl ProviderResponsesHandler {
@@ -87,7 +88,13 @@ impl ProviderResponsesHandler {
             events_topic: REFERRAL_EVENTS.to_owned(),
             routing_wait: Duration::from_secs(300),
             waiting: HashMap::new(),
+            clock: linkwork_domain::Clock::system(),
         }
+    }
+
+    pub fn with_clock(mut self, clock: linkwork_domain::Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn with_events_topic(mut self, topic: impl Into<String>) -> Self {
@@ -137,7 +144,7 @@ impl Handler for ProviderResponsesHandler {
         batch: &[Incoming<'_, Self::Message>],
         effects: &mut Effects,
     ) -> Result<(), HandlerError> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut submissions = Vec::with_capacity(batch.len());
         for incoming in batch {
             match read(incoming.message, &self.canonical_base, now) {

@@ -5,6 +5,7 @@ use linkwork_bus::topics::{
     consumers, ASC_CALL_LOG, METRICS_CALL_LOG, PROVIDER_RESPONSES, REFERRALS_INBOUND,
 };
 use linkwork_bus::{ConsumerConfig, ConsumerRunner, OutboxRelay, RelayConfig};
+use linkwork_domain::Clock;
 use linkwork_ingest::{Application, IngestSettings};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,17 @@ pub async fn run(
     settings: &Settings,
     service: Service,
     shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_with_clock(settings, service, shutdown, Clock::system()).await
+}
+
+/// [`run`] with the time every service goes by: the system clock but in the demo,
+/// which moves a manual one so a borough's year passes in minutes.
+pub async fn run_with_clock(
+    settings: &Settings,
+    service: Service,
+    shutdown: CancellationToken,
+    clock: Clock,
 ) -> anyhow::Result<()> {
     let kafka = settings.kafka()?.clone();
     let pool = linkwork_store::connect(&settings.database()?)
@@ -92,6 +104,7 @@ pub async fn run(
         let verifier = linkwork_auth::Verifier::from_env()?;
         let mut ingest = IngestSettings::new(settings.http_addr);
         ingest.http.public_base_url = settings.public_base_url.clone();
+        ingest.http.clock = clock.clone();
         let mut application = Application::build(ingest, &kafka, pool.clone(), verifier).await?;
         // One listener in one process: the metrics routes sit beside ingest's.
         if let Some(routes) = metrics_routes.clone() {
@@ -107,7 +120,8 @@ pub async fn run(
             ConsumerConfig::new(consumers::PROVIDER_RESPONSES, &[PROVIDER_RESPONSES]),
             kafka.clone(),
             pool.clone(),
-            linkwork_ingest::responses::ProviderResponsesHandler::new(&rules.canonical_base),
+            linkwork_ingest::responses::ProviderResponsesHandler::new(&rules.canonical_base)
+                .with_clock(clock.clone()),
         )
         .with_outbox_notify(outbox.clone());
         let token = work.clone();
@@ -119,7 +133,10 @@ pub async fn run(
             ConsumerConfig::new(consumers::INBOUND, &[REFERRALS_INBOUND]),
             kafka.clone(),
             pool.clone(),
-            linkwork_ingest::inbound::InboundHandler { rules },
+            linkwork_ingest::inbound::InboundHandler {
+                rules,
+                clock: clock.clone(),
+            },
         )
         .with_outbox_notify(outbox.clone());
         let token = work.clone();
@@ -131,6 +148,7 @@ pub async fn run(
     if with_router {
         let config = linkwork_router::RouterConfig {
             ensure_queue_topics: Some((kafka.clone(), crate::topics_command::load(None)?)),
+            clock: clock.clone(),
             ..linkwork_router::RouterConfig::default()
         };
         let router =

@@ -14,10 +14,9 @@ pub mod decision;
 pub mod directory;
 pub mod engine;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use linkwork_bus::topics::{self as bus_topics, TopicsFile};
 use linkwork_bus::{
     BusError, CloudEvent, ConsumerConfig, ConsumerRunner, Effects, Handler, HandlerError, Incoming,
@@ -75,34 +74,7 @@ impl RouterTopics {
     }
 }
 
-/// The time the router goes by. The system clock in production; tests and the demo
-/// move a manual one.
-#[derive(Debug, Clone, Default)]
-pub struct Clock(Option<Arc<Mutex<DateTime<Utc>>>>);
-
-impl Clock {
-    pub fn system() -> Self {
-        Self(None)
-    }
-
-    pub fn manual(at: DateTime<Utc>) -> Self {
-        Self(Some(Arc::new(Mutex::new(at))))
-    }
-
-    pub fn now(&self) -> DateTime<Utc> {
-        match &self.0 {
-            None => Utc::now(),
-            Some(at) => *at.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
-        }
-    }
-
-    /// Moves a manual clock; no effect on the system clock.
-    pub fn set(&self, to: DateTime<Utc>) {
-        if let Some(at) = &self.0 {
-            *at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = to;
-        }
-    }
-}
+pub use linkwork_domain::Clock;
 
 #[derive(Debug, Clone)]
 pub struct RouterConfig {

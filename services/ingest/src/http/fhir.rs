@@ -43,8 +43,14 @@ pub async fn create_service_request(
         fallback_identifier: None,
     };
     let resolver = Resolver::new().with_contained(&body, "ServiceRequest");
-    let referral = referral::validate(&source, &located, &resolver, &state.rules, Utc::now())
-        .map_err(FhirError::from_issues)?;
+    let referral = referral::validate(
+        &source,
+        &located,
+        &resolver,
+        &state.rules,
+        state.config.clock.now(),
+    )
+    .map_err(FhirError::from_issues)?;
     let stored = referral.service_request.clone();
     let referral_id = referral.referral_id;
     let taken = state.intake.submit(referral).await.map_err(intake_error)?;
@@ -109,7 +115,7 @@ async fn handle_message(
                 &message.service_request,
                 &message.resolver,
                 &state.rules,
-                Utc::now(),
+                state.config.clock.now(),
             )
             .map_err(FhirError::from_issues)?;
             let referral_id = referral.referral_id;
@@ -131,7 +137,7 @@ async fn handle_message(
                         &message.service_request,
                         &message.resolver,
                         &state.rules,
-                        Utc::now(),
+                        state.config.clock.now(),
                     )
                     .map_err(FhirError::from_issues)?;
                     return Err(unchanged_or_unsupported(
@@ -196,7 +202,7 @@ pub async fn post_bundle(
 ) -> Result<Response, FhirError> {
     let source = submitting_source(&caller)?;
     let request = batch::read(&body).map_err(FhirError::from_issues)?;
-    let now = Utc::now();
+    let now = state.config.clock.now();
     // Validate every entry first: a transaction is refused whole if any entry is.
     let mut checked: Vec<Result<Option<ValidatedReferral>, Vec<Issue>>> =
         Vec::with_capacity(request.entries.len());

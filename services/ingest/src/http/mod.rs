@@ -45,6 +45,8 @@ pub struct HttpConfig {
     pub public_base_url: String,
     /// Where accepted referrals and provider updates go (`referral.events`).
     pub events_topic: String,
+    /// The time events are stamped with: the system clock, or the demo's.
+    pub clock: linkwork_domain::Clock,
 }
 
 impl Default for HttpConfig {
@@ -56,6 +58,7 @@ impl Default for HttpConfig {
             requests_per_minute: 6_000,
             public_base_url: String::new(),
             events_topic: linkwork_bus::topics::REFERRAL_EVENTS.to_owned(),
+            clock: linkwork_domain::Clock::system(),
         }
     }
 }

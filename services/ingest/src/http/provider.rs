@@ -7,7 +7,6 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
-use chrono::Utc;
 use linkwork_auth::{scopes, Role};
 use linkwork_domain::ProviderId;
 use linkwork_fhir::{Issue, IssueCode};
@@ -90,7 +89,7 @@ fn read(
         provider,
         task_id,
         &state.rules.canonical_base,
-        Utc::now(),
+        state.config.clock.now(),
     )
     .map_err(FhirError::from_issues)
 }
@@ -208,7 +207,7 @@ async fn put_task(
     task["id"] = json!(task_id.to_string());
     task["meta"] = json!({
         "versionId": applied.state.version.to_string(),
-        "lastUpdated": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "lastUpdated": state.config.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     });
     let mut response = fhir_response(StatusCode::OK, task);
     if let Ok(etag) = HeaderValue::from_str(&format!("W/\"{}\"", applied.state.version)) {
@@ -252,7 +251,7 @@ pub async fn record(
     resource["id"] = json!(id.to_string());
     resource["meta"] = json!({
         "versionId": "1",
-        "lastUpdated": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "lastUpdated": state.config.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     });
     let status = if applied.events.is_empty() {
         StatusCode::OK

@@ -81,9 +81,7 @@ async fn raw_fhir_from_an_integration_engine_is_taken_once_or_dead_lettered_with
         config,
         kafka.clone(),
         pool.clone(),
-        InboundHandler {
-            rules: IntakeRules::default(),
-        },
+        InboundHandler::new(IntakeRules::default()),
     )
     .with_outbox_notify(relay.notifier());
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));

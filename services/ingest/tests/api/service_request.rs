@@ -130,3 +130,35 @@ async fn reads_before_the_projector_has_ever_run_say_so_with_503() {
         "{outcome}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_stamped_by_the_configured_clock() {
+    // The demo runs a borough's months in minutes on a manual clock: the event says
+    // when, in the borough's time, linkwork received the referral.
+    let at = chrono::DateTime::parse_from_rfc3339("2026-03-02T10:30:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let app = crate::helpers::spawn_app_with(crate::helpers::kafka(), |settings| {
+        settings.http.clock = linkwork_domain::Clock::manual(at);
+    })
+    .await;
+    topics(&app.kafka).await;
+    let (status, _, created) = app
+        .post_fhir(
+            "/fhir/ServiceRequest",
+            Some(&gp_token()),
+            &gp_referral(&unique_reference()),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let kafka = app.kafka.clone();
+    let events =
+        tokio::task::spawn_blocking(move || events_for(&kafka, &id, Duration::from_secs(3)))
+            .await
+            .unwrap();
+    assert_eq!(events.len(), 1);
+    let (_, body, headers) = &events[0];
+    assert_eq!(body["occurred_at"], "2026-03-02T10:30:00Z");
+    assert_eq!(headers.get_str("ce_time"), Some("2026-03-02T10:30:00.000000Z"));
+}
