@@ -395,6 +395,279 @@ impl Borough {
     }
 }
 
+impl Borough {
+    /// The referral as an NHS BaRS `servicerequest-request` message to linkwork's
+    /// router, the Patient a separate entry referenced by `urn:uuid:`.
+    pub fn bars_message(&self, referral: &Referral, canonical_base: &str) -> Value {
+        let mut request = self.service_request(referral, canonical_base);
+        let patient = request["contained"][0].clone();
+        let id = |part: &str| {
+            uuid::Uuid::new_v5(
+                &uuid::Uuid::NAMESPACE_URL,
+                format!("linkwick/{}/{part}", referral.reference).as_bytes(),
+            )
+        };
+        let (header, request_url, patient_url) = (id("header"), id("request"), id("patient"));
+        if let Some(fields) = request.as_object_mut() {
+            fields.remove("contained");
+            fields.insert(
+                "subject".into(),
+                json!({ "reference": format!("urn:uuid:{patient_url}") }),
+            );
+            fields.insert("intent".into(), json!("plan"));
+        }
+        let mut patient = patient;
+        if let Some(fields) = patient.as_object_mut() {
+            fields.remove("id");
+        }
+        let at = self.authored(referral).to_rfc3339();
+        json!({
+            "resourceType": "Bundle",
+            "id": id("bundle").to_string(),
+            "meta": { "lastUpdated": at, "profile": ["https://fhir.nhs.uk/StructureDefinition/BARSBundleMessage"] },
+            "type": "message",
+            "timestamp": at,
+            "entry": [
+                { "fullUrl": format!("urn:uuid:{header}"), "resource": {
+                    "resourceType": "MessageHeader",
+                    "eventCoding": { "system": "https://fhir.nhs.uk/CodeSystem/message-events-bars", "code": "servicerequest-request" },
+                    "destination": [{ "endpoint": format!("{canonical_base}/Id/service|router") }],
+                    "source": { "name": "Linkwick General Hospital", "endpoint": "https://linkwick-general.example/bars" },
+                    "reason": { "coding": [{ "system": "https://fhir.nhs.uk/CodeSystem/message-reason-bars", "code": "new" }] },
+                    "focus": [{ "reference": format!("urn:uuid:{request_url}") }],
+                }},
+                { "fullUrl": format!("urn:uuid:{request_url}"), "resource": request },
+                { "fullUrl": format!("urn:uuid:{patient_url}"), "resource": patient },
+            ],
+        })
+    }
+
+    /// Referrals from one practice as a `batch` Bundle of POSTs.
+    pub fn batch_bundle(&self, referrals: &[&Referral], canonical_base: &str) -> Value {
+        let entries: Vec<Value> = referrals
+            .iter()
+            .map(|referral| {
+                json!({
+                    "resource": self.service_request(referral, canonical_base),
+                    "request": { "method": "POST", "url": "ServiceRequest" },
+                })
+            })
+            .collect();
+        json!({ "resourceType": "Bundle", "type": "batch", "entry": entries })
+    }
+}
+
+impl Borough {
+    /// ASC's call-log export for the story, as the CSV ASC would send
+    /// (`case_id,person_id,opened_at,closed_at,closure_reason`): the synthetic call log
+    /// of the seed evaluation (920 open cases falling as connectors take diversions),
+    /// plus a case for each ASC referral, opened some days before and closed as
+    /// diverted to community on the day of the referral; about one diverted person in
+    /// seven comes back with a new case, within 90 days or later.
+    pub fn call_log_csv(&self) -> String {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x0ca1_110c);
+        let mut csv = String::from("case_id,person_id,opened_at,closed_at,closure_reason\n");
+        let log = crate::synthetic::call_log(self.seed);
+        let mut closures = std::collections::HashMap::new();
+        for event in &log.events {
+            if let linkwork_domain::CallLogEvent::CaseClosed(closed) = event {
+                closures.insert(closed.case_id.clone(), (closed.closed_at, closed.reason));
+            }
+        }
+        for event in &log.events {
+            if let linkwork_domain::CallLogEvent::CaseOpened(opened) = event {
+                let (closed_at, reason) = closures
+                    .get(&opened.case_id)
+                    .map(|(at, reason)| (at.to_rfc3339(), reason.code().to_owned()))
+                    .unwrap_or_default();
+                csv.push_str(&format!(
+                    "{},,{},{closed_at},{reason}\n",
+                    opened.case_id,
+                    opened.opened_at.to_rfc3339()
+                ));
+            }
+        }
+        for referral in &self.referrals {
+            let (Some(case), Some(person)) = (
+                &referral.asc_case,
+                self.people[referral.person].asc_person_id.as_ref(),
+            ) else {
+                continue;
+            };
+            let diverted = self.authored(referral);
+            let opened = diverted - Duration::days(rng.random_range(3..40));
+            csv.push_str(&format!(
+                "{case},{person},{},{},diverted-to-community\n",
+                opened.to_rfc3339(),
+                diverted.to_rfc3339()
+            ));
+            if rng.random::<f64>() < 0.15 {
+                let back = diverted + Duration::days(rng.random_range(20..150));
+                let closed = back + Duration::days(rng.random_range(5..40));
+                csv.push_str(&format!(
+                    "{case}-R,{person},{},{},assessed\n",
+                    back.to_rfc3339(),
+                    closed.to_rfc3339()
+                ));
+            }
+        }
+        csv
+    }
+}
+
+/// One thing a provider does for a referral it holds, `after_days` after it arrived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub after_days: u32,
+    /// A FHIR resource as a provider sends it: a Task (`PUT /fhir/Task/{id}` or on
+    /// `provider.responses`), or an Observation, Communication, Procedure or Consent
+    /// (`POST`, or on `provider.responses`).
+    pub resource: Value,
+}
+
+impl Support {
+    /// The provider's steps for a referral it accepts, through to completion or the
+    /// person stopping, dated from `arrived`.
+    pub fn steps(
+        &self,
+        referral_id: &str,
+        task_id: &str,
+        patient_id: &str,
+        arrived: DateTime<Utc>,
+        canonical_base: &str,
+    ) -> Vec<Step> {
+        let at = |days: u32| (arrived + Duration::days(i64::from(days))).to_rfc3339();
+        let based_on = json!([{ "reference": format!("ServiceRequest/{referral_id}") }]);
+        let task = |status: &str, reason: Option<&str>| {
+            let mut task = json!({
+                "resourceType": "Task",
+                "id": task_id,
+                "status": status,
+                "intent": "order",
+                "focus": { "reference": format!("ServiceRequest/{referral_id}") },
+            });
+            if let Some(reason) = reason {
+                task["statusReason"] = json!({ "text": reason });
+            }
+            task
+        };
+        let score = |code: &str, snomed: Option<&str>, value: u8, timepoint: &str, days: u32| {
+            let mut coding = vec![
+                json!({ "system": format!("{canonical_base}/CodeSystem/outcome-instrument"), "code": code }),
+            ];
+            if let Some(snomed) = snomed {
+                coding.push(json!({ "system": "http://snomed.info/sct", "code": snomed }));
+            }
+            json!({
+                "resourceType": "Observation",
+                "status": "final",
+                "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey" }] }],
+                "code": { "coding": coding },
+                "basedOn": based_on,
+                "effectiveDateTime": at(days),
+                "valueInteger": value,
+                "extension": [{ "url": format!("{canonical_base}/StructureDefinition/outcome-timepoint"), "valueCode": timepoint }],
+            })
+        };
+        let first = self.contact_after_days;
+        let mut steps = vec![Step {
+            after_days: 1,
+            resource: task("accepted", None),
+        }];
+        if self.consent {
+            steps.push(Step {
+                after_days: first,
+                resource: json!({
+                    "resourceType": "Consent",
+                    "status": "active",
+                    "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "research" }] },
+                    "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
+                    "provision": { "data": [{ "meaning": "related", "reference": { "reference": format!("ServiceRequest/{referral_id}") } }] },
+                }),
+            });
+        }
+        steps.push(Step {
+            after_days: first,
+            resource: json!({
+                "resourceType": "Communication",
+                "status": "completed",
+                "basedOn": based_on,
+                "sent": at(first),
+                "medium": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationMode", "code": "PHONE" }] }],
+            }),
+        });
+        steps.push(Step {
+            after_days: first,
+            resource: score("ucla-3", None, self.ucla.0, "baseline", first),
+        });
+        steps.push(Step {
+            after_days: first,
+            resource: score(
+                "swemwbs",
+                Some("718466001"),
+                self.swemwbs.0,
+                "baseline",
+                first,
+            ),
+        });
+        steps.push(Step {
+            after_days: first + 1,
+            resource: task("in-progress", None),
+        });
+        let stops = first + 30;
+        for (index, (activity, kind)) in self.activities.iter().enumerate() {
+            let days = first + 7 + 14 * index as u32;
+            if !self.completes && days >= stops {
+                break;
+            }
+            steps.push(Step {
+                after_days: days,
+                resource: json!({
+                    "resourceType": "Procedure",
+                    "status": "completed",
+                    "basedOn": based_on,
+                    "subject": { "reference": format!("Patient/{patient_id}") },
+                    "category": { "coding": [{ "system": format!("{canonical_base}/CodeSystem/activity-kind"), "code": kind }] },
+                    "code": { "text": activity.replace('-', " ") },
+                    "performedDateTime": at(days),
+                }),
+            });
+        }
+        if self.completes {
+            let follow_up = first + 84;
+            steps.push(Step {
+                after_days: follow_up,
+                resource: score("ucla-3", None, self.ucla.1, "follow-up", follow_up),
+            });
+            steps.push(Step {
+                after_days: follow_up,
+                resource: score(
+                    "swemwbs",
+                    Some("718466001"),
+                    self.swemwbs.1,
+                    "follow-up",
+                    follow_up,
+                ),
+            });
+            steps.push(Step {
+                after_days: follow_up + 1,
+                resource: task("completed", None),
+            });
+        } else {
+            steps.push(Step {
+                after_days: stops,
+                resource: task(
+                    "failed",
+                    Some("stopped engaging after several attempts to contact"),
+                ),
+            });
+        }
+        // In the order they happen (same-day steps keep the order written).
+        steps.sort_by_key(|step| step.after_days);
+        steps
+    }
+}
+
 fn requester(source: &str) -> String {
     match source.split(':').next() {
         Some("gp") => format!(
@@ -468,6 +741,109 @@ mod tests {
             .referrals
             .iter()
             .all(|r| (r.source == "asc") == r.asc_case.is_some()));
+    }
+
+    #[test]
+    fn bars_messages_and_batches_read_as_the_real_intake_reads_them() {
+        let town = borough(7, 200, 500);
+        let base = "https://linkwork.example/fhir";
+        let hospital = town
+            .referrals
+            .iter()
+            .find(|r| r.channel == Channel::Bars)
+            .unwrap();
+        let message = town.bars_message(hospital, base);
+        let read =
+            linkwork_fhir::message::read(&message).unwrap_or_else(|issues| panic!("{issues:?}"));
+        assert_eq!(read.reason, linkwork_fhir::message::MessageReason::New);
+        let batch: Vec<&Referral> = town
+            .referrals
+            .iter()
+            .filter(|r| r.channel == Channel::Batch)
+            .take(5)
+            .collect();
+        let bundle = town.batch_bundle(&batch, base);
+        let read =
+            linkwork_fhir::batch::read(&bundle).unwrap_or_else(|issues| panic!("{issues:?}"));
+        assert_eq!(read.entries.len(), 5);
+        assert!(read
+            .entries
+            .iter()
+            .all(|entry| matches!(entry, linkwork_fhir::batch::Entry::Referral { .. })));
+    }
+
+    #[test]
+    fn a_providers_steps_are_what_the_provider_api_takes() {
+        let town = borough(7, 300, 500);
+        let provider = linkwork_domain::ProviderId::parse("millbrook-connectors").unwrap();
+        let base = "https://linkwork.example/fhir";
+        let mut checked = 0;
+        for referral in &town.referrals {
+            let support = match &referral.fate {
+                Fate::Supported(support) => support,
+                Fate::RejectedFirst { then, .. } => match then.as_ref() {
+                    Fate::Supported(support) => support,
+                    _ => continue,
+                },
+                Fate::NoAnswer => continue,
+            };
+            let id = linkwork_domain::ReferralId::from_uuid(uuid::Uuid::new_v5(
+                &uuid::Uuid::NAMESPACE_URL,
+                referral.reference.as_bytes(),
+            ));
+            let task = id.task_id(1).to_string();
+            let steps = support.steps(
+                &id.to_string(),
+                &task,
+                &id.patient_id().to_string(),
+                town.authored(referral),
+                base,
+            );
+            let mut last = 0;
+            for step in &steps {
+                assert!(step.after_days >= last, "steps are in order");
+                last = step.after_days;
+                linkwork_ingest::provider::parse(&step.resource, &provider, None, base, Utc::now())
+                    .unwrap_or_else(|issues| panic!("{issues:?} in {}", step.resource));
+            }
+            assert_eq!(
+                steps.last().unwrap().resource["status"],
+                if support.completes {
+                    "completed"
+                } else {
+                    "failed"
+                }
+            );
+            checked += 1;
+        }
+        assert!(checked > 200);
+    }
+
+    #[test]
+    fn the_call_log_export_reads_cleanly_and_links_asc_diversions_to_people() {
+        let town = borough(7, 400, 500);
+        let csv = town.call_log_csv();
+        let parsed = linkwork_ingest::call_log::parse(csv.as_bytes()).unwrap();
+        assert!(
+            parsed.errors.is_empty(),
+            "{:?}",
+            &parsed.errors[..parsed.errors.len().min(3)]
+        );
+        let asc = town.referrals.iter().filter(|r| r.source == "asc").count();
+        let diverted_people = parsed
+            .events
+            .iter()
+            .filter(|event| matches!(event, linkwork_domain::CallLogEvent::CaseOpened(opened) if opened.case_id.as_str().starts_with("LWC") && !opened.case_id.as_str().ends_with("-R")))
+            .filter(|event| matches!(event, linkwork_domain::CallLogEvent::CaseOpened(opened) if opened.person_id.is_some()))
+            .count();
+        assert_eq!(diverted_people, asc);
+        assert!(asc > 20);
+        assert!(
+            csv.lines()
+                .any(|line| line.ends_with("-R") || line.contains("-R,")),
+            "some come back"
+        );
+        assert_eq!(csv, borough(7, 400, 500).call_log_csv(), "deterministic");
     }
 
     #[test]

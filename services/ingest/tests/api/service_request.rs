@@ -160,5 +160,8 @@ async fn events_are_stamped_by_the_configured_clock() {
     assert_eq!(events.len(), 1);
     let (_, body, headers) = &events[0];
     assert_eq!(body["occurred_at"], "2026-03-02T10:30:00Z");
-    assert_eq!(headers.get_str("ce_time"), Some("2026-03-02T10:30:00.000000Z"));
+    assert_eq!(
+        headers.get_str("ce_time"),
+        Some("2026-03-02T10:30:00.000000Z")
+    );
 }
