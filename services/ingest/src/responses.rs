@@ -86,7 +86,7 @@ impl ProviderResponsesHandler {
         Self {
             canonical_base: canonical_base.into(),
             events_topic: REFERRAL_EVENTS.to_owned(),
-            routing_wait: Duration::from_secs(300),
+            routing_wait: Duration::from_secs(30),
             waiting: HashMap::new(),
             clock: linkwork_domain::Clock::system(),
         }

@@ -1,28 +1,52 @@
-//! `linkwork demo`: the pipeline end to end on synthetic data.
+//! `linkwork demo`: the whole pipeline on the synthetic borough of Linkwick.
 //!
-//! At this stage of the project: the topics are applied, a synthetic ASC call log is
-//! published to `asc.call-log`, the metrics service's transactional consumer projects
-//! it into Postgres, and the call-log reduction is read back and printed.
+//! Every service runs in this process (`serve all`) on a manual clock; the borough's
+//! GPs, hospital, contact centre, ASC, an older people's charity and residents refer
+//! over the real interfaces, ASC's call log arrives as CSV, and the providers' systems
+//! answer from their queue topics (see `drive`). Then the summary comes from the read
+//! models and the metrics, and the dashboard stays up until Ctrl-C (or, with
+//! `--no-wait`, everything stops and the command exits).
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use chrono::Utc;
-use indicatif::{ProgressBar, ProgressStyle};
-use linkwork_bus::topics::{consumers, ASC_CALL_LOG};
-use linkwork_bus::{ConsumerConfig, ConsumerRunner, OutboxRelay, Producer, RelayConfig};
-use linkwork_domain::{CallLogEvent, EventId};
-use linkwork_metrics::call_log::{self, CallLogProjection};
+use chrono::NaiveDate;
+use linkwork_domain::Clock;
+use linkwork_store::sqlx::{self, PgPool};
 use tokio_util::sync::CancellationToken;
 
+use crate::drive::{self, DriveOptions};
 use crate::settings::Settings;
-use crate::synthetic;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub seed: u64,
     pub no_wait: bool,
+    pub people: usize,
+    pub days: u32,
+    pub day_millis: u64,
+}
+
+/// The figures the demo prints, from the read models and the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoSummary {
+    pub received: i64,
+    pub by_source: Vec<(String, i64)>,
+    pub routed: i64,
+    pub accepted: i64,
+    pub completed: i64,
+    pub loneliness_improved_percent: Option<f64>,
+    pub wellbeing_improved_percent: Option<f64>,
+    pub open_at_baseline: i64,
+    pub open_at_end: i64,
+    pub reduction: i64,
+    pub reduction_percent: Option<f64>,
+}
+
+/// The synthetic call log's baseline is midnight on 1 June 2025: counted at the close
+/// of 31 May.
+fn baseline() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2025, 5, 31).unwrap_or_default()
 }
 
 pub async fn run(
@@ -31,176 +55,228 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    println!("linkwork demo: a synthetic borough's ASC call log, through Kafka, into Postgres\n");
+    println!(
+        "linkwork demo: the borough of Linkwick (seed {}), {} people over {} days, through the real services\n",
+        options.seed, options.people, options.days
+    );
+    let mut settings = settings.clone();
+    if settings.directory_file.is_none() {
+        let path = std::env::temp_dir().join(format!(
+            "linkwork-demo-directory-{}.yaml",
+            std::process::id()
+        ));
+        std::fs::write(&path, drive::DIRECTORY).context("writing the demo directory")?;
+        settings.directory_file = Some(path);
+    }
+    settings.call_log_baseline.get_or_insert_with(baseline);
 
     println!("1. Topics ({})", settings.kafka()?.brokers);
-    let report = crate::topics_command::apply(settings, None, &[]).await?;
-    for line in report.lines() {
+    for line in crate::topics_command::apply(&settings, None, &[])
+        .await?
+        .lines()
+    {
         println!("   {line}");
     }
 
-    let database = settings.database()?;
-    let pool = linkwork_store::connect(&database)
-        .await
-        .context("connecting to LINKWORK_DATABASE_URL")?;
-    linkwork_store::migrate(&pool).await?;
-    linkwork_metrics::migrate(&pool).await?;
-    println!("\n2. Database ready (migrations applied)");
-
-    let work = shutdown.child_token();
-    let relay = OutboxRelay::new(pool.clone(), settings.kafka()?, RelayConfig::default())?;
-    let notify = relay.notifier();
-    let mut relay_task = tokio::spawn(relay.run(work.clone()));
-    let runner = ConsumerRunner::new(
-        ConsumerConfig::new(consumers::METRICS, &[ASC_CALL_LOG]),
-        settings.kafka()?.clone(),
-        pool.clone(),
-        CallLogProjection,
-    )
-    .with_outbox_notify(notify);
-    let mut consumer_task = tokio::spawn(runner.run(work.clone()));
-
-    let log = synthetic::call_log(options.seed);
+    let borough_start = crate::borough::borough(options.seed, 1, 1).start;
+    let clock = Clock::manual(borough_start);
+    let services = shutdown.child_token();
+    let serving = tokio::spawn({
+        let (settings, clock, token) = (settings.clone(), clock.clone(), services.clone());
+        async move {
+            crate::serve::run_with_clock(&settings, crate::serve::Service::All, token, clock).await
+        }
+    });
+    let base_url = format!("http://{}", settings.http_addr);
+    wait_ready(&base_url, &serving).await?;
     println!(
-        "\n3. Publishing a synthetic call log (seed {}): {} cases, {} closures, {} to {}",
-        options.seed,
-        log.cases,
-        log.closed,
-        log.baseline.date_naive(),
-        log.end.date_naive()
+        "\n2. Services running in this process: ingest, router, projector, metrics ({base_url})"
     );
-    let producer = Producer::new(settings.kafka()?)?;
-    let progress = ProgressBar::new(log.events.len() as u64).with_style(
-        ProgressStyle::with_template("   {bar:40} {pos}/{len} events  {per_sec}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+
+    println!(
+        "\n3. Driving the borough (one day every {} ms)",
+        options.day_millis
     );
-    let batch: Vec<(EventId, CallLogEvent)> = log
-        .events
-        .iter()
-        .map(|event| (event.derived_id(), event.clone()))
-        .collect();
-    // The end of what we published, per partition: the consumer is done when its stored
-    // offsets pass it (counting rows would be fooled by an earlier run's data).
-    let mut published_end: BTreeMap<i32, i64> = BTreeMap::new();
-    for chunk in batch.chunks(2_000) {
-        for delivery in producer
-            .publish_batch(ASC_CALL_LOG, "linkwork/demo", Utc::now(), chunk)
-            .await
-        {
-            let delivered = delivery.context("publishing the call log")?;
-            let end = published_end.entry(delivered.partition).or_insert(0);
-            *end = (*end).max(delivered.offset + 1);
-        }
-        progress.inc(chunk.len() as u64);
-    }
-    progress.finish_and_clear();
-    println!("   {} events acknowledged by the broker", log.events.len());
-
-    println!("\n4. Waiting for the metrics consumer to project them into Postgres");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let consumed = consumed_offsets(&pool).await?;
-        let behind: i64 = published_end
-            .iter()
-            .map(|(partition, end)| (end - consumed.get(partition).copied().unwrap_or(0)).max(0))
-            .sum();
-        if behind == 0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the consumer was still {behind} events behind after 2 minutes");
-        }
-        tokio::select! {
-            outcome = &mut consumer_task => bail!("the consumer stopped: {:?}", outcome),
-            outcome = &mut relay_task => bail!("the outbox relay stopped: {:?}", outcome),
-            () = shutdown.cancelled() => bail!("interrupted while waiting for the consumer"),
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
-        }
-    }
-
-    // The synthetic log's baseline and end are midnights: count at the close of the
-    // day before each.
-    let day_before = |at: chrono::DateTime<chrono::Utc>| {
-        let date = at.date_naive();
-        date.pred_opt().unwrap_or(date)
+    let drive_options = DriveOptions {
+        seed: options.seed,
+        people: options.people,
+        days: options.days,
+        day_millis: options.day_millis,
     };
-    let report = call_log::report(&pool, day_before(log.baseline), day_before(log.end)).await?;
-    println!("\nCall-log reduction (from Postgres, as projected from the event log)");
-    println!(
-        "   baseline {}: {:>5} open cases",
-        report.baseline, report.open_at_baseline
-    );
-    println!(
-        "   end      {}: {:>5} open cases",
-        report.end, report.open_at_end
-    );
-    match report.reduction_percent {
-        Some(percent) => println!(
-            "   reduction:       {:>5} cases ({percent:.1}%)",
-            report.reduction
-        ),
-        None => println!("   reduction:       {:>5} cases", report.reduction),
+    let drove = drive::drive(
+        &settings,
+        &drive_options,
+        &clock,
+        &base_url,
+        shutdown.clone(),
+    )
+    .await;
+    let drove = match drove {
+        Ok(drove) => drove,
+        Err(error) => {
+            services.cancel();
+            let _ = serving.await;
+            return Err(error);
+        }
+    };
+    for (channel, count) in &drove.sent {
+        println!("   {channel}: {count}");
     }
     println!(
-        "   diverted to community connectors in the period: {}",
-        report.diverted
+        "   refused at intake: {}; provider updates: {} ({} refused as out of date)",
+        drove.refused, drove.provider_actions, drove.provider_refusals
     );
-    println!("   drive took {:.1} s", started.elapsed().as_secs_f64());
-    let other_runs = cases_from_other_seeds(&pool, options.seed).await?;
-    if other_runs > 0 {
-        println!(
-            "   note: the call log also holds {other_runs} cases from runs with other seeds (the read model is the whole log);\n         \
-             to start afresh: make stop, then make demo (a new broker starts a new database)"
-        );
-    }
 
-    println!("\nWhere to look");
-    let database_url = settings.database_url_for_display().unwrap_or_default();
-    println!(
-        "   Postgres: psql {database_url} -c 'SELECT * FROM asc_cases ORDER BY opened_at LIMIT 20'"
-    );
-    println!(
-        "   Kafka:    topic {ASC_CALL_LOG} on {}",
-        settings.kafka()?.brokers
-    );
-    println!("   Offsets:  SELECT * FROM consumer_offsets  (kept with the data, per DESIGN.md principle 3)");
+    let pool = linkwork_store::connect(&settings.database()?).await?;
+    println!("\n4. Waiting for the projector to settle");
+    settle(&pool).await?;
+    let end = drove
+        .end
+        .map(|end| end.date_naive())
+        .unwrap_or_else(linkwork_metrics::http::today);
+    let summary = summary(&pool, baseline(), end).await?;
+    print_summary(&summary, &base_url, end);
+    println!("   took {:.0} s", started.elapsed().as_secs_f64());
 
+    let mut serving = serving;
     if !options.no_wait {
-        println!("\nConsumer still running; Ctrl-C to stop.");
+        println!("\nServing until Ctrl-C.");
         tokio::select! {
             () = shutdown.cancelled() => {}
-            outcome = &mut consumer_task => bail!("the consumer stopped: {:?}", outcome),
+            outcome = &mut serving => bail!("the services stopped: {outcome:?}"),
         }
     }
-    work.cancel();
-    consumer_task.await.context("consumer task")??;
-    relay_task.await.context("relay task")??;
+    services.cancel();
+    match serving.await {
+        Ok(result) => result,
+        Err(error) => bail!("the services panicked: {error}"),
+    }
+}
+
+async fn wait_ready(
+    base_url: &str,
+    serving: &tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if client
+            .get(format!("{base_url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success())
+        {
+            return Ok(());
+        }
+        if serving.is_finished() {
+            bail!("the services stopped while starting (is {base_url} free?)");
+        }
+        if Instant::now() > deadline {
+            bail!("the services were not ready within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until nothing is left in the outbox and the read models stop changing.
+async fn settle(pool: &PgPool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = -1i64;
+    let mut steady = 0;
+    while steady < 6 {
+        if Instant::now() > deadline {
+            bail!("the read models were still changing after 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (applied, waiting): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM projection.history) + (SELECT count(*) FROM projection.superseded),
+                    (SELECT count(*) FROM outbox WHERE published_at IS NULL)",
+        )
+        .fetch_one(pool)
+        .await?;
+        if applied == last && waiting == 0 {
+            steady += 1;
+        } else {
+            steady = 0;
+        }
+        last = applied;
+    }
     Ok(())
 }
 
-async fn cases_from_other_seeds(
-    pool: &linkwork_store::sqlx::PgPool,
-    seed: u64,
-) -> anyhow::Result<i64> {
-    let count: i64 = linkwork_store::sqlx::query_scalar(
-        "SELECT count(*) FROM asc_cases WHERE case_id NOT LIKE $1",
+/// The demo's figures, from the read models and the metrics service's own queries.
+pub async fn summary(
+    pool: &PgPool,
+    baseline: NaiveDate,
+    end: NaiveDate,
+) -> anyhow::Result<DemoSummary> {
+    let (received, routed, accepted, completed): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM projection.referrals),
+                (SELECT count(DISTINCT referral_id) FROM projection.tasks),
+                (SELECT count(DISTINCT referral_id) FROM projection.history WHERE event_type = 'linkwork.referral.accepted.v1'),
+                (SELECT count(*) FROM projection.referrals WHERE status = 'completed')",
     )
-    .bind(format!("SYN{seed}-%"))
     .fetch_one(pool)
     .await?;
-    Ok(count)
+    let period = linkwork_metrics::referrals::Period {
+        start: baseline,
+        end,
+    };
+    let snapshot = linkwork_metrics::http::snapshot(pool, period).await?;
+    Ok(DemoSummary {
+        received,
+        by_source: snapshot
+            .referrals
+            .by_source_total
+            .clone()
+            .into_iter()
+            .collect(),
+        routed,
+        accepted,
+        completed,
+        loneliness_improved_percent: snapshot.referrals.outcomes.loneliness.improved_percent,
+        wellbeing_improved_percent: snapshot.referrals.outcomes.wellbeing.improved_percent,
+        open_at_baseline: snapshot.call_log.open_at_baseline,
+        open_at_end: snapshot.call_log.open_at_end,
+        reduction: snapshot.call_log.reduction,
+        reduction_percent: snapshot.call_log.reduction_percent,
+    })
 }
 
-/// The metrics consumer's stored next offset per partition of the call-log topic.
-async fn consumed_offsets(
-    pool: &linkwork_store::sqlx::PgPool,
-) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let rows: Vec<(i32, i64)> = linkwork_store::sqlx::query_as(
-        "SELECT partition, next_offset FROM consumer_offsets WHERE consumer = $1 AND topic = $2",
-    )
-    .bind(consumers::METRICS)
-    .bind(ASC_CALL_LOG)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().collect())
+fn percent(value: Option<f64>) -> String {
+    value
+        .map(|v| format!("{v:.1}%"))
+        .unwrap_or_else(|| "–".into())
+}
+
+fn print_summary(summary: &DemoSummary, base_url: &str, end: NaiveDate) {
+    println!("\nSummary (from the read models and the metrics API)");
+    let sources = summary
+        .by_source
+        .iter()
+        .map(|(source, count)| format!("{source} {count}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("   referrals received: {} ({sources})", summary.received);
+    println!("   routed to a provider: {}", summary.routed);
+    println!("   accepted by a provider: {}", summary.accepted);
+    println!("   completed: {}", summary.completed);
+    println!(
+        "   less lonely: {} of completers measured; better wellbeing: {}",
+        percent(summary.loneliness_improved_percent),
+        percent(summary.wellbeing_improved_percent)
+    );
+    println!(
+        "   ASC call log: {} -> {} open cases ({} fewer, {})",
+        summary.open_at_baseline,
+        summary.open_at_end,
+        summary.reduction,
+        percent(summary.reduction_percent)
+    );
+    let period = format!("period-start={}&period-end={end}", baseline());
+    println!("\nWhere to look");
+    println!("   Dashboard:      {base_url}/dashboard?{period}");
+    println!("   Metrics (JSON): {base_url}/api/metrics?{period}");
+    println!("   MeasureReports: {base_url}/fhir/MeasureReport?{period}");
+    println!("   FHIR API:       {base_url}/fhir/metadata (tokens: linkwork dev-token)");
 }

@@ -3,6 +3,7 @@
 pub mod borough;
 pub mod demo;
 pub mod directory_command;
+pub mod drive;
 pub mod serve;
 pub mod settings;
 pub mod shutdown;

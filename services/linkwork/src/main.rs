@@ -144,6 +144,15 @@ struct DemoArgs {
     /// Seed of the synthetic data: the same seed gives the same borough.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// People in the borough (about one referral each).
+    #[arg(long, default_value_t = 600)]
+    people: usize,
+    /// Days over which referrals arrive (the story runs 120 days more).
+    #[arg(long, default_value_t = 500)]
+    days: u32,
+    /// Real milliseconds per borough day.
+    #[arg(long, default_value_t = 150)]
+    day_millis: u64,
 }
 
 fn main() -> ExitCode {
@@ -200,6 +209,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let options = DemoOptions {
                 seed: args.seed,
                 no_wait: args.no_wait,
+                people: args.people,
+                days: args.days,
+                day_millis: args.day_millis,
             };
             linkwork::demo::run(&settings, options, shutdown).await
         }
