@@ -121,14 +121,18 @@ async fn provider_systems(
         .create()
         .context("the providers' queue reader")?;
     // Assigned, not subscribed: no group to join, reading from the end at once.
+    let queues: HashMap<String, ProviderId> = providers
+        .iter()
+        .map(|provider| (provider_queue(provider), provider.clone()))
+        .collect();
     let mut assignment = rdkafka::TopicPartitionList::new();
-    for topic in providers.iter().map(provider_queue) {
+    for topic in queues.keys() {
         let metadata = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
             .with_context(|| format!("metadata of {topic}"))?;
         for found in metadata.topics() {
             for partition in found.partitions() {
-                assignment.add_partition_offset(&topic, partition.id(), rdkafka::Offset::End)?;
+                assignment.add_partition_offset(topic, partition.id(), rdkafka::Offset::End)?;
             }
         }
     }
@@ -139,12 +143,7 @@ async fn provider_systems(
             message = consumer.recv() => message,
         };
         let Ok(message) = message else { continue };
-        let Some(provider) = message
-            .topic()
-            .strip_prefix("provider.")
-            .and_then(|rest| rest.strip_suffix(".referrals"))
-            .and_then(|id| ProviderId::parse(id).ok())
-        else {
+        let Some(provider) = queues.get(message.topic()).cloned() else {
             continue;
         };
         let Some(bundle) = message
@@ -435,8 +434,8 @@ async fn send_referrals(
                         headers,
                     })
                     .await
-                    .context("referrals.inbound")?;
-                count(drove, "referrals.inbound", true);
+                    .with_context(|| format!("publishing to {REFERRALS_INBOUND}"))?;
+                count(drove, REFERRALS_INBOUND, true);
             }
         }
     }
@@ -500,7 +499,7 @@ async fn act(
                 headers,
             })
             .await
-            .context("provider.responses")?;
+            .with_context(|| format!("publishing to {PROVIDER_RESPONSES}"))?;
         drove.provider_actions += 1;
         return Ok(());
     }

@@ -166,6 +166,17 @@ pub fn judge(
         };
         let projected_attempt = state.map(|state| state.attempt).unwrap_or(0);
         if attempt > projected_attempt {
+            // A later routing can still come only while the referral is being routed;
+            // held by a provider or closed, a later attempt's Task is one that lost on
+            // the log (an escalation racing an acceptance) and never will be projected.
+            if let Some(state) = state {
+                if state.status.is_with_provider() || state.status.is_terminal() {
+                    return Err(CommandError::Conflict(format!(
+                        "Task {task_id} is routing attempt {attempt}, which did not take effect: the referral is {} at attempt {}",
+                        state.status, state.attempt
+                    )));
+                }
+            }
             return Err(CommandError::NotYetProjected(referral));
         }
         let state = state.ok_or(CommandError::NotYetProjected(referral))?;
