@@ -40,18 +40,27 @@ pub struct RawFhir {
     pub body: Vec<u8>,
 }
 
+/// A raw message from an external system, as its handler receives it: no event id
+/// (offsets alone protect it), the trace context it carried. Everything else is
+/// checked by the handler, so every refusal is an OperationOutcome.
+pub(crate) fn raw<T>(record: &Record, value: T) -> Decoded<T> {
+    Decoded {
+        event_id: None,
+        traceparent: record.headers.get_str(TRACEPARENT).map(str::to_owned),
+        tracestate: record.headers.get_str(TRACESTATE).map(str::to_owned),
+        value,
+    }
+}
+
 impl Decode for RawFhir {
     fn decode(record: &Record) -> Result<Decoded<Self>, String> {
-        // Everything is checked by the handler, so every refusal is an OperationOutcome.
-        Ok(Decoded {
-            event_id: None,
-            traceparent: record.headers.get_str(TRACEPARENT).map(str::to_owned),
-            tracestate: record.headers.get_str(TRACESTATE).map(str::to_owned),
-            value: RawFhir {
+        Ok(raw(
+            record,
+            RawFhir {
                 source: record.headers.get_str(SOURCE_HEADER).map(str::to_owned),
                 body: record.payload.clone().unwrap_or_default(),
             },
-        })
+        ))
     }
 }
 

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use linkwork_bus::headers::{TRACEPARENT, TRACESTATE};
 use linkwork_bus::topics::REFERRAL_EVENTS;
 use linkwork_bus::{
     Decode, Decoded, Effects, Handler, HandlerError, Incoming, OutboxEvent, Record,
@@ -49,16 +48,13 @@ pub struct ProviderMessage {
 
 impl Decode for ProviderMessage {
     fn decode(record: &Record) -> Result<Decoded<Self>, String> {
-        // Everything is checked by the handler, so every refusal is an OperationOutcome.
-        Ok(Decoded {
-            event_id: None,
-            traceparent: record.headers.get_str(TRACEPARENT).map(str::to_owned),
-            tracestate: record.headers.get_str(TRACESTATE).map(str::to_owned),
-            value: ProviderMessage {
+        Ok(crate::inbound::raw(
+            record,
+            ProviderMessage {
                 provider: record.headers.get_str(PROVIDER_HEADER).map(str::to_owned),
                 body: record.payload.clone().unwrap_or_default(),
             },
-        })
+        ))
     }
 }
 
