@@ -25,7 +25,7 @@ use sqlx::PgPool;
 
 use self::bars::BarsTargets;
 use self::error::FhirError;
-use self::extract::Caller;
+use self::extract::{Caller, FhirJson};
 use crate::intake::Intake;
 
 pub const FHIR_JSON: &str = "application/fhir+json";
@@ -151,11 +151,30 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/fhir/Observation",
-            get(read::search_observations).post(provider::create_observation),
+            get(read::search_observations).post(
+                |state: State<AppState>, caller: Caller, body: FhirJson| {
+                    provider::record(state, caller, body, "Observation")
+                },
+            ),
         )
-        .route("/fhir/Communication", post(provider::create_communication))
-        .route("/fhir/Procedure", post(provider::create_procedure))
-        .route("/fhir/Consent", post(provider::create_consent))
+        .route(
+            "/fhir/Communication",
+            post(|state: State<AppState>, caller: Caller, body: FhirJson| {
+                provider::record(state, caller, body, "Communication")
+            }),
+        )
+        .route(
+            "/fhir/Procedure",
+            post(|state: State<AppState>, caller: Caller, body: FhirJson| {
+                provider::record(state, caller, body, "Procedure")
+            }),
+        )
+        .route(
+            "/fhir/Consent",
+            post(|state: State<AppState>, caller: Caller, body: FhirJson| {
+                provider::record(state, caller, body, "Consent")
+            }),
+        )
         .route("/asc/call-log", post(call_log))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(

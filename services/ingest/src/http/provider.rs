@@ -265,35 +265,3 @@ pub async fn record(
     }
     Ok(response)
 }
-
-pub async fn create_observation(
-    state: State<AppState>,
-    caller: Caller,
-    body: FhirJson,
-) -> Result<Response, FhirError> {
-    record(state, caller, body, "Observation").await
-}
-
-pub async fn create_communication(
-    state: State<AppState>,
-    caller: Caller,
-    body: FhirJson,
-) -> Result<Response, FhirError> {
-    record(state, caller, body, "Communication").await
-}
-
-pub async fn create_procedure(
-    state: State<AppState>,
-    caller: Caller,
-    body: FhirJson,
-) -> Result<Response, FhirError> {
-    record(state, caller, body, "Procedure").await
-}
-
-pub async fn create_consent(
-    state: State<AppState>,
-    caller: Caller,
-    body: FhirJson,
-) -> Result<Response, FhirError> {
-    record(state, caller, body, "Consent").await
-}
