@@ -1,32 +1,22 @@
-//! Test support: where the shared conformance corpus is, and synthetic referrals.
+//! Test support: where the conformance corpus is, and synthetic referrals.
 //!
 //! All people here are invented; NHS numbers come from the 999 range, which the NHS
 //! never issues, and pass the Modulus 11 check.
+
+pub mod broker;
 
 use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
-/// The conformance corpus (`../shared/conformance/` beside the checkout). Set
+/// The conformance corpus the repository keeps (`tests/conformance/`, with a README
+/// naming each file's source and licence), so a fresh clone tests alone. Set
 /// `LINKWORK_CONFORMANCE_DIR` to use another copy.
 pub fn conformance_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("LINKWORK_CONFORMANCE_DIR") {
         return PathBuf::from(dir);
     }
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let candidates = [
-        workspace.join("../shared/conformance"),
-        PathBuf::from("/work/shared/conformance"),
-    ];
-    candidates
-        .iter()
-        .find(|candidate| candidate.join("README.md").is_file())
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!(
-                "the conformance corpus was not found (looked in {candidates:?}); set LINKWORK_CONFORMANCE_DIR"
-            )
-        })
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/conformance")
 }
 
 /// A file of the corpus, parsed.
