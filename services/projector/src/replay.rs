@@ -92,8 +92,11 @@ pub async fn replay(
     let topic = config.topics.events.clone();
     let replay_consumer = format!("{}-replay", config.consumer);
     // The end of the log as the broker reports it, but never short of where the live
-    // projector already is (a broker's reported high watermark can trail the last
-    // offset for a moment): the rebuild covers at least what the live models hold.
+    // projector already is: the swap hands the rebuild's offsets to the live
+    // projector, so the rebuild must cover at least what the live models hold. (The
+    // live projector reads only committed records, so on Kafka its offsets never pass
+    // the high watermark; the rule costs nothing and keeps the swap safe on brokers
+    // that report a trailing watermark, as Tansu 0.6 did.)
     let live = replay_offsets(pool, &config.consumer, &topic).await?;
     let targets: Vec<(i32, i64, i64)> = watermarks(kafka, &topic)?
         .into_iter()

@@ -18,7 +18,6 @@
 //! consumer with an error.
 
 mod poll;
-mod position;
 mod process;
 
 use std::sync::Arc;

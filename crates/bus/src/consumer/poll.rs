@@ -38,17 +38,12 @@ pub(crate) enum Item {
         partitions: Vec<TopicPartition>,
         done: SyncSender<()>,
     },
-    /// A seek took effect: records for the partition from here on start at `offset`.
-    /// `recovery` tells a recovery seek (see `position`) from a return to stored offsets.
+    /// A return to stored offsets took effect: records for the partition from here on
+    /// start at `offset`.
     Seeked {
         partition: TopicPartition,
         offset: i64,
-        recovery: bool,
-        /// The seek landed at the first offset the log still holds.
-        at_log_start: bool,
     },
-    /// The partitions were resumed after a pause: fetching restarts at their position.
-    Resumed(Vec<TopicPartition>),
     /// The consumer cannot go on (offsets could not be loaded).
     Failed(String),
 }
@@ -60,12 +55,10 @@ pub(crate) enum Control {
     Commit(Vec<(TopicPartition, i64)>),
     /// Seek these partitions back to their stored offsets (after losing a fence).
     Reseek(Vec<TopicPartition>),
-    /// Seek a partition to an offset (recovering from a suspect jump).
-    SeekTo(TopicPartition, i64),
 }
 
-/// Backlog length at which the partitions are paused. Generous: resuming repositions
-/// the fetch, which costs a recovery on brokers that mishandle mid-batch fetches.
+/// Backlog length at which the partitions are paused (what librdkafka has already
+/// fetched beyond that stays bounded by `queued.max.messages.kbytes`).
 const PAUSE_AT: usize = 4096;
 
 struct Shared {
@@ -189,8 +182,8 @@ impl PollContext {
                 // Nothing applied yet: start wherever the log now starts (retention may
                 // have removed its first offsets). Any other stored offset must exist.
                 let start = if offset == 0 {
-                    match consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10)) {
-                        Ok((low, _)) => low,
+                    match log_start(consumer, &topic, partition) {
+                        Ok(low) => low,
                         Err(error) => {
                             self.shared.push(Item::Failed(format!(
                                 "could not find where {topic}/{partition} starts: {error}"
@@ -293,6 +286,43 @@ impl PollContext {
             }
         }
     }
+}
+
+/// The first offset a partition still holds. Asked again for up to 30 s while the
+/// partition has no leader (a broker that has just restarted, a leader election):
+/// those answers are transient, and failing would stop the consumer.
+fn log_start(
+    consumer: &BaseConsumer<PollContext>,
+    topic: &str,
+    partition: i32,
+) -> Result<i64, KafkaError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok((low, _)) => return Ok(low),
+            Err(error) if Instant::now() < deadline && leaderless(&error) => {
+                tracing::debug!(%error, topic, partition, "no leader yet; asking again");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+fn leaderless(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+        )
+    )
 }
 
 impl ClientContext for PollContext {}
@@ -408,7 +438,6 @@ fn poll_loop(
             match command {
                 Control::Commit(offsets) => commit(consumer, &offsets),
                 Control::Reseek(partitions) => reseek(consumer, &partitions),
-                Control::SeekTo(partition, offset) => seek_to(consumer, partition, offset),
             }
         }
         let backlog = shared.flush();
@@ -417,13 +446,7 @@ fn poll_loop(
             set_paused(consumer, true);
             paused = true;
         } else if backlog == 0 && paused {
-            let resumed = set_paused(consumer, false);
-            shared.push(Item::Resumed(
-                resumed
-                    .into_iter()
-                    .map(|(topic, partition)| (context.intern(&topic), partition))
-                    .collect(),
-            ));
+            set_paused(consumer, false);
             paused = false;
         }
         let timeout = if backlog > 0 {
@@ -474,13 +497,14 @@ fn poll_loop(
     shared.flush();
 }
 
-/// Pauses or resumes every assigned partition; returns them.
-fn set_paused(consumer: &BaseConsumer<PollContext>, paused: bool) -> Vec<(String, i32)> {
+/// Pauses or resumes every assigned partition. Resuming goes on from the next record
+/// not yet delivered: nothing is skipped or repeated.
+fn set_paused(consumer: &BaseConsumer<PollContext>, paused: bool) {
     let Ok(assignment) = consumer.assignment() else {
-        return Vec::new();
+        return;
     };
     if assignment.count() == 0 {
-        return Vec::new();
+        return;
     }
     let result = if paused {
         consumer.pause(&assignment)
@@ -490,41 +514,6 @@ fn set_paused(consumer: &BaseConsumer<PollContext>, paused: bool) -> Vec<(String
     if let Err(error) = result {
         tracing::debug!(%error, paused, "pause or resume failed");
     }
-    assignment
-        .elements()
-        .iter()
-        .map(|element| (element.topic().to_owned(), element.partition()))
-        .collect()
-}
-
-fn seek_to(consumer: &BaseConsumer<PollContext>, partition: TopicPartition, offset: i64) {
-    let context = consumer.context();
-    let (topic, number) = (&partition.0, partition.1);
-    // Never seek below what the log still holds: that would be out of range.
-    let low = match consumer.fetch_watermarks(topic, number, Duration::from_secs(10)) {
-        Ok((low, _high)) => low,
-        Err(error) => {
-            tracing::warn!(%error, %topic, partition = number, "watermarks unavailable; seeking as asked");
-            0
-        }
-    };
-    let target = offset.max(low);
-    if let Err(error) = consumer.seek(
-        topic,
-        number,
-        Offset::Offset(target),
-        Duration::from_secs(10),
-    ) {
-        // Either the partition was revoked (its marker follows) or the seek failed:
-        // then delivery goes on from the old position and the tracker asks again.
-        tracing::warn!(%error, %topic, partition = number, offset = target, "recovery seek failed");
-    }
-    context.shared.push(Item::Seeked {
-        partition,
-        offset: target,
-        recovery: true,
-        at_log_start: target == low,
-    });
 }
 
 fn commit(consumer: &BaseConsumer<PollContext>, offsets: &[(TopicPartition, i64)]) {
@@ -580,8 +569,6 @@ fn reseek(consumer: &BaseConsumer<PollContext>, partitions: &[TopicPartition]) {
             context.shared.push(Item::Seeked {
                 partition: (topic.clone(), partition),
                 offset,
-                recovery: false,
-                at_log_start: false,
             });
         }
     }

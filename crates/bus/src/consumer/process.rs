@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::poll::{Control, Item, TopicPartition};
-use super::position::{Tracker, Verdict};
 use super::{ConsumerConfig, Decode, Decoded, Effects, Handler, HandlerError, Incoming, Record};
 use crate::{dlq, trace, BusError};
 
@@ -71,10 +70,10 @@ pub(crate) struct Processor<H: Handler> {
     last_report: Instant,
 }
 
-/// An owned partition: its stored next offset and where delivery stands.
+/// An owned partition: its stored next offset and the next offset delivery owes us.
 struct Owned {
     stored: i64,
-    tracker: Tracker,
+    next: i64,
     /// Records are stale until the poll thread confirms a return to stored offsets.
     awaiting_reseek: bool,
 }
@@ -129,7 +128,6 @@ impl<H: Handler> Processor<H> {
                     continue;
                 }
                 _ = ticks.tick() => {
-                    self.probe_silent_partitions();
                     self.prune_processed_ids();
                     self.report_offsets(false);
                     continue;
@@ -160,13 +158,12 @@ impl<H: Handler> Processor<H> {
                     if self.flush(&shutdown).await?.is_err() {
                         return Ok(());
                     }
-                    let now = Instant::now();
                     self.partitions = partitions
                         .into_iter()
                         .map(|(partition, stored)| {
                             let owned = Owned {
                                 stored,
-                                tracker: Tracker::positioned(stored, now),
+                                next: stored,
                                 awaiting_reseek: false,
                             };
                             (partition, owned)
@@ -184,30 +181,11 @@ impl<H: Handler> Processor<H> {
                     }
                     let _ = done.send(());
                 }
-                Some(Item::Seeked {
-                    partition,
-                    offset,
-                    recovery,
-                    at_log_start,
-                }) => {
+                Some(Item::Seeked { partition, offset }) => {
                     if let Some(owned) = self.partitions.get_mut(&partition) {
-                        if recovery {
-                            owned
-                                .tracker
-                                .seek_landed(offset, at_log_start, Instant::now());
-                        } else {
-                            owned.stored = offset;
-                            owned.tracker = Tracker::positioned(offset, Instant::now());
-                            owned.awaiting_reseek = false;
-                        }
-                    }
-                }
-                Some(Item::Resumed(partitions)) => {
-                    let now = Instant::now();
-                    for partition in &partitions {
-                        if let Some(owned) = self.partitions.get_mut(partition) {
-                            owned.tracker.restarted(now);
-                        }
+                        owned.stored = offset;
+                        owned.next = offset;
+                        owned.awaiting_reseek = false;
                     }
                 }
                 Some(Item::Failed(reason)) => return Err(BusError::Consumer(reason)),
@@ -215,43 +193,30 @@ impl<H: Handler> Processor<H> {
         }
     }
 
-    /// Adds a record to the batch if it is the next one of an owned partition; asks
-    /// for a seek when delivery jumped suspiciously (see `position`).
+    /// Adds a record to the batch if it is the next one of an owned partition. Kafka
+    /// serves a fetch from offset `n` starting at the first record at or after `n`, so
+    /// a record below the position is a stale copy (delivered before a seek) and a jump
+    /// forward is a real gap: offsets that hold no record (compaction, transaction
+    /// markers, retention).
     fn accept(&mut self, record: Record) -> bool {
         let partition = (record.topic.clone(), record.partition);
         let Some(owned) = self.partitions.get_mut(&partition) else {
             return false;
         };
-        if owned.awaiting_reseek {
+        if owned.awaiting_reseek || record.offset < owned.next {
             return false;
         }
-        match owned.tracker.record(record.offset, Instant::now()) {
-            Verdict::Accept => {}
-            Verdict::AcceptAfterGap { from, to } => {
-                tracing::warn!(
-                    consumer = %self.config.name,
-                    topic = %record.topic,
-                    partition = record.partition,
-                    missing_from = from,
-                    missing_to = to - 1,
-                    "offsets missing from the log (compaction, transaction markers or retention)"
-                );
-            }
-            Verdict::Drop => return false,
-            Verdict::Reposition(offset) => {
-                tracing::debug!(
-                    consumer = %self.config.name,
-                    topic = %record.topic,
-                    partition = record.partition,
-                    expected = owned.tracker.next(),
-                    got = record.offset,
-                    seek = offset,
-                    "delivery skipped ahead after repositioning; seeking back"
-                );
-                let _ = self.control.send(Control::SeekTo(partition, offset));
-                return false;
-            }
+        if record.offset > owned.next {
+            tracing::warn!(
+                consumer = %self.config.name,
+                topic = %record.topic,
+                partition = record.partition,
+                missing_from = owned.next,
+                missing_to = record.offset - 1,
+                "offsets missing from the log (compaction, transaction markers or retention)"
+            );
         }
+        owned.next = record.offset + 1;
         self.batch.push(record);
         true
     }
@@ -267,22 +232,6 @@ impl<H: Handler> Processor<H> {
         self.last_report = Instant::now();
         let offsets: Vec<(TopicPartition, i64)> = self.unreported.drain().collect();
         let _ = self.control.send(Control::Commit(offsets));
-    }
-
-    /// Partitions positioned but silent may sit inside a batch the broker will not
-    /// serve; the tracker decides when to probe them.
-    fn probe_silent_partitions(&mut self) {
-        let now = Instant::now();
-        for (partition, owned) in &mut self.partitions {
-            if owned.awaiting_reseek {
-                continue;
-            }
-            if let Some(offset) = owned.tracker.tick(now) {
-                let _ = self
-                    .control
-                    .send(Control::SeekTo(partition.clone(), offset));
-            }
-        }
     }
 
     /// Forgets old processed event ids, hourly, in the background.
