@@ -125,6 +125,8 @@ enum AscAction {
 #[derive(Debug, Subcommand)]
 enum TopicsAction {
     /// Create missing topics and add declared partitions; never deletes. Idempotent.
+    /// Reports configuration drift without changing it; refuses (and exits non-zero)
+    /// to add partitions to a topic ordered by key, after applying the rest.
     Apply {
         /// A topics.yaml to apply instead of the one built into this binary.
         #[arg(long)]
@@ -201,9 +203,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             action: TopicsAction::Apply { file, providers },
         } => {
             let report =
-                linkwork::topics_command::apply(&settings, file.as_deref(), &providers).await?;
+                linkwork::topics_command::apply_report(&settings, file.as_deref(), &providers)
+                    .await?;
             println!("{report}");
-            Ok(())
+            if report.refused.is_empty() {
+                return Ok(());
+            }
+            let refusals: Vec<String> = report.refused.iter().map(ToString::to_string).collect();
+            anyhow::bail!(
+                "refused to add partitions to {} topic(s) ordered by key (everything else was applied):\n{}",
+                refusals.len(),
+                refusals.join("\n")
+            )
         }
         Command::Demo(args) => {
             let options = DemoOptions {

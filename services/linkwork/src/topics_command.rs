@@ -18,12 +18,23 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<TopicsFile> {
     }
 }
 
-/// Applies the declaration and returns the report to print.
+/// Applies the declaration and returns the report to print. Refusals are in the report,
+/// not an error: the rest was applied.
 pub async fn apply(
     settings: &Settings,
     file: Option<&Path>,
     providers: &[String],
 ) -> anyhow::Result<String> {
+    Ok(apply_report(settings, file, providers).await?.to_string())
+}
+
+/// Applies the declaration, for `linkwork topics apply`: the report, whose refusals
+/// make the command fail.
+pub async fn apply_report(
+    settings: &Settings,
+    file: Option<&Path>,
+    providers: &[String],
+) -> anyhow::Result<topics::ApplyReport> {
     let declaration = load(file)?;
     let mut providers = providers
         .iter()
@@ -34,8 +45,7 @@ pub async fn apply(
             providers.push(id);
         }
     }
-    let report = topics::apply(settings.kafka()?, &declaration, &providers).await?;
-    Ok(report.to_string())
+    Ok(topics::apply(settings.kafka()?, &declaration, &providers).await?)
 }
 
 /// The providers of the stored directory, when a database is configured and holds one.
