@@ -4,6 +4,7 @@
 pub mod consumer;
 pub mod dlq;
 pub mod headers;
+pub mod lookup;
 pub mod partitioner;
 pub mod producer;
 pub mod relay;

@@ -1,12 +1,22 @@
 //! The idempotent producer: `enable.idempotence=true`, `acks=all`, and every send
 //! awaits the broker's acknowledgement.
+//!
+//! A failed delivery does not always mean the message is absent: librdkafka reports a
+//! message whose request reached the broker but went unanswered (a timeout, a broker
+//! killed mid-request) as failed too. [`Producer::may_have_sent`] tells the two apart
+//! in the one case that is certain: a producer that has never sent a produce request
+//! cannot have written anything.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use linkwork_domain::{DomainEvent, EventId};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
 
 use crate::headers::{EventMeta, HeaderList};
 use crate::settings::KafkaSettings;
@@ -30,10 +40,44 @@ pub struct Outbound<'a> {
     pub headers: HeaderList,
 }
 
+/// How often librdkafka reports its statistics (the count of produce requests sent).
+const STATISTICS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What the producer's statistics have said about the requests it sent.
+#[derive(Debug, Default)]
+struct Transmissions {
+    /// Statistics reports received so far.
+    reports: AtomicU64,
+    /// The most produce requests any report counted (all brokers together).
+    produce_requests: AtomicI64,
+}
+
+/// The producer's client context: librdkafka's logs as usual, its statistics counted.
+#[derive(Debug, Clone, Default)]
+struct CountingContext {
+    transmissions: Arc<Transmissions>,
+}
+
+impl ClientContext for CountingContext {
+    fn stats(&self, statistics: Statistics) {
+        let sent: i64 = statistics
+            .brokers
+            .values()
+            .filter_map(|broker| broker.req.get("Produce"))
+            .sum();
+        self.transmissions
+            .produce_requests
+            .fetch_max(sent, Ordering::SeqCst);
+        self.transmissions.reports.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// A cheap-to-clone handle on one librdkafka producer.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: FutureProducer<CountingContext>,
+    /// Counted sends, for producers made with [`Producer::tracking_sends`].
+    transmissions: Option<Arc<Transmissions>>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -48,12 +92,23 @@ impl Producer {
         Self::with_delivery_timeout(settings, Duration::from_secs(30))
     }
 
-    /// A producer that gives up on a delivery after `timeout` (ingest uses a short one
-    /// so an HTTP caller hears 503 quickly when the broker is down).
+    /// A producer that gives up on a delivery after `timeout`.
     pub fn with_delivery_timeout(
         settings: &KafkaSettings,
         timeout: Duration,
     ) -> Result<Self, BusError> {
+        Self::build(settings, timeout, false)
+    }
+
+    /// A producer for acknowledgements to callers (ingest): a short `timeout`, so an
+    /// HTTP caller hears 503 quickly when the broker is down, and librdkafka's
+    /// statistics counted (every 500 ms) so that [`Producer::may_have_sent`] can tell
+    /// a broker that was never reached from a delivery whose answer was lost.
+    pub fn tracking_sends(settings: &KafkaSettings, timeout: Duration) -> Result<Self, BusError> {
+        Self::build(settings, timeout, true)
+    }
+
+    fn build(settings: &KafkaSettings, timeout: Duration, track: bool) -> Result<Self, BusError> {
         let mut config = settings.client_config();
         config
             .set("enable.idempotence", "true")
@@ -63,8 +118,43 @@ impl Producer {
             .set("linger.ms", "2")
             .set("message.timeout.ms", timeout.as_millis().to_string())
             .set("queue.buffering.max.kbytes", "65536");
-        let inner: FutureProducer = config.create()?;
-        Ok(Self { inner })
+        if track {
+            config.set(
+                "statistics.interval.ms",
+                STATISTICS_INTERVAL.as_millis().to_string(),
+            );
+        }
+        let context = CountingContext::default();
+        let transmissions = track.then(|| context.transmissions.clone());
+        let inner: FutureProducer<CountingContext> = config.create_with_context(context)?;
+        Ok(Self {
+            inner,
+            transmissions,
+        })
+    }
+
+    /// Whether any message this producer failed to deliver may still be on the log:
+    /// always true for a producer that does not track its sends; otherwise false only
+    /// when, by statistics reported after this call began, it has never
+    /// sent a produce request to any broker (the broker was never reachable). Call it
+    /// after a failed delivery; it waits for fresh statistics (about a second).
+    pub async fn may_have_sent(&self) -> bool {
+        let Some(transmissions) = &self.transmissions else {
+            // Not counted: assume the worst.
+            return true;
+        };
+        // The report under way now may have been gathered before the failure: wait
+        // for the one after it.
+        let seen = transmissions.reports.load(Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + STATISTICS_INTERVAL * 6;
+        while transmissions.reports.load(Ordering::SeqCst) < seen + 2 {
+            if tokio::time::Instant::now() >= deadline {
+                // No statistics: assume the worst.
+                return true;
+            }
+            tokio::time::sleep(STATISTICS_INTERVAL / 10).await;
+        }
+        transmissions.produce_requests.load(Ordering::SeqCst) > 0
     }
 
     /// Sends one message and waits for the broker's acknowledgement.

@@ -46,6 +46,14 @@ pub fn unique(prefix: &str) -> String {
 }
 
 impl Stack {
+    /// The same database server with another broker (a test's own, which it may kill).
+    pub fn with_brokers(&self, brokers: String) -> Stack {
+        Stack {
+            kafka: KafkaSettings::new(brokers),
+            admin_database_url: self.admin_database_url.clone(),
+        }
+    }
+
     /// A new database with the store's migrations applied. Left behind for inspection;
     /// `make test` drops old `lw_test_*` databases.
     pub async fn database(&self) -> PgPool {

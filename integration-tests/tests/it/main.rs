@@ -3,6 +3,7 @@
 // Tests and their helpers panic on failure, with the failing value in the message.
 #![allow(clippy::unwrap_used)]
 
+mod broker_killed;
 mod consumer;
 mod helpers;
 mod metrics;

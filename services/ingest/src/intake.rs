@@ -3,15 +3,35 @@
 //! A referral's id derives from its source and identifier, so a resubmission finds
 //! its receipt. For each referral: claim a receipt (`pending`), publish
 //! `ReferralReceived` and wait for the broker's acknowledgement (`acks=all`), then
-//! mark the receipt `published`. If publishing fails the claim is released: the
-//! caller hears 503 and nothing was taken. If ingest dies between claim and publish,
-//! the claim is abandoned; the next submission of the same content publishes it (the
-//! event id is the same, so consumers apply it once), and after a minute new content
-//! may take it over.
+//! mark the receipt `published` and answer 2xx. Only the holder of the claim publishes,
+//! so the log holds at most one `ReferralReceived` per referral.
+//!
+//! A failed delivery is not proof of absence: librdkafka also reports a message whose
+//! request reached the broker but went unanswered (a timeout, a broker killed
+//! mid-request) as failed, and it may be on the log. So:
+//! - if the producer has never sent a request to any broker, nothing can have landed:
+//!   the claim is released and the caller hears 503, nothing was taken;
+//! - otherwise the claim stays, `unconfirmed`, and the caller hears 503: resubmit the
+//!   same referral to learn the outcome.
+//!
+//! A later submission that finds a claim not `published` (unconfirmed, or pending
+//! because its submission is still publishing or died) settles it before anything else
+//! is published: it waits briefly for a publish under way, then reads the referral's
+//! partition (chosen by key, as the producer does) from shortly before the claim up to
+//! the high watermark, looking for the event's `ce_id`. Found: the receipt becomes
+//! `published`, and the same content is answered 200 with the same id (other content
+//! is a conflict). Not found, and the latest attempt older than the producer's message
+//! timeout with a margin (no request of it can still land): the submission takes the
+//! claim over and publishes afresh. Not decidable yet (too recent, or the log cannot
+//! be read): 503 with `Retry-After`, and nothing is published.
 
 use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+use linkwork_bus::lookup::{self, EventSearch};
+use linkwork_bus::partitioner::partition_for;
 use linkwork_bus::topics::REFERRAL_EVENTS;
-use linkwork_bus::{BusError, Producer};
+use linkwork_bus::{BusError, KafkaSettings, Producer};
 use linkwork_domain::event::ReferralClosedBy;
 use linkwork_domain::{Actor, EventId, ReferralEvent, ReferralId, Source};
 use linkwork_fhir::ValidatedReferral;
@@ -45,8 +65,24 @@ pub enum IntakeError {
     Conflict(ReferralId),
     #[error("referral {0} is not known to this service")]
     Unknown(ReferralId),
+    /// Publishing failed before any request could reach the broker: nothing was taken.
     #[error("the event log is unavailable")]
     Unavailable(#[source] BusError),
+    /// The broker did not acknowledge the event, but it may be on the log: a
+    /// resubmission of the same referral after `retry_after` learns which.
+    #[error("the event log did not confirm the referral")]
+    Unconfirmed {
+        #[source]
+        error: BusError,
+        retry_after: Duration,
+    },
+    /// An earlier attempt of this referral is not settled yet (it may still land, or
+    /// the log cannot be read to find it): nothing was published now.
+    #[error("an earlier submission of referral {referral_id} is not settled yet")]
+    Unsettled {
+        referral_id: ReferralId,
+        retry_after: Duration,
+    },
     #[error("the database is unavailable")]
     Database(#[from] sqlx::Error),
     #[error("internal error: {0}")]
@@ -68,12 +104,20 @@ pub enum Withdrawn {
     Already,
 }
 
+/// Messages stamped this long before a claim are read when settling it: the claim
+/// time is the database's clock, a message's timestamp the producer's.
+const CLOCK_MARGIN: chrono::Duration = chrono::Duration::seconds(60);
+
+/// Longest a search of the log for one unconfirmed event may take.
+const SEARCH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What to do with one referral of a submission.
 enum Plan {
-    /// Publish its event; `claimed` when this submission holds the receipt's claim.
+    /// Publish its event: this submission holds the claim, made or taken over at
+    /// `attempted_at`.
     Publish {
-        claimed: bool,
         received_at: DateTime<Utc>,
+        attempted_at: DateTime<Utc>,
     },
     Done(Result<Taken, IntakeError>),
 }
@@ -82,21 +126,37 @@ enum Plan {
 pub struct Intake {
     pool: PgPool,
     producer: Producer,
-    /// A pending claim older than this is treated as abandoned.
-    abandon_after: chrono::Duration,
+    /// For reading the log back when settling an unconfirmed claim.
+    kafka: KafkaSettings,
+    /// The producer's message timeout: its deliveries resolve within this.
+    delivery_timeout: Duration,
     events_topic: String,
     clock: linkwork_domain::Clock,
 }
 
 impl Intake {
-    pub fn new(pool: PgPool, producer: Producer) -> Self {
+    /// `producer` must give up on a delivery after `delivery_timeout` (its
+    /// `message.timeout.ms`): an attempt is settled a margin after that.
+    pub fn new(
+        pool: PgPool,
+        producer: Producer,
+        kafka: KafkaSettings,
+        delivery_timeout: Duration,
+    ) -> Self {
         Self {
             pool,
             producer,
-            abandon_after: chrono::Duration::minutes(1),
+            kafka,
+            delivery_timeout,
             events_topic: REFERRAL_EVENTS.to_owned(),
             clock: linkwork_domain::Clock::system(),
         }
+    }
+
+    /// How long after an attempt began a request of it may still land on the log: the
+    /// producer's message timeout, and as long again for a request the broker holds.
+    fn settle_after(&self) -> Duration {
+        self.delivery_timeout * 2 + Duration::from_secs(2)
     }
 
     /// Stamps events with `clock` (the demo runs a borough's year in minutes). Claims
@@ -178,56 +238,159 @@ impl Intake {
         referral: &ValidatedReferral,
     ) -> Result<Plan, sqlx::Error> {
         let source = referral.source.to_string();
-        if let Some(received_at) = receipts::claim(
-            connection,
-            referral.referral_id,
-            &source,
-            &referral.identifier.system,
-            &referral.identifier.value,
-            &referral.content_hash,
-        )
-        .await?
-        {
-            return Ok(Plan::Publish {
-                claimed: true,
-                received_at,
-            });
-        }
-        let Some(existing) = receipts::find(connection, referral.referral_id).await? else {
-            // Released between our claim and our look: claim again.
-            return Box::pin(self.plan(connection, referral)).await;
-        };
-        if existing.content_hash == referral.content_hash {
-            return Ok(if existing.published {
-                Plan::Done(Ok(Taken::Duplicate {
-                    received_at: existing.received_at,
-                }))
-            } else {
-                // Pending: publishing the same event again is harmless.
-                Plan::Publish {
-                    claimed: false,
-                    received_at: existing.received_at,
-                }
-            });
-        }
-        let abandoned_before = Utc::now() - self.abandon_after;
-        if !existing.published
-            && existing.received_at < abandoned_before
-            && receipts::reclaim_abandoned(
+        let referral_id = referral.referral_id;
+        let settle_after = self.settle_after();
+        let mut waited_for_attempt = false;
+        // Each pass either decides or sees the receipt change under it (another
+        // submission claimed, published or took over meanwhile); a few passes suffice.
+        for _ in 0..8 {
+            if let Some(received_at) = receipts::claim(
                 connection,
-                referral.referral_id,
-                &existing.content_hash,
+                referral_id,
+                &source,
+                &referral.identifier.system,
+                &referral.identifier.value,
                 &referral.content_hash,
-                abandoned_before,
             )
             .await?
-        {
-            return Ok(Plan::Publish {
-                claimed: true,
-                received_at: Utc::now(),
-            });
+            {
+                // A new claim's attempt time defaults to the same `now()`.
+                return Ok(Plan::Publish {
+                    received_at,
+                    attempted_at: received_at,
+                });
+            }
+            let Some(existing) =
+                receipts::find_claim(connection, referral_id, settle_after).await?
+            else {
+                continue; // released between our claim and our look: claim again
+            };
+            if existing.published() {
+                return Ok(Plan::Done(self.answer_published(referral, &existing)));
+            }
+            if existing.state == "pending" && !existing.settled() && !waited_for_attempt {
+                // Another submission may be publishing it right now: its outcome is
+                // known within the delivery timeout.
+                waited_for_attempt = true;
+                self.wait_for_attempt(connection, referral_id, &existing)
+                    .await?;
+                continue;
+            }
+            match self.find_on_log(referral_id, existing.received_at).await {
+                Ok(Some(offset)) => {
+                    tracing::info!(%referral_id, offset, "an unconfirmed referral is on the log");
+                    receipts::mark_published(
+                        connection,
+                        referral_id,
+                        &source,
+                        &referral.identifier.system,
+                        &referral.identifier.value,
+                        &existing.content_hash,
+                    )
+                    .await?;
+                    return Ok(Plan::Done(self.answer_published(referral, &existing)));
+                }
+                Ok(None) if existing.settled() => {
+                    if let Some((received_at, attempted_at)) = receipts::take_over(
+                        connection,
+                        referral_id,
+                        &existing,
+                        &referral.content_hash,
+                        settle_after,
+                    )
+                    .await?
+                    {
+                        tracing::info!(%referral_id, "an unconfirmed referral is not on the log: publishing it afresh");
+                        return Ok(Plan::Publish {
+                            received_at,
+                            attempted_at,
+                        });
+                    }
+                    continue; // changed meanwhile
+                }
+                Ok(None) => {
+                    return Ok(Plan::Done(Err(IntakeError::Unsettled {
+                        referral_id,
+                        retry_after: Duration::from_secs_f64(existing.settles_in.max(1.0)),
+                    })));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, %referral_id, "cannot read the log to settle a referral");
+                    return Ok(Plan::Done(Err(IntakeError::Unsettled {
+                        referral_id,
+                        retry_after: Duration::from_secs(5),
+                    })));
+                }
+            }
         }
-        Ok(Plan::Done(Err(IntakeError::Conflict(referral.referral_id))))
+        Ok(Plan::Done(Err(IntakeError::Unsettled {
+            referral_id,
+            retry_after: Duration::from_secs(1),
+        })))
+    }
+
+    /// The answer for a referral whose event is on the log: a duplicate when the content
+    /// is the same, a conflict otherwise.
+    fn answer_published(
+        &self,
+        referral: &ValidatedReferral,
+        existing: &receipts::Claim,
+    ) -> Result<Taken, IntakeError> {
+        if existing.content_hash == referral.content_hash {
+            Ok(Taken::Duplicate {
+                received_at: existing.received_at,
+            })
+        } else {
+            Err(IntakeError::Conflict(referral.referral_id))
+        }
+    }
+
+    /// Waits until the attempt of `existing` is decided by its own submission (the
+    /// receipt changes) or its delivery must have resolved.
+    async fn wait_for_attempt(
+        &self,
+        connection: &mut sqlx::PgConnection,
+        referral_id: ReferralId,
+        existing: &receipts::Claim,
+    ) -> Result<(), sqlx::Error> {
+        // The delivery resolves within the timeout; telling a failure apart takes about
+        // a second more (`Producer::may_have_sent`).
+        let deadline = tokio::time::Instant::now() + self.delivery_timeout + Duration::from_secs(3);
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = receipts::find_claim(connection, referral_id, self.settle_after()).await?;
+            let unchanged = now.as_ref().is_some_and(|claim| {
+                claim.state == existing.state
+                    && claim.attempted_at == existing.attempted_at
+                    && claim.content_hash == existing.content_hash
+            });
+            if !unchanged {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Where `ReferralReceived` of `referral_id` is on the log, if it is: read from its
+    /// partition from just before `received_at` up to the high watermark.
+    async fn find_on_log(
+        &self,
+        referral_id: ReferralId,
+        received_at: DateTime<Utc>,
+    ) -> Result<Option<i64>, BusError> {
+        let partitions = self.producer.partition_count(&self.events_topic).await?;
+        let key = referral_id.to_string();
+        lookup::find_event(
+            &self.kafka,
+            EventSearch {
+                topic: self.events_topic.clone(),
+                partition: partition_for(key.as_bytes(), partitions),
+                since: received_at - CLOCK_MARGIN,
+                event_id: *received_event_id(referral_id).as_uuid(),
+                timeout: SEARCH_TIMEOUT,
+            },
+        )
+        .await
     }
 
     async fn execute(
@@ -236,107 +399,139 @@ impl Intake {
         plans: Vec<Plan>,
     ) -> Vec<Result<Taken, IntakeError>> {
         let now = self.clock.now();
-        let mut to_publish = Vec::new();
-        let mut positions = Vec::new();
         let mut results: Vec<Option<Result<Taken, IntakeError>>> = Vec::with_capacity(plans.len());
-        let mut meta = Vec::new();
+        let mut claimed = Vec::new();
+        let mut to_publish = Vec::new();
         for (index, (referral, plan)) in referrals.into_iter().zip(plans).enumerate() {
             match plan {
                 Plan::Done(result) => results.push(Some(result)),
                 Plan::Publish {
-                    claimed,
                     received_at,
+                    attempted_at,
                 } => {
                     results.push(None);
-                    positions.push(index);
-                    meta.push((
-                        referral.referral_id,
-                        referral.source.to_string(),
-                        referral.identifier.clone(),
-                        referral.content_hash.clone(),
-                        claimed,
-                        received_at,
-                    ));
-                    let event_id = EventId::derive(&[
-                        "referral",
-                        &referral.referral_id.to_string(),
-                        "received",
-                    ]);
-                    to_publish.push((
-                        event_id,
-                        ReferralEvent::Received(Box::new(referral.into_event(now))),
-                    ));
+                    claimed.push((index, referral, received_at, attempted_at));
                 }
             }
         }
-        if !to_publish.is_empty() {
-            let deliveries = self
-                .producer
-                .publish_batch(&self.events_topic, EVENT_SOURCE, now, &to_publish)
-                .await;
-            let mut connection = match self.pool.acquire().await {
-                Ok(connection) => Some(connection),
+        if claimed.is_empty() {
+            return finish(results);
+        }
+        let mut connection = match self.pool.acquire().await {
+            Ok(connection) => connection,
+            Err(error) => {
+                // Nothing was sent: the claims stay pending and settle as abandoned.
+                for (index, ..) in &claimed {
+                    results[*index] = Some(Err(IntakeError::Database(clone_error(&error))));
+                }
+                return finish(results);
+            }
+        };
+        // The attempt starts now, not at the claim: planning the rest of a batch may
+        // have taken a while, and settling counts from the attempt.
+        let held = match receipts::begin_attempts(
+            &mut connection,
+            &claimed
+                .iter()
+                .map(|(_, referral, _, attempted_at)| {
+                    (*referral.referral_id.as_uuid(), *attempted_at)
+                })
+                .collect::<Vec<_>>(),
+        )
+        .await
+        {
+            Ok(held) => held
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+            Err(error) => {
+                for (index, ..) in &claimed {
+                    results[*index] = Some(Err(IntakeError::Database(clone_error(&error))));
+                }
+                return finish(results);
+            }
+        };
+        let mut meta = Vec::new();
+        for (index, referral, received_at, _) in claimed {
+            let referral_id = referral.referral_id;
+            let Some(attempted_at) = held.get(referral_id.as_uuid()).copied() else {
+                // Taken over by another submission meanwhile: it publishes, not us.
+                results[index] = Some(Err(IntakeError::Unsettled {
+                    referral_id,
+                    retry_after: Duration::from_secs(1),
+                }));
+                continue;
+            };
+            meta.push((
+                index,
+                referral_id,
+                referral.source.to_string(),
+                referral.identifier.clone(),
+                referral.content_hash.clone(),
+                received_at,
+                attempted_at,
+            ));
+            to_publish.push((
+                received_event_id(referral_id),
+                ReferralEvent::Received(Box::new(referral.into_event(now))),
+            ));
+        }
+        if to_publish.is_empty() {
+            return finish(results);
+        }
+        let deliveries = self
+            .producer
+            .publish_batch(&self.events_topic, EVENT_SOURCE, now, &to_publish)
+            .await;
+        let may_have_sent = if deliveries.iter().any(Result::is_err) {
+            self.producer.may_have_sent().await
+        } else {
+            false
+        };
+        for (delivery, (index, referral_id, source, identifier, hash, received_at, attempted_at)) in
+            deliveries.into_iter().zip(meta)
+        {
+            let outcome = match delivery {
+                Ok(_) => {
+                    if let Err(error) = receipts::mark_published(
+                        &mut connection,
+                        referral_id,
+                        &source,
+                        &identifier.system,
+                        &identifier.value,
+                        &hash,
+                    )
+                    .await
+                    {
+                        // The event is on the log; a resubmission settles the pending
+                        // claim by finding it there.
+                        tracing::warn!(%error, %referral_id, "published but not recorded");
+                    }
+                    Ok(Taken::Created { received_at })
+                }
+                Err(error) if may_have_sent => {
+                    if let Err(record_error) =
+                        receipts::mark_unconfirmed(&mut connection, referral_id, attempted_at).await
+                    {
+                        // Still pending: settled the same way, as abandoned.
+                        tracing::warn!(%record_error, %referral_id, "could not record an unconfirmed claim");
+                    }
+                    Err(IntakeError::Unconfirmed {
+                        error,
+                        retry_after: self.settle_after(),
+                    })
+                }
                 Err(error) => {
-                    tracing::error!(%error, "cannot record published referrals");
-                    None
+                    if let Err(release_error) =
+                        receipts::release(&mut connection, referral_id, &hash).await
+                    {
+                        tracing::warn!(%release_error, %referral_id, "could not release a claim");
+                    }
+                    Err(IntakeError::Unavailable(error))
                 }
             };
-            for (
-                (position, delivery),
-                (referral_id, source, identifier, hash, claimed, received_at),
-            ) in positions.into_iter().zip(deliveries).zip(meta)
-            {
-                let outcome = match delivery {
-                    Ok(_) => {
-                        let recorded = match connection.as_mut() {
-                            Some(connection) => {
-                                receipts::mark_published(
-                                    connection,
-                                    referral_id,
-                                    &source,
-                                    &identifier.system,
-                                    &identifier.value,
-                                    &hash,
-                                )
-                                .await
-                            }
-                            None => Err(sqlx::Error::PoolTimedOut),
-                        };
-                        if let Err(error) = recorded {
-                            // The event is on the log; a resubmission will find the
-                            // pending claim with the same content and finish it.
-                            tracing::warn!(%error, %referral_id, "published but not recorded");
-                        }
-                        Ok(if claimed {
-                            Taken::Created { received_at }
-                        } else {
-                            Taken::Duplicate { received_at }
-                        })
-                    }
-                    Err(error) => {
-                        if claimed {
-                            if let Some(connection) = connection.as_mut() {
-                                if let Err(release_error) =
-                                    receipts::release(connection, referral_id, &hash).await
-                                {
-                                    tracing::warn!(%release_error, %referral_id, "could not release a claim");
-                                }
-                            }
-                        }
-                        Err(IntakeError::Unavailable(error))
-                    }
-                };
-                results[position] = Some(outcome);
-            }
+            results[index] = Some(outcome);
         }
-        results
-            .into_iter()
-            .map(|result| {
-                result.unwrap_or(Err(IntakeError::Internal(
-                    "a referral was planned but not carried out",
-                )))
-            })
-            .collect()
+        finish(results)
     }
 
     async fn release_claims(&self, referrals: &[ValidatedReferral], plans: &[Plan]) {
@@ -344,7 +539,7 @@ impl Intake {
             return;
         };
         for (referral, plan) in referrals.iter().zip(plans) {
-            if let Plan::Publish { claimed: true, .. } = plan {
+            if let Plan::Publish { .. } = plan {
                 let _ = receipts::release(
                     &mut connection,
                     referral.referral_id,
@@ -409,5 +604,30 @@ impl Intake {
             .map_err(IntakeError::Unavailable)?;
         receipts::mark_cancelled(&mut connection, referral_id).await?;
         Ok(Withdrawn::Now)
+    }
+}
+
+/// The id of a referral's `ReferralReceived`: the same for every attempt.
+fn received_event_id(referral_id: ReferralId) -> EventId {
+    EventId::derive(&["referral", &referral_id.to_string(), "received"])
+}
+
+fn finish(results: Vec<Option<Result<Taken, IntakeError>>>) -> Vec<Result<Taken, IntakeError>> {
+    results
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or(Err(IntakeError::Internal(
+                "a referral was planned but not carried out",
+            )))
+        })
+        .collect()
+}
+
+/// `sqlx::Error` is not `Clone`; each referral of a batch gets its own copy.
+fn clone_error(error: &sqlx::Error) -> sqlx::Error {
+    match error {
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        other => sqlx::Error::Protocol(other.to_string()),
     }
 }

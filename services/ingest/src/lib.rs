@@ -92,11 +92,16 @@ impl Application {
         if settings.http.public_base_url.is_empty() {
             settings.http.public_base_url = format!("http://{}", listener.local_addr()?);
         }
-        let producer = Producer::with_delivery_timeout(kafka, settings.delivery_timeout)
+        let producer = Producer::tracking_sends(kafka, settings.delivery_timeout)
             .map_err(|error| std::io::Error::other(error.to_string()))?;
-        let intake = intake::Intake::new(pool.clone(), producer.clone())
-            .with_events_topic(settings.http.events_topic.clone())
-            .with_clock(settings.http.clock.clone());
+        let intake = intake::Intake::new(
+            pool.clone(),
+            producer.clone(),
+            kafka.clone(),
+            settings.delivery_timeout,
+        )
+        .with_events_topic(settings.http.events_topic.clone())
+        .with_clock(settings.http.clock.clone());
         let state = http::AppState::new(
             intake,
             verifier,

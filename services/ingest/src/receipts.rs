@@ -78,28 +78,121 @@ pub async fn find_many_for_update(
     .await
 }
 
-/// Takes over an abandoned pending claim (a crash between claim and publish) for new
-/// content. False if the row changed meanwhile.
-pub async fn reclaim_abandoned(
+/// A receipt as the intake decides on it: its state and its latest publish attempt.
+/// Read with runtime-checked SQL (`sqlx::query_as`).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Claim {
+    pub content_hash: String,
+    /// `pending` (an attempt under way, or abandoned by a crash), `unconfirmed` (the
+    /// attempt's delivery failed; it may still be on the log) or `published`.
+    pub state: String,
+    pub received_at: DateTime<Utc>,
+    pub attempted_at: DateTime<Utc>,
+    /// Seconds until the latest attempt can no longer land (zero or less: settled).
+    pub settles_in: f64,
+}
+
+impl Claim {
+    pub fn published(&self) -> bool {
+        self.state == "published"
+    }
+
+    /// The latest attempt is old enough that no request of it can still land.
+    pub fn settled(&self) -> bool {
+        self.settles_in <= 0.0
+    }
+}
+
+/// The receipt of a referral with its attempt, `settle_after` being how long after an
+/// attempt began a request of it may still land.
+pub async fn find_claim(
     connection: &mut PgConnection,
     referral_id: ReferralId,
-    previous_hash: &str,
-    content_hash: &str,
-    abandoned_before: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query!(
+    settle_after: std::time::Duration,
+) -> Result<Option<Claim>, sqlx::Error> {
+    sqlx::query_as::<_, Claim>(
         r#"
-        UPDATE ingest_receipts SET content_hash = $3, received_at = now()
-        WHERE referral_id = $1 AND content_hash = $2 AND state = 'pending' AND received_at < $4
+        SELECT content_hash, state, received_at, attempted_at,
+               EXTRACT(EPOCH FROM attempted_at + make_interval(secs => $2) - now())::FLOAT8 AS settles_in
+        FROM ingest_receipts WHERE referral_id = $1
         "#,
-        referral_id.as_uuid(),
-        previous_hash,
-        content_hash,
-        abandoned_before,
     )
+    .bind(referral_id.as_uuid())
+    .bind(settle_after.as_secs_f64())
+    .fetch_optional(&mut *connection)
+    .await
+}
+
+/// Takes over a claim whose latest attempt is settled and was not found on the log,
+/// for `content_hash` (the same content, or new content: then it is received now).
+/// Returns the receipt's `(received_at, attempted_at)`; `None` if the row changed
+/// meanwhile or the attempt is not settled yet.
+pub async fn take_over(
+    connection: &mut PgConnection,
+    referral_id: ReferralId,
+    previous: &Claim,
+    content_hash: &str,
+    settle_after: std::time::Duration,
+) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as::<_, (DateTime<Utc>, DateTime<Utc>)>(
+        r#"
+        UPDATE ingest_receipts
+        SET content_hash = $4, state = 'pending', attempted_at = now(),
+            received_at = CASE WHEN content_hash = $4 THEN received_at ELSE now() END
+        WHERE referral_id = $1 AND content_hash = $2 AND attempted_at = $3
+          AND state <> 'published' AND attempted_at < now() - make_interval(secs => $5)
+        RETURNING received_at, attempted_at
+        "#,
+    )
+    .bind(referral_id.as_uuid())
+    .bind(&previous.content_hash)
+    .bind(previous.attempted_at)
+    .bind(content_hash)
+    .bind(settle_after.as_secs_f64())
+    .fetch_optional(&mut *connection)
+    .await
+}
+
+/// Starts the attempts of claims about to be published (`(referral_id, attempted_at)`
+/// as claimed): their attempt time becomes now, so the time a request may still land
+/// counts from the send, not from the claim. Returns the claims still held, with
+/// their new attempt time; a claim missing was taken over meanwhile.
+pub async fn begin_attempts(
+    connection: &mut PgConnection,
+    claims: &[(Uuid, DateTime<Utc>)],
+) -> Result<Vec<(Uuid, DateTime<Utc>)>, sqlx::Error> {
+    let (ids, attempts): (Vec<Uuid>, Vec<DateTime<Utc>>) = claims.iter().copied().unzip();
+    sqlx::query_as::<_, (Uuid, DateTime<Utc>)>(
+        r#"
+        UPDATE ingest_receipts AS receipt SET attempted_at = now()
+        FROM UNNEST($1::UUID[], $2::TIMESTAMPTZ[]) AS claim (referral_id, attempted_at)
+        WHERE receipt.referral_id = claim.referral_id AND receipt.attempted_at = claim.attempted_at
+          AND receipt.state = 'pending'
+        RETURNING receipt.referral_id, receipt.attempted_at
+        "#,
+    )
+    .bind(ids)
+    .bind(attempts)
+    .fetch_all(&mut *connection)
+    .await
+}
+
+/// Records that an attempt's delivery failed after a request may have reached the
+/// broker: the claim stays, unconfirmed, until the log is read to settle it.
+pub async fn mark_unconfirmed(
+    connection: &mut PgConnection,
+    referral_id: ReferralId,
+    attempted_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE ingest_receipts SET state = 'unconfirmed' \
+         WHERE referral_id = $1 AND attempted_at = $2 AND state = 'pending'",
+    )
+    .bind(referral_id.as_uuid())
+    .bind(attempted_at)
     .execute(&mut *connection)
     .await?;
-    Ok(updated.rows_affected() == 1)
+    Ok(())
 }
 
 /// Records that the referral's event is on the log (inserting the receipt if another
@@ -130,7 +223,8 @@ pub async fn mark_published(
     Ok(())
 }
 
-/// Gives a claim back after publishing failed: the referral was not taken.
+/// Gives a claim back when nothing of it can be on the log (no attempt was made, or
+/// the producer never sent a request): the referral was not taken.
 pub async fn release(
     connection: &mut PgConnection,
     referral_id: ReferralId,

@@ -416,6 +416,24 @@ pub fn intake_error(error: IntakeError) -> FhirError {
             tracing::warn!(%error, "event log unavailable");
             FhirError::unavailable("the event log is unavailable; nothing was taken, please retry", 5)
         }
+        IntakeError::Unconfirmed { error, retry_after } => {
+            tracing::warn!(%error, "event log did not confirm a referral");
+            FhirError::unavailable(
+                "the event log did not confirm the referral, so it may or may not have been taken; \
+                 send the same referral again to learn which (it is never taken twice)",
+                retry_after.as_secs_f64().ceil() as u64,
+            )
+        }
+        IntakeError::Unsettled {
+            referral_id,
+            retry_after,
+        } => FhirError::unavailable(
+            format!(
+                "an earlier submission of referral {referral_id} is not settled yet; nothing was \
+                 taken now, please retry"
+            ),
+            retry_after.as_secs_f64().ceil() as u64,
+        ),
         IntakeError::Database(error) => {
             tracing::warn!(%error, "database unavailable");
             FhirError::unavailable("linkwork's database is unavailable; nothing was taken, please retry", 5)

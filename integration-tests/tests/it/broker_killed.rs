@@ -1,0 +1,466 @@
+//! An acknowledgement that means what it says: referrals posted over HTTP while the
+//! broker is killed (SIGKILL) and restarted. Every referral answered 2xx is on the log
+//! once and routed once; every one answered 503 is, when resubmitted, taken once
+//! (200 with the same id if the first attempt had landed after all, 201 if not) and
+//! never gets a second `ReferralReceived`.
+//!
+//! The broker is the test's own (`OwnBroker`), so killing it disturbs no other test.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use linkwork_auth::{Role, Verifier};
+use linkwork_bus::headers::{CE_ID, CE_TYPE};
+use linkwork_bus::{OutboxRelay, RelayConfig};
+use linkwork_ingest::{Application, IngestSettings};
+use linkwork_router::directory::{self, DirectoryDocument};
+use linkwork_router::{Router, RouterConfig, RouterTopics};
+use linkwork_testkit::broker::OwnBroker;
+use linkwork_testkit::gp_referral;
+use secrecy::SecretString;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{stack, unique, ReadMessage, Stack};
+
+const DEV_SECRET: &str = "broker-killed-tests-development-secret-0123456789";
+const RECEIVED: &str = "linkwork.referral.received.v1";
+const ROUTED: &str = "linkwork.referral.routed.v1";
+
+/// Referrals posted, and how many are in flight at once.
+const REFERRALS: usize = 300;
+const CONCURRENCY: usize = 8;
+
+/// One provider with room for everyone in LS1 (the test referral's postcode).
+const DIRECTORY: &str = r#"
+providers:
+  - id: connectors
+    name: Community Connectors
+    kind: want
+    areas: { postcode_districts: [LS1] }
+    needs: [social-isolation, loneliness]
+    capacity: 100000
+    accept_within_working_days: 5
+"#;
+
+/// An HTTP answer to one POST.
+#[derive(Debug, Clone)]
+struct Answer {
+    status: u16,
+    /// The referral id from `Location`, on 2xx.
+    referral_id: Option<String>,
+    retry_after: Option<u64>,
+    body: String,
+}
+
+async fn post(client: &reqwest::Client, address: &str, token: &str, reference: &str) -> Answer {
+    let response = client
+        .post(format!("{address}/fhir/ServiceRequest"))
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .body(gp_referral(reference).to_string())
+        .send()
+        .await
+        .expect("ingest answers");
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    let referral_id = header("location").and_then(|location| {
+        location
+            .split("/fhir/ServiceRequest/")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .map(str::to_owned)
+    });
+    let retry_after = header("retry-after").and_then(|seconds| seconds.parse().ok());
+    let body = response.text().await.unwrap_or_default();
+    Answer {
+        status,
+        referral_id,
+        retry_after,
+        body,
+    }
+}
+
+/// Runs `start()` until shutdown, starting it again whenever it stops with an error
+/// (a consumer may give up while the broker is down; a restart is what an operator's
+/// supervisor would do).
+fn supervise<F, Fut>(shutdown: CancellationToken, what: &'static str, start: F)
+where
+    F: Fn(CancellationToken) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), linkwork_bus::BusError>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        while !shutdown.is_cancelled() {
+            if let Err(error) = start(shutdown.clone()).await {
+                tracing::warn!(%error, what, "stopped with an error; starting again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+}
+
+async fn read_all(stack: &Stack, topic: &str, expected: usize) -> Vec<ReadMessage> {
+    let stack = stack.with_brokers(stack.kafka.brokers.clone());
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        stack.read_topic(
+            &topic,
+            expected,
+            Duration::from_secs(60),
+            Duration::from_secs(2),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn referrals_acknowledged_while_the_broker_is_killed_are_on_the_log_once_and_routed_once() {
+    let broker = Arc::new(tokio::task::spawn_blocking(OwnBroker::start).await.unwrap());
+    let stack = stack().with_brokers(broker.bootstrap());
+    let pool = stack.database().await;
+    linkwork_ingest::migrate(&pool).await.unwrap();
+    linkwork_router::migrate(&pool).await.unwrap();
+
+    let prefix = unique("bk");
+    let topics = RouterTopics {
+        events: format!("{prefix}.referral.events"),
+        triage: format!("{prefix}.triage.referrals"),
+        dlq: format!("{prefix}.router.dlq"),
+        queue_prefix: format!("{prefix}."),
+    };
+    stack.create_topic(&topics.events, 3).await;
+    stack.create_topic(&topics.triage, 1).await;
+    stack.create_topic(&topics.dlq, 1).await;
+    let document = DirectoryDocument::parse(DIRECTORY).unwrap();
+    let queues: Vec<String> = document
+        .provider_ids()
+        .iter()
+        .map(|provider| topics.provider_queue(provider))
+        .collect();
+    for queue in &queues {
+        stack.create_topic(queue, 1).await;
+    }
+    let mut transaction = pool.begin().await.unwrap();
+    directory::store(&mut transaction, &document, "test")
+        .await
+        .unwrap();
+    transaction.commit().await.unwrap();
+
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let relay_notify = Arc::new(tokio::sync::Notify::new());
+    supervise(shutdown.clone(), "outbox relay", {
+        let pool = pool.clone();
+        let kafka = stack.kafka.clone();
+        let notify = relay_notify.clone();
+        move |shutdown| {
+            let pool = pool.clone();
+            let kafka = kafka.clone();
+            let notify = notify.clone();
+            async move {
+                let relay = OutboxRelay::new(pool, &kafka, RelayConfig::default())?;
+                let relay_own = relay.notifier();
+                // Forward the router's notifications to whichever relay runs now.
+                let forward = tokio::spawn(async move {
+                    loop {
+                        notify.notified().await;
+                        relay_own.notify_one();
+                    }
+                });
+                let outcome = relay.run(shutdown).await;
+                forward.abort();
+                outcome
+            }
+        }
+    });
+    supervise(shutdown.clone(), "router", {
+        let pool = pool.clone();
+        let kafka = stack.kafka.clone();
+        let topics = topics.clone();
+        let group = unique("router");
+        let notify = relay_notify.clone();
+        move |shutdown| {
+            let router = Router::new(
+                RouterConfig {
+                    topics: topics.clone(),
+                    group_id: group.clone(),
+                    ..RouterConfig::default()
+                },
+                kafka.clone(),
+                pool.clone(),
+                Some(notify.clone()),
+            );
+            router.run(shutdown)
+        }
+    });
+
+    let mut settings = IngestSettings::new("127.0.0.1:0".parse().unwrap());
+    settings.http.events_topic = topics.events.clone();
+    // Short, so posts during the outage are answered 503 while it lasts.
+    settings.delivery_timeout = Duration::from_secs(2);
+    let verifier = Verifier::dev(SecretString::from(DEV_SECRET)).unwrap();
+    let application = Application::build(settings, &stack.kafka, pool.clone(), verifier)
+        .await
+        .unwrap();
+    let address = format!("http://127.0.0.1:{}", application.port());
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { application.run_until_stopped(shutdown).await.unwrap() }
+    });
+    let token = linkwork_auth::dev_token(
+        &SecretString::from(DEV_SECRET),
+        Role::Source,
+        "gp:A81001",
+        &Role::Source.default_scopes("gp:A81001"),
+        3600,
+    )
+    .unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(90))
+        .build()
+        .unwrap();
+
+    // Post everything, CONCURRENCY at a time; kill the broker a third of the way in,
+    // start it again two seconds later, and keep posting throughout.
+    let references: Vec<String> = (0..REFERRALS)
+        .map(|number| format!("{prefix}-{number:04}"))
+        .collect();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut posts = Vec::new();
+    let mut killed = false;
+    for reference in &references {
+        let permit = gate.clone().acquire_owned().await.unwrap();
+        let (client, address, token, reference, counter) = (
+            client.clone(),
+            address.clone(),
+            token.clone(),
+            reference.clone(),
+            answered.clone(),
+        );
+        posts.push(tokio::spawn(async move {
+            let answer = post(&client, &address, &token, &reference).await;
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(permit);
+            (reference, answer)
+        }));
+        if !killed && answered.load(Ordering::SeqCst) >= REFERRALS / 3 {
+            killed = true;
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                tokio::task::spawn_blocking({
+                    let broker = broker.clone();
+                    move || broker.kill()
+                })
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                tokio::task::spawn_blocking(move || broker.restart())
+                    .await
+                    .unwrap();
+            });
+        }
+    }
+    let mut first: BTreeMap<String, Answer> = BTreeMap::new();
+    for post in posts {
+        let (reference, answer) = post.await.unwrap();
+        first.insert(reference, answer);
+    }
+    // The broker may still be starting if the posts outran the restart.
+    let restarted = {
+        let broker = broker.clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        tokio::task::spawn_blocking(move || {
+            while broker.pid().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            broker.pid().is_some()
+        })
+        .await
+        .unwrap()
+    };
+    assert!(restarted, "the broker was killed and started again");
+
+    let acknowledged = first
+        .values()
+        .filter(|answer| (200..300).contains(&answer.status))
+        .count();
+    let refused: Vec<&String> = first
+        .iter()
+        .filter(|(_, answer)| answer.status == 503)
+        .map(|(reference, _)| reference)
+        .collect();
+    eprintln!(
+        "{REFERRALS} referrals: {acknowledged} acknowledged, {} answered 503 during the outage",
+        refused.len()
+    );
+    for (reference, answer) in &first {
+        assert!(
+            (200..300).contains(&answer.status) || answer.status == 503,
+            "{reference}: {} {}",
+            answer.status,
+            answer.body
+        );
+        if answer.status == 503 {
+            assert!(answer.retry_after.is_some_and(|seconds| seconds >= 1));
+        }
+    }
+    assert!(
+        !refused.is_empty(),
+        "some posts fell in the outage (otherwise the test proves nothing)"
+    );
+
+    // Every 503 resubmitted until it is decided: 200 (it had landed) or 201 (it had
+    // not); never a conflict.
+    let mut decided: HashMap<String, Answer> = HashMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut pending: Vec<String> = refused
+        .iter()
+        .map(|reference| (*reference).clone())
+        .collect();
+    let mut resubmissions = 0;
+    while !pending.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} resubmissions still undecided: {:?}",
+            pending.len(),
+            pending.first().map(|reference| &first[reference].body)
+        );
+        let mut still = Vec::new();
+        for reference in pending {
+            resubmissions += 1;
+            let answer = post(&client, &address, &token, &reference).await;
+            match answer.status {
+                200 | 201 => {
+                    decided.insert(reference, answer);
+                }
+                503 => {
+                    assert!(answer.retry_after.is_some_and(|seconds| seconds >= 1));
+                    still.push(reference);
+                }
+                other => panic!("resubmitting {reference}: {other} {}", answer.body),
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let found_landed = decided
+        .values()
+        .filter(|answer| answer.status == 200)
+        .count();
+    eprintln!(
+        "resubmitted {} ({resubmissions} posts): {found_landed} had landed (200), {} had not (201)",
+        decided.len(),
+        decided.len() - found_landed
+    );
+
+    // The id of each referral, from its 2xx answer.
+    let mut ids: BTreeMap<String, String> = BTreeMap::new();
+    for (reference, answer) in first.iter().chain(decided.iter()) {
+        if (200..300).contains(&answer.status) {
+            let id = answer.referral_id.clone().expect("a 2xx has a Location");
+            if let Some(earlier) = ids.insert(reference.clone(), id.clone()) {
+                assert_eq!(earlier, id, "{reference} answered with two ids");
+            }
+        }
+    }
+    assert_eq!(ids.len(), REFERRALS, "every referral is taken in the end");
+
+    // The whole events topic, once every referral is routed.
+    let mut events = Vec::new();
+    for _ in 0..60 {
+        events = read_all(&stack, &topics.events, REFERRALS * 2).await;
+        let routed = events
+            .iter()
+            .filter(|message| message.header(CE_TYPE) == Some(ROUTED))
+            .count();
+        if routed >= REFERRALS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut received_by_referral: HashMap<String, Vec<&ReadMessage>> = HashMap::new();
+    let mut received_by_event: HashMap<String, usize> = HashMap::new();
+    let mut routed_by_referral: HashMap<String, usize> = HashMap::new();
+    for message in &events {
+        let key = message.key.clone().unwrap_or_default();
+        match message.header(CE_TYPE) {
+            Some(RECEIVED) => {
+                received_by_referral.entry(key).or_default().push(message);
+                *received_by_event
+                    .entry(message.header(CE_ID).unwrap_or_default().to_owned())
+                    .or_default() += 1;
+            }
+            Some(ROUTED) => *routed_by_referral.entry(key).or_default() += 1,
+            _ => {}
+        }
+    }
+    for (reference, id) in &ids {
+        let copies = received_by_referral
+            .get(id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let contents: Vec<String> = copies
+            .iter()
+            .map(|message| {
+                format!(
+                    "offset {} of partition {}: {}",
+                    message.offset,
+                    message.partition,
+                    String::from_utf8_lossy(&message.payload)
+                )
+            })
+            .collect();
+        assert_eq!(
+            copies.len(),
+            1,
+            "{reference} (first answered {}, resubmission {:?}) has {} ReferralReceived:\n{}",
+            first[reference].status,
+            decided.get(reference).map(|answer| answer.status),
+            copies.len(),
+            contents.join("\n")
+        );
+        assert_eq!(
+            routed_by_referral.get(id).copied().unwrap_or(0),
+            1,
+            "{reference} is routed once"
+        );
+    }
+    assert_eq!(
+        received_by_referral.len(),
+        REFERRALS,
+        "nothing but the posted referrals"
+    );
+    for (event_id, count) in &received_by_event {
+        assert_eq!(*count, 1, "event {event_id} is on the log {count} times");
+    }
+
+    // And each referral's Bundle reached the provider's queue once.
+    let mut bundles: HashMap<String, usize> = HashMap::new();
+    for queue in &queues {
+        for message in read_all(&stack, queue, REFERRALS).await {
+            *bundles
+                .entry(message.key.clone().unwrap_or_default())
+                .or_default() += 1;
+        }
+    }
+    for (reference, id) in &ids {
+        assert_eq!(
+            bundles.get(id).copied().unwrap_or(0),
+            1,
+            "{reference} reached a provider queue once"
+        );
+    }
+    shutdown.cancel();
+}
