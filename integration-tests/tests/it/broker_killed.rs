@@ -464,3 +464,116 @@ async fn referrals_acknowledged_while_the_broker_is_killed_are_on_the_log_once_a
     }
     shutdown.cancel();
 }
+
+/// Ingest on `events`, sharing `pool`, with a short delivery timeout.
+async fn ingest_on(
+    stack: &Stack,
+    pool: &linkwork_store::sqlx::PgPool,
+    events: &str,
+    shutdown: &CancellationToken,
+) -> String {
+    let mut settings = IngestSettings::new("127.0.0.1:0".parse().unwrap());
+    settings.http.events_topic = events.to_owned();
+    settings.delivery_timeout = Duration::from_secs(2);
+    let verifier = Verifier::dev(SecretString::from(DEV_SECRET)).unwrap();
+    let application = Application::build(settings, &stack.kafka, pool.clone(), verifier)
+        .await
+        .unwrap();
+    let address = format!("http://127.0.0.1:{}", application.port());
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move { application.run_until_stopped(shutdown).await.unwrap() });
+    address
+}
+
+/// Marks a referral's receipt as a publish whose acknowledgement never came, begun
+/// `seconds_ago`.
+async fn make_unconfirmed(
+    pool: &linkwork_store::sqlx::PgPool,
+    referral_id: &str,
+    seconds_ago: i64,
+) {
+    let updated = linkwork_store::sqlx::query(
+        "UPDATE ingest_receipts SET state = 'unconfirmed', published_at = NULL, \
+         attempted_at = now() - make_interval(secs => $2) WHERE referral_id = $1::UUID",
+    )
+    .bind(referral_id)
+    .bind(seconds_ago as f64)
+    .execute(pool)
+    .await
+    .unwrap();
+    assert_eq!(updated.rows_affected(), 1);
+}
+
+fn received_for(events: &[ReadMessage], referral_id: &str) -> usize {
+    events
+        .iter()
+        .filter(|message| {
+            message.header(CE_TYPE) == Some(RECEIVED) && message.key.as_deref() == Some(referral_id)
+        })
+        .count()
+}
+
+/// The two ways an unconfirmed publish settles, made deterministic: the event landed
+/// although its acknowledgement was lost (the receipt is set back to `unconfirmed`
+/// after a real publish), or it never landed (the same receipt against a log that
+/// does not hold the event). Landed: the resubmission is answered 200 with the same id
+/// and nothing is published again. Not landed: while the attempt is recent enough to
+/// land still, 503 with Retry-After and nothing published; once it is not, the
+/// resubmission publishes it (201), once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_publish_is_settled_against_the_log_before_anything_is_published_again() {
+    let stack = stack();
+    let pool = stack.database().await;
+    linkwork_ingest::migrate(&pool).await.unwrap();
+    let landed_on = stack.topic("it.settle.landed", 3).await;
+    let absent_on = stack.topic("it.settle.absent", 3).await;
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let first = ingest_on(&stack, &pool, &landed_on, &shutdown).await;
+    let token = linkwork_auth::dev_token(
+        &SecretString::from(DEV_SECRET),
+        Role::Source,
+        "gp:A81001",
+        &Role::Source.default_scopes("gp:A81001"),
+        3600,
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let reference = unique("settle");
+
+    let created = post(&client, &first, &token, &reference).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.referral_id.clone().expect("a Location");
+
+    // Landed, acknowledgement lost: found on the log, answered 200 with the same id.
+    make_unconfirmed(&pool, &id, 3600).await;
+    let again = post(&client, &first, &token, &reference).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.referral_id.as_deref(), Some(id.as_str()));
+    let state: String = linkwork_store::sqlx::query_scalar(
+        "SELECT state FROM ingest_receipts WHERE referral_id = $1::UUID",
+    )
+    .bind(&id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(state, "published", "settled");
+    let events = read_all(&stack, &landed_on, 1).await;
+    assert_eq!(received_for(&events, &id), 1, "not published again");
+
+    // Never landed (this log does not hold it), attempt just begun: undecidable yet.
+    let second = ingest_on(&stack, &pool, &absent_on, &shutdown).await;
+    make_unconfirmed(&pool, &id, 0).await;
+    let early = post(&client, &second, &token, &reference).await;
+    assert_eq!(early.status, 503, "{}", early.body);
+    assert!(early.retry_after.is_some_and(|seconds| seconds >= 1));
+    // Attempt long past: surely absent, so it is published now, once.
+    make_unconfirmed(&pool, &id, 3600).await;
+    let published = post(&client, &second, &token, &reference).await;
+    assert_eq!(published.status, 201, "{}", published.body);
+    assert_eq!(published.referral_id.as_deref(), Some(id.as_str()));
+    let resubmitted = post(&client, &second, &token, &reference).await;
+    assert_eq!(resubmitted.status, 200, "{}", resubmitted.body);
+    let events = read_all(&stack, &absent_on, 1).await;
+    assert_eq!(received_for(&events, &id), 1, "published once");
+}
