@@ -311,10 +311,10 @@ fn the_oruk_conformance_record_imports_into_a_new_directory_version_with_its_que
 }
 
 /// `linkwork serve all` on a fresh database, as an operator starts it. Dropping it
-/// stops it as an operator would, with SIGTERM, so its consumers leave their groups
-/// (Tansu 0.6 does not evict a member that vanished: a killed process would keep its
-/// partitions from every later run against the same broker); SIGKILL only if it has
-/// not stopped within 20 s.
+/// stops it as an operator would, with SIGTERM (its consumers leave their groups at
+/// once); SIGKILL only if it has not stopped within 20 s. A process that dies without
+/// leaving is evicted by Kafka after the consumers' session timeout:
+/// `serve_all_killed_with_sigkill_...` shows it.
 struct Served(std::process::Child);
 
 impl Drop for Served {
@@ -569,6 +569,218 @@ fn serve_all_takes_referrals_and_provider_responses_and_replay_rebuilds_the_same
     let _ = std::fs::remove_file(&directory);
 }
 
+/// Posts a synthetic GP referral and returns its id.
+fn post_referral(client: &reqwest::blocking::Client, base: &str, token: &str) -> String {
+    let reference = format!("CLI-{}", uuid::Uuid::new_v4().simple());
+    let response = client
+        .post(format!("{base}/fhir/ServiceRequest"))
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .body(linkwork_testkit::gp_referral(&reference).to_string())
+        .send()
+        .expect("ingest answers");
+    assert_eq!(response.status().as_u16(), 201);
+    let created: serde_json::Value = response.json().expect("a ServiceRequest");
+    created["id"].as_str().expect("an id").to_owned()
+}
+
+/// Waits until `serve all` answers `/readyz`, failing if the process exits first.
+fn wait_until_ready(served: &mut Served, base: &str) {
+    let client = reqwest::blocking::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client
+        .get(format!("{base}/readyz"))
+        .send()
+        .is_ok_and(|response| response.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "linkwork serve all did not become ready"
+        );
+        if let Ok(Some(status)) = served.0.try_wait() {
+            panic!("linkwork serve all exited: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// For each referral: (events applied by the projector by type, as `type:count`
+/// sorted, joined with commas). Every event id is unique in `history`, so a
+/// re-published copy would not show; a second *decision* (a second routing, a second
+/// acceptance) would.
+fn applied_events(url: &str, referrals: &[String]) -> std::collections::BTreeMap<String, String> {
+    let ids = referrals
+        .iter()
+        .map(|id| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT referral_id, string_agg(event_type || ':' || n, ',' ORDER BY event_type) FROM \
+         (SELECT referral_id, event_type, count(*) AS n FROM projection.history \
+          WHERE referral_id IN ({ids}) GROUP BY 1, 2) counted GROUP BY 1"
+    );
+    let output = Command::new("psql")
+        .arg(url)
+        .args(["-tA", "-F", " ", "-v", "ON_ERROR_STOP=1", "-c", &sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(id, counts)| (id.to_owned(), counts.to_owned()))
+        .collect()
+}
+
+/// Kafka evicts a consumer-group member whose process died once its session times out,
+/// so a `serve all` killed with SIGKILL in the middle of its work (referrals taken but
+/// not yet routed or projected, acceptances in flight) and started again gets every
+/// partition back. The transactional consumers and the outbox relay then make sure
+/// that nothing acknowledged is lost and nothing is decided twice: each referral is
+/// received once, routed once, and accepted once if it was.
+#[test]
+fn serve_all_killed_with_sigkill_mid_stream_and_restarted_loses_nothing_and_decides_nothing_twice()
+{
+    const SECRET: &str = "cli-tests-development-secret-0123456789abcdef";
+    let url = fresh_database();
+    run(linkwork().args(["topics", "apply"]));
+    let directory = std::env::temp_dir().join(format!(
+        "linkwork-cli-directory-{}.yaml",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(
+        &directory,
+        "providers:\n  - id: connectors\n    name: Community Connectors\n    kind: want\n    areas: { postcode_districts: [LS1] }\n    needs: [social-isolation, loneliness]\n    capacity: 1000\n    accept_within_working_days: 5\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let start = || {
+        let mut command = linkwork();
+        command
+            .args(["serve", "all"])
+            .env("LINKWORK_DATABASE_URL", &url)
+            .env("LINKWORK_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("LINKWORK_AUTH_DEV_SECRET", SECRET)
+            .env(
+                "LINKWORK_PSEUDONYM_KEY",
+                "cli-tests-pseudonym-key-0123456789abcdef",
+            )
+            .env("LINKWORK_DIRECTORY", &directory);
+        let mut served = Served(command.spawn().expect("linkwork serve all starts"));
+        wait_until_ready(&mut served, &base);
+        served
+    };
+    let token = |role: linkwork_auth::Role, client_id: &str| {
+        linkwork_auth::dev_token(
+            &secrecy::SecretString::from(SECRET),
+            role,
+            client_id,
+            &role.default_scopes(client_id),
+            600,
+        )
+        .unwrap()
+    };
+    let gp = token(linkwork_auth::Role::Source, "gp:A81001");
+    let connectors = token(linkwork_auth::Role::Provider, "connectors");
+    let client = reqwest::blocking::Client::new();
+    let status_of = |id: &str| -> Option<String> {
+        let response = client
+            .get(format!("{base}/fhir/Task/{}", task_id(id)))
+            .bearer_auth(&connectors)
+            .send()
+            .ok()?;
+        let task: serde_json::Value = response.json().ok()?;
+        task["status"].as_str().map(str::to_owned)
+    };
+    let wait_for = |id: &str, status: &str| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while status_of(id).as_deref() != Some(status) {
+            assert!(
+                Instant::now() < deadline,
+                "{id} did not reach {status} (is {:?})",
+                status_of(id)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let accept = |id: &str| {
+        let task = serde_json::json!({
+            "resourceType": "Task",
+            "id": task_id(id),
+            "status": "accepted",
+            "intent": "order",
+            "focus": { "reference": format!("ServiceRequest/{id}") },
+        });
+        let response = client
+            .put(format!("{base}/fhir/Task/{}", task_id(id)))
+            .bearer_auth(&connectors)
+            .header("content-type", "application/fhir+json")
+            .body(task.to_string())
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{id} accepted");
+    };
+
+    let mut first = start();
+    let routed_before: Vec<String> = (0..20)
+        .map(|_| post_referral(&client, &base, &gp))
+        .collect();
+    for id in &routed_before {
+        wait_for(id, "requested");
+    }
+    // Acceptances and new referrals, acknowledged, and the process killed right after
+    // the last answer: the router, projector and relay are still at work on them.
+    let accepted = &routed_before[..8];
+    for id in accepted {
+        accept(id);
+    }
+    let in_flight: Vec<String> = (0..30)
+        .map(|_| post_referral(&client, &base, &gp))
+        .collect();
+    first.0.kill().expect("SIGKILL");
+    first.0.wait().expect("reaped");
+    drop(first);
+
+    let _second = start();
+    // Referrals taken after the restart are routed too: the partitions came back.
+    let after: Vec<String> = (0..10)
+        .map(|_| post_referral(&client, &base, &gp))
+        .collect();
+    for id in accepted {
+        wait_for(id, "accepted");
+    }
+    for id in routed_before[8..].iter().chain(&in_flight).chain(&after) {
+        wait_for(id, "requested");
+    }
+    let all: Vec<String> = routed_before
+        .iter()
+        .chain(&in_flight)
+        .chain(&after)
+        .cloned()
+        .collect();
+    // Let anything still in flight land before counting what was applied.
+    std::thread::sleep(Duration::from_secs(2));
+    let applied = applied_events(&url, &all);
+    for id in &all {
+        let expected = if accepted.contains(id) {
+            "linkwork.referral.accepted.v1:1,linkwork.referral.received.v1:1,linkwork.referral.routed.v1:1"
+        } else {
+            "linkwork.referral.received.v1:1,linkwork.referral.routed.v1:1"
+        };
+        assert_eq!(
+            applied.get(id).map(String::as_str),
+            Some(expected),
+            "{id}: each event applied once"
+        );
+    }
+    let _ = std::fs::remove_file(&directory);
+}
+
 /// The Task of a referral's first routing attempt.
 fn task_id(referral: &str) -> String {
     linkwork_domain::ReferralId::from_uuid(uuid::Uuid::parse_str(referral).expect("a referral id"))
@@ -755,5 +967,41 @@ fn the_demo_without_waiting_drives_the_borough_and_its_summary_agrees_with_the_r
     assert!(
         printed.contains(&format!("({sources})")),
         "{sources} in\n{printed}"
+    );
+}
+
+#[test]
+fn topics_apply_exits_non_zero_when_it_refuses_to_grow_a_topic_ordered_by_key() {
+    let prefix = format!("cli-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let file = std::env::temp_dir().join(format!("{prefix}.yaml"));
+    let declare = |partitions: i32| {
+        std::fs::write(
+            &file,
+            format!(
+                "topics:\n  - {{name: {prefix}.events, partitions: {partitions}, retention: forever, cleanup_policy: delete, ordered_by_key: true, key: referral id, value: v, producers: [], consumers: []}}\n  - {{name: {prefix}.dlq, partitions: {partitions}, retention: 1d, cleanup_policy: delete, key: k, value: v, producers: [], consumers: []}}\n"
+            ),
+        )
+        .unwrap();
+    };
+    declare(1);
+    run(linkwork().args(["topics", "apply", "--file"]).arg(&file));
+    declare(2);
+    let output = linkwork()
+        .args(["topics", "apply", "--file"])
+        .arg(&file)
+        .output()
+        .expect("linkwork runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{prefix}.events: refused to add partitions (1 -> 2)"
+        )) && stderr.contains("create a new topic with 2 partitions"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains(&format!("grown      {prefix}.dlq: 1 -> 2 partitions")),
+        "the rest is applied: {stdout}"
     );
 }
