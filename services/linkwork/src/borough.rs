@@ -5,7 +5,9 @@
 //! to each referral once a provider has it (accepted or not, contact, groups attended,
 //! scores before and after).
 //!
-//! Deterministic given the seed. Every identifier is invented: NHS numbers come from
+//! Deterministic given the seed and the chapter (which run of the demo tells it: a
+//! later run goes on after the people and the days of the runs before it, with people
+//! of its own). Every identifier is invented: NHS numbers come from
 //! the never-issued 999 range (valid Modulus 11), names from short lists of common
 //! words, addresses from invented streets in LW postcodes. The plan is turned into
 //! real FHIR here (ServiceRequest, BaRS message, batch Bundle) and driven through the
@@ -77,6 +79,7 @@ pub struct Support {
 /// One referral the borough will make.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Referral {
+    /// The person's place in `Borough::people`.
     pub person: usize,
     /// The sending system (`gp:<ODS>`, `hospital:<ODS>`, `contact-centre`, `asc`,
     /// `org:<name>`, `self`).
@@ -92,10 +95,47 @@ pub struct Referral {
     pub fate: Fate,
 }
 
+/// Which part of the story a run of the demo tells. The first run starts on 2 June
+/// 2025 with person 0; a later one starts where the run before it stopped its clock,
+/// with the people after that run's, so no NHS number, referral identifier or ASC id
+/// is used twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chapter {
+    /// The run's number, from 1.
+    pub number: u32,
+    /// The borough's number for the run's first person.
+    pub first_person: usize,
+    /// The story's first day (09:00).
+    pub start: DateTime<Utc>,
+}
+
+impl Chapter {
+    /// The story's beginning.
+    pub fn first() -> Self {
+        Self {
+            number: 1,
+            first_person: 0,
+            start: Utc
+                .with_ymd_and_hms(2025, 6, 2, 9, 0, 0)
+                .single()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// A generator for this chapter: the first chapter's is the seed's own stream (so
+    /// it tells the story it always told), a later chapter's another stream.
+    fn rng(&self, seed: u64) -> ChaCha8Rng {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(u64::from(self.number.saturating_sub(1)));
+        rng
+    }
+}
+
 /// The whole borough.
 #[derive(Debug, Clone)]
 pub struct Borough {
     pub seed: u64,
+    pub chapter: Chapter,
     pub start: DateTime<Utc>,
     pub people: Vec<Person>,
     pub referrals: Vec<Referral>,
@@ -167,6 +207,17 @@ const NEEDS: [(Need, u32); 8] = [
     (Need::DigitalExclusion, 6),
     (Need::LowMoodAnxiety, 10),
 ];
+
+/// The identifier system of a borough sender's own referral identifiers.
+pub fn reference_system(source: &str) -> String {
+    format!(
+        "https://{}.linkwick.example/referrals",
+        source.replace(':', "-")
+    )
+}
+
+/// Every borough sender's identifier system, as an SQL `LIKE` pattern.
+pub const REFERENCE_SYSTEMS: &str = "https://%.linkwick.example/referrals";
 
 /// A valid NHS number in the never-issued 999 range, one per person: the first valid
 /// stem from `index * 11` on (about one stem in eleven has no check digit, so the
@@ -249,14 +300,18 @@ fn fate(rng: &mut ChaCha8Rng) -> Fate {
     }
 }
 
-/// Builds the borough: `people` people and about one referral each over `days`.
+/// Builds the borough's first chapter: `people` people and about one referral each
+/// over `days`.
 pub fn borough(seed: u64, people: usize, days: u32) -> Borough {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let start = Utc
-        .with_ymd_and_hms(2025, 6, 2, 9, 0, 0)
-        .single()
-        .unwrap_or_default();
-    let people: Vec<Person> = (0..people)
+    chapter(seed, people, days, Chapter::first())
+}
+
+/// Builds one chapter of the borough: `people` new people, numbered from the
+/// chapter's first, and about one referral each over `days` from its start.
+pub fn chapter(seed: u64, people: usize, days: u32, chapter: Chapter) -> Borough {
+    let mut rng = chapter.rng(seed);
+    let start = chapter.start;
+    let people: Vec<Person> = (chapter.first_person..chapter.first_person + people)
         .map(|index| {
             let age = rng.random_range(19..=92i32);
             let birth_year = 2026 - age;
@@ -295,7 +350,9 @@ pub fn borough(seed: u64, people: usize, days: u32) -> Borough {
         .collect();
 
     let mut referrals = Vec::with_capacity(people.len());
-    for (index, person) in people.iter().enumerate() {
+    for (position, person) in people.iter().enumerate() {
+        // The borough's number for the person, which their identifiers carry.
+        let index = chapter.first_person + position;
         let day = rng.random_range(0..days.max(1));
         // Early referrals from GPs, hospital teams and other organisations, ASC
         // diversions for people ASC knows, and people who refer themselves.
@@ -323,7 +380,7 @@ pub fn borough(seed: u64, people: usize, days: u32) -> Borough {
         }
         let asc_case = (source == "asc").then(|| format!("LWC{seed}-{index:05}"));
         referrals.push(Referral {
-            person: index,
+            person: position,
             reference: format!("LW{seed}-{index:05}"),
             source,
             channel,
@@ -336,6 +393,7 @@ pub fn borough(seed: u64, people: usize, days: u32) -> Borough {
     referrals.sort_by_key(|referral| (referral.day, referral.person));
     Borough {
         seed,
+        chapter,
         start,
         people,
         referrals,
@@ -361,7 +419,7 @@ impl Borough {
             })
             .collect();
         let mut identifiers = vec![json!({
-            "system": format!("https://{}.linkwick.example/referrals", referral.source.replace(':', "-")),
+            "system": reference_system(&referral.source),
             "value": referral.reference,
         })];
         if let Some(case) = &referral.asc_case {
@@ -463,29 +521,14 @@ impl Borough {
     /// of the seed evaluation (920 open cases falling as connectors take diversions),
     /// plus a case for each ASC referral, opened some days before and closed as
     /// diverted to community on the day of the referral; about one diverted person in
-    /// seven comes back with a new case, within 90 days or later.
+    /// seven comes back with a new case, within 90 days or later. A later chapter's
+    /// export holds only its own diversions: the seed evaluation's log is on the log
+    /// already.
     pub fn call_log_csv(&self) -> String {
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x0ca1_110c);
+        let mut rng = self.chapter.rng(self.seed ^ 0x0ca1_110c);
         let mut csv = String::from("case_id,person_id,opened_at,closed_at,closure_reason\n");
-        let log = crate::synthetic::call_log(self.seed);
-        let mut closures = std::collections::HashMap::new();
-        for event in &log.events {
-            if let linkwork_domain::CallLogEvent::CaseClosed(closed) = event {
-                closures.insert(closed.case_id.clone(), (closed.closed_at, closed.reason));
-            }
-        }
-        for event in &log.events {
-            if let linkwork_domain::CallLogEvent::CaseOpened(opened) = event {
-                let (closed_at, reason) = closures
-                    .get(&opened.case_id)
-                    .map(|(at, reason)| (at.to_rfc3339(), reason.code().to_owned()))
-                    .unwrap_or_default();
-                csv.push_str(&format!(
-                    "{},,{},{closed_at},{reason}\n",
-                    opened.case_id,
-                    opened.opened_at.to_rfc3339()
-                ));
-            }
+        if self.chapter.number == 1 {
+            self.push_seed_evaluation_log(&mut csv);
         }
         for referral in &self.referrals {
             let (Some(case), Some(person)) = (
@@ -512,6 +555,30 @@ impl Borough {
             }
         }
         csv
+    }
+
+    /// The synthetic call log of the seed evaluation, as CSV rows.
+    fn push_seed_evaluation_log(&self, csv: &mut String) {
+        let log = crate::synthetic::call_log(self.seed);
+        let mut closures = std::collections::HashMap::new();
+        for event in &log.events {
+            if let linkwork_domain::CallLogEvent::CaseClosed(closed) = event {
+                closures.insert(closed.case_id.clone(), (closed.closed_at, closed.reason));
+            }
+        }
+        for event in &log.events {
+            if let linkwork_domain::CallLogEvent::CaseOpened(opened) = event {
+                let (closed_at, reason) = closures
+                    .get(&opened.case_id)
+                    .map(|(at, reason)| (at.to_rfc3339(), reason.code().to_owned()))
+                    .unwrap_or_default();
+                csv.push_str(&format!(
+                    "{},,{},{closed_at},{reason}\n",
+                    opened.case_id,
+                    opened.opened_at.to_rfc3339()
+                ));
+            }
+        }
     }
 }
 
@@ -693,6 +760,58 @@ mod tests {
         assert_eq!(one.people, two.people);
         assert_eq!(one.referrals, two.referrals);
         assert_ne!(borough(8, 200, 500).people, one.people);
+    }
+
+    #[test]
+    fn a_later_chapter_has_people_and_identifiers_of_its_own_from_its_own_first_day() {
+        let first = borough(7, 200, 300);
+        assert_eq!(
+            first.referrals,
+            chapter(7, 200, 300, Chapter::first()).referrals
+        );
+        let next = Chapter {
+            number: 2,
+            first_person: 200,
+            start: first.start + Duration::days(420),
+        };
+        let second = chapter(7, 150, 300, next);
+        assert_eq!(second.referrals, chapter(7, 150, 300, next).referrals);
+        assert_eq!(second.people.len(), 150);
+        let numbers: HashSet<String> = first
+            .people
+            .iter()
+            .map(|person| person.nhs_number.to_string())
+            .collect();
+        assert!(second
+            .people
+            .iter()
+            .all(|person| !numbers.contains(&person.nhs_number.to_string())));
+        let identifiers = |town: &Borough| -> HashSet<String> {
+            town.referrals
+                .iter()
+                .flat_map(|referral| {
+                    let person = &town.people[referral.person];
+                    [
+                        Some(referral.reference.clone()),
+                        referral.asc_case.clone(),
+                        person.asc_person_id.clone(),
+                    ]
+                })
+                .flatten()
+                .collect()
+        };
+        assert!(identifiers(&first).is_disjoint(&identifiers(&second)));
+        assert!(second
+            .referrals
+            .iter()
+            .all(|referral| second.authored(referral) >= next.start));
+        // Its call log holds its own diversions only, not the seed evaluation's again.
+        let csv = second.call_log_csv();
+        assert!(
+            csv.lines().skip(1).all(|line| line.starts_with("LWC7-")),
+            "{csv}"
+        );
+        assert!(csv.lines().count() > 1);
     }
 
     #[test]

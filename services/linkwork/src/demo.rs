@@ -6,6 +6,10 @@
 //! answer from their queue topics (see `drive`). Then the summary comes from the read
 //! models and the metrics, and the dashboard stays up until Ctrl-C (or, with
 //! `--no-wait`, everything stops and the command exits).
+//!
+//! A run against a log and read models an earlier run left goes on with the borough's
+//! story (see `demo_runs`): new people from the day the last run stopped, and the
+//! summary covers every run.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +19,7 @@ use linkwork_domain::Clock;
 use linkwork_store::sqlx::{self, PgPool};
 use tokio_util::sync::CancellationToken;
 
+use crate::demo_runs;
 use crate::drive::{self, DriveOptions};
 use crate::settings::Settings;
 
@@ -78,8 +83,13 @@ pub async fn run(
         println!("   {line}");
     }
 
-    let borough_start = crate::borough::borough(options.seed, 1, 1).start;
-    let clock = Clock::manual(borough_start);
+    // Where the story goes on: after any earlier run's people and days.
+    let pool = linkwork_store::connect(&settings.database()?).await?;
+    demo_runs::prepare(&pool).await?;
+    let last_run = demo_runs::last_run(&pool).await?;
+    let provisional =
+        demo_runs::next_chapter(last_run.as_ref(), &demo_runs::on_the_log(&pool).await?);
+    let clock = Clock::manual(provisional.start);
     let services = shutdown.child_token();
     let serving = tokio::spawn({
         let (settings, clock, token) = (settings.clone(), clock.clone(), services.clone());
@@ -88,10 +98,36 @@ pub async fn run(
         }
     });
     let base_url = format!("http://{}", settings.http_addr);
-    wait_ready(&base_url, &serving).await?;
-    println!(
-        "\n2. Services running in this process: ingest, router, projector, metrics ({base_url})"
-    );
+    let found = async {
+        wait_ready(&base_url, &serving).await?;
+        println!(
+            "\n2. Services running in this process: ingest, router, projector, metrics ({base_url})"
+        );
+        // The read models know the earlier runs once they hold all that is on the log
+        // (at once when they kept up with it; a database built afresh replays it).
+        demo_runs::catch_up(&pool, settings.kafka()?).await?;
+        let on_the_log = demo_runs::on_the_log(&pool).await?;
+        let next = demo_runs::next_chapter(last_run.as_ref(), &on_the_log);
+        if next.number > 1 {
+            println!(
+                "   continuing: {} referrals already on the log from earlier runs; run {} of the borough goes on from {} with {} new people",
+                on_the_log.referrals,
+                next.number,
+                next.start.date_naive(),
+                options.people
+            );
+        }
+        anyhow::Ok(next)
+    }
+    .await;
+    let chapter = match found {
+        Ok(chapter) => chapter,
+        Err(error) => {
+            services.cancel();
+            let _ = serving.await;
+            return Err(error);
+        }
+    };
 
     println!(
         "\n3. Driving the borough (one day every {} ms)",
@@ -102,16 +138,31 @@ pub async fn run(
         people: options.people,
         days: options.days,
         day_millis: options.day_millis,
+        chapter,
     };
-    let drove = drive::drive(
-        &settings,
-        &drive_options,
-        &clock,
-        &base_url,
-        shutdown.clone(),
-    )
+    let driven = async {
+        demo_runs::record(
+            &pool,
+            options.seed,
+            options.people,
+            options.days,
+            drive_options.story_days(),
+            &chapter,
+        )
+        .await?;
+        let drove = drive::drive(
+            &settings,
+            &drive_options,
+            &clock,
+            &base_url,
+            shutdown.clone(),
+        )
+        .await?;
+        demo_runs::finished(&pool, &chapter).await?;
+        anyhow::Ok(drove)
+    }
     .await;
-    let drove = match drove {
+    let drove = match driven {
         Ok(drove) => drove,
         Err(error) => {
             services.cancel();
@@ -127,7 +178,6 @@ pub async fn run(
         drove.refused, drove.provider_actions, drove.provider_refusals
     );
 
-    let pool = linkwork_store::connect(&settings.database()?).await?;
     println!("\n4. Waiting for the projector to settle");
     settle(&pool).await?;
     let end = drove

@@ -23,21 +23,33 @@ use secrecy::SecretString;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::borough::{Borough, Channel, Fate, Referral, Support};
+use crate::borough::{Borough, Channel, Chapter, Fate, Referral, Support};
 use crate::settings::Settings;
 
 /// The borough's provider directory (the example one; LW postcodes).
 pub const DIRECTORY: &str = include_str!("../../../directory.example.yaml");
 
-/// How big the story is and how fast it runs.
+/// Days the story runs on after the last referral can arrive, for follow-ups.
+pub const FOLLOW_UP_DAYS: u32 = 120;
+
+/// How big the story is, which part of it, and how fast it runs.
 #[derive(Debug, Clone)]
 pub struct DriveOptions {
     pub seed: u64,
     pub people: usize,
-    /// Days over which referrals arrive; the drive runs 120 days more for follow-ups.
+    /// Days over which referrals arrive; the drive runs `FOLLOW_UP_DAYS` more.
     pub days: u32,
     /// Real milliseconds per borough day.
     pub day_millis: u64,
+    /// Which run's part of the borough's story: its people and its first day.
+    pub chapter: Chapter,
+}
+
+impl DriveOptions {
+    /// Every day the drive moves the clock through.
+    pub fn story_days(&self) -> u32 {
+        self.days + FOLLOW_UP_DAYS
+    }
 }
 
 /// A provider action due on a day.
@@ -79,10 +91,7 @@ fn referral_id(referral: &Referral) -> anyhow::Result<ReferralId> {
     let source = Source::parse(&referral.source)?;
     Ok(ReferralId::derive(
         &source,
-        &format!(
-            "https://{}.linkwick.example/referrals",
-            referral.source.replace(':', "-")
-        ),
+        &crate::borough::reference_system(&referral.source),
         &referral.reference,
     ))
 }
@@ -234,10 +243,11 @@ pub async fn drive(
         .map(SecretString::from)
         .map_err(|_| anyhow::anyhow!("LINKWORK_AUTH_DEV_SECRET is not set (make demo sets one)"))?;
     let canonical_base = linkwork_fhir::IntakeRules::default().canonical_base;
-    let borough = Arc::new(crate::borough::borough(
+    let borough = Arc::new(crate::borough::chapter(
         options.seed,
         options.people,
         options.days,
+        options.chapter,
     ));
     let plans: Arc<HashMap<ReferralId, usize>> = Arc::new(
         borough
@@ -269,27 +279,31 @@ pub async fn drive(
     // Let the queue reader take its place at the end of each queue.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // The call log, as ASC exports it.
-    let response = client
-        .post(format!("{base_url}/asc/call-log"))
-        .bearer_auth(token(&secret, Role::Source, "asc")?)
-        .header("content-type", "text/csv")
-        .body(borough.call_log_csv())
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        bail!(
-            "the call-log import was refused: {}",
-            response.text().await?
-        );
+    // The call log, as ASC exports it (a later chapter's holds only its diversions,
+    // and may hold none).
+    let call_log = borough.call_log_csv();
+    if call_log.lines().nth(1).is_some() {
+        let response = client
+            .post(format!("{base_url}/asc/call-log"))
+            .bearer_auth(token(&secret, Role::Source, "asc")?)
+            .header("content-type", "text/csv")
+            .body(call_log)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!(
+                "the call-log import was refused: {}",
+                response.text().await?
+            );
+        }
+        *drove.sent.entry("call-log CSV").or_default() += 1;
     }
-    *drove.sent.entry("call-log CSV").or_default() += 1;
 
     let mut by_day: BTreeMap<u32, Vec<&Referral>> = BTreeMap::new();
     for referral in &borough.referrals {
         by_day.entry(referral.day).or_default().push(referral);
     }
-    let total_days = options.days + 120;
+    let total_days = options.story_days();
     let bar = ProgressBar::new(u64::from(total_days)).with_style(
         ProgressStyle::with_template("   day {pos}/{len} [{bar:30}] {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),

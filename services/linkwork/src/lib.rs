@@ -2,6 +2,7 @@
 
 pub mod borough;
 pub mod demo;
+pub mod demo_runs;
 pub mod directory_command;
 pub mod drive;
 pub mod serve;
