@@ -22,7 +22,7 @@ pub struct Stack {
 pub fn stack() -> Stack {
     init_test_logging();
     let brokers =
-        std::env::var("LINKWORK_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
+        std::env::var("LINKWORK_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19192".into());
     let admin_database_url = std::env::var("LINKWORK_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     Stack {

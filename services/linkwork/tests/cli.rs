@@ -5,25 +5,12 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn linkwork() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_linkwork"));
-    let brokers =
-        std::env::var("LINKWORK_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
-    command
-        .env("LINKWORK_KAFKA_BROKERS", brokers)
-        .env("RUST_LOG", "warn");
-    command
-}
+mod common;
 
-fn run(command: &mut Command) -> String {
-    let output = command.output().expect("linkwork runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "linkwork failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+use common::{figure_after, free_port, fresh_database, run};
+
+fn linkwork() -> Command {
+    common::linkwork_on(&common::test_brokers())
 }
 
 #[test]
@@ -243,20 +230,6 @@ fn asc_import_reports_bad_rows_by_line_and_a_second_import_adds_nothing() {
     );
 }
 
-fn fresh_database() -> String {
-    let admin = std::env::var("LINKWORK_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let database = format!("lw_test_{}", uuid::Uuid::new_v4().simple());
-    let status = Command::new("psql")
-        .arg(&admin)
-        .args(["-qc", &format!("CREATE DATABASE {database}")])
-        .status()
-        .expect("psql runs");
-    assert!(status.success());
-    let base = admin.rsplit_once('/').expect("database URL has a path").0;
-    format!("{base}/{database}")
-}
-
 #[test]
 fn the_oruk_conformance_record_imports_into_a_new_directory_version_with_its_queue() {
     let url = fresh_database();
@@ -334,13 +307,6 @@ impl Drop for Served {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
-
 /// The rows of every per-referral read model for `referrals`, in a stable order, as
 /// psql prints them. (Other tests write to the same `referral.events` topic, so the
 /// comparison keeps to this test's referrals.)
@@ -380,126 +346,24 @@ fn dump_projection(url: &str, referrals: &[String]) -> String {
 
 #[test]
 fn serve_all_takes_referrals_and_provider_responses_and_replay_rebuilds_the_same_read_models() {
-    const SECRET: &str = "cli-tests-development-secret-0123456789abcdef";
-    let url = fresh_database();
-    run(linkwork().args(["topics", "apply"]));
-    let directory = std::env::temp_dir().join(format!(
-        "linkwork-cli-directory-{}.yaml",
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::write(
-        &directory,
-        "providers:\n  - id: connectors\n    name: Community Connectors\n    kind: want\n    areas: { postcode_districts: [LS1] }\n    needs: [social-isolation, loneliness]\n    capacity: 100\n    accept_within_working_days: 5\n",
-    )
-    .unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let serve = |command: &mut Command| {
-        command
-            .env("LINKWORK_DATABASE_URL", &url)
-            .env("LINKWORK_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("LINKWORK_AUTH_DEV_SECRET", SECRET)
-            .env(
-                "LINKWORK_PSEUDONYM_KEY",
-                "cli-tests-pseudonym-key-0123456789abcdef",
-            )
-            .env("LINKWORK_DIRECTORY", &directory);
-    };
-    let mut command = linkwork();
-    command.args(["serve", "all"]);
-    serve(&mut command);
-    let mut served = Served(command.spawn().expect("linkwork serve all starts"));
-
-    let client = reqwest::blocking::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !client
-        .get(format!("{base}/readyz"))
-        .send()
-        .is_ok_and(|response| response.status().is_success())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "linkwork serve all did not become ready"
-        );
-        if let Ok(Some(status)) = served.0.try_wait() {
-            panic!("linkwork serve all exited: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let token = |role: linkwork_auth::Role, client_id: &str| {
-        linkwork_auth::dev_token(
-            &secrecy::SecretString::from(SECRET),
-            role,
-            client_id,
-            &role.default_scopes(client_id),
-            600,
-        )
-        .unwrap()
-    };
-    let gp = token(linkwork_auth::Role::Source, "gp:A81001");
-    let connectors = token(linkwork_auth::Role::Provider, "connectors");
-    let mut referrals = Vec::new();
-    for _ in 0..3 {
-        let reference = format!("CLI-{}", uuid::Uuid::new_v4().simple());
-        let response = client
-            .post(format!("{base}/fhir/ServiceRequest"))
-            .bearer_auth(&gp)
-            .header("content-type", "application/fhir+json")
-            .body(linkwork_testkit::gp_referral(&reference).to_string())
-            .send()
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 201);
-        let created: serde_json::Value = response.json().unwrap();
-        referrals.push(created["id"].as_str().unwrap().to_owned());
-    }
-    let status_of = |id: &str| -> Option<String> {
-        let response = client
-            .get(format!("{base}/fhir/Task/{}", task_id(id)))
-            .bearer_auth(&connectors)
-            .send()
-            .ok()?;
-        let task: serde_json::Value = response.json().ok()?;
-        task["status"].as_str().map(str::to_owned)
-    };
-    let wait_for = |id: &str, status: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while status_of(id).as_deref() != Some(status) {
-            assert!(
-                Instant::now() < deadline,
-                "{id} did not reach {status} (is {:?})",
-                status_of(id)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let deployment = ServeAll::new();
+    let served = deployment.start();
+    let client = &deployment.client;
+    let base = deployment.base();
+    let gp = deployment.token(linkwork_auth::Role::Source, "gp:A81001");
+    let connectors = deployment.token(linkwork_auth::Role::Provider, "connectors");
+    let referrals: Vec<String> = (0..3).map(|_| deployment.post_referral(&gp)).collect();
+    let wait_for = |id: &str, status: &str| deployment.wait_for(&connectors, id, status);
     for id in &referrals {
         wait_for(id, "requested");
     }
-    let task = |id: &str| {
-        serde_json::json!({
-            "resourceType": "Task",
-            "id": task_id(id),
-            "status": "accepted",
-            "intent": "order",
-            "focus": { "reference": format!("ServiceRequest/{id}") },
-        })
-    };
     // The first is accepted over HTTP, the second over provider.responses.
-    let response = client
-        .put(format!("{base}/fhir/Task/{}", task_id(&referrals[0])))
-        .bearer_auth(&connectors)
-        .header("content-type", "application/fhir+json")
-        .body(task(&referrals[0]).to_string())
-        .send()
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let kafka = linkwork_bus::KafkaSettings::new(
-        std::env::var("LINKWORK_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into()),
-    );
+    deployment.accept(&connectors, &referrals[0]);
+    let kafka = linkwork_bus::KafkaSettings::new(common::test_brokers());
     let producer = linkwork_bus::Producer::new(&kafka).unwrap();
     let mut headers = linkwork_bus::headers::HeaderList::default();
     headers.push("linkwork-provider", "connectors");
-    let body = task(&referrals[1]).to_string();
+    let body = accepted_task(&referrals[1]).to_string();
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(producer.send(linkwork_bus::Outbound {
@@ -539,16 +403,13 @@ fn serve_all_takes_referrals_and_provider_responses_and_replay_rebuilds_the_same
         .contains("data-chart=\"providers\""));
     // Let the projector settle anything else on the log before taking the dump.
     std::thread::sleep(Duration::from_secs(2));
-    let live = dump_projection(&url, &referrals);
+    let live = dump_projection(&deployment.url, &referrals);
     for id in &referrals {
         assert!(live.contains(id.as_str()), "{id} is in the read models");
     }
 
     drop(served);
-    let mut command = linkwork();
-    command.arg("replay");
-    serve(&mut command);
-    let replayed = run(&mut command);
+    let replayed = run(&mut deployment.command(&["replay"]));
     assert!(
         replayed.contains("the rebuilt read models are live"),
         "{replayed}"
@@ -562,46 +423,170 @@ fn serve_all_takes_referrals_and_provider_responses_and_replay_rebuilds_the_same
     // from other runs against the same broker).
     assert!(events >= 8, "{replayed}");
     assert_eq!(
-        dump_projection(&url, &referrals),
+        dump_projection(&deployment.url, &referrals),
         live,
         "replay rebuilt the same read models"
     );
-    let _ = std::fs::remove_file(&directory);
 }
 
-/// Posts a synthetic GP referral and returns its id.
-fn post_referral(client: &reqwest::blocking::Client, base: &str, token: &str) -> String {
-    let reference = format!("CLI-{}", uuid::Uuid::new_v4().simple());
-    let response = client
-        .post(format!("{base}/fhir/ServiceRequest"))
-        .bearer_auth(token)
-        .header("content-type", "application/fhir+json")
-        .body(linkwork_testkit::gp_referral(&reference).to_string())
-        .send()
-        .expect("ingest answers");
-    assert_eq!(response.status().as_u16(), 201);
-    let created: serde_json::Value = response.json().expect("a ServiceRequest");
-    created["id"].as_str().expect("an id").to_owned()
+const SECRET: &str = "cli-tests-development-secret-0123456789abcdef";
+
+/// `linkwork serve all` as an operator runs it: on a fresh database after `topics
+/// apply`, with a directory of one provider (`connectors`, LS1) and development tokens.
+struct ServeAll {
+    url: String,
+    directory: std::path::PathBuf,
+    port: u16,
+    client: reqwest::blocking::Client,
 }
 
-/// Waits until `serve all` answers `/readyz`, failing if the process exits first.
-fn wait_until_ready(served: &mut Served, base: &str) {
-    let client = reqwest::blocking::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !client
-        .get(format!("{base}/readyz"))
-        .send()
-        .is_ok_and(|response| response.status().is_success())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "linkwork serve all did not become ready"
-        );
-        if let Ok(Some(status)) = served.0.try_wait() {
-            panic!("linkwork serve all exited: {status}");
+impl ServeAll {
+    fn new() -> Self {
+        let url = fresh_database();
+        run(linkwork().args(["topics", "apply"]));
+        let directory = std::env::temp_dir().join(format!(
+            "linkwork-cli-directory-{}.yaml",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(
+            &directory,
+            "providers:\n  - id: connectors\n    name: Community Connectors\n    kind: want\n    areas: { postcode_districts: [LS1] }\n    needs: [social-isolation, loneliness]\n    capacity: 1000\n    accept_within_working_days: 5\n",
+        )
+        .expect("the directory is written");
+        Self {
+            url,
+            directory,
+            port: free_port(),
+            client: reqwest::blocking::Client::new(),
         }
-        std::thread::sleep(Duration::from_millis(200));
     }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A `linkwork` command with this deployment's settings.
+    fn command(&self, arguments: &[&str]) -> Command {
+        let mut command = linkwork();
+        command
+            .args(arguments)
+            .env("LINKWORK_DATABASE_URL", &self.url)
+            .env("LINKWORK_HTTP_ADDR", format!("127.0.0.1:{}", self.port))
+            .env("LINKWORK_AUTH_DEV_SECRET", SECRET)
+            .env(
+                "LINKWORK_PSEUDONYM_KEY",
+                "cli-tests-pseudonym-key-0123456789abcdef",
+            )
+            .env("LINKWORK_DIRECTORY", &self.directory);
+        command
+    }
+
+    /// Starts `serve all` and waits until it answers `/readyz`, failing if it exits.
+    fn start(&self) -> Served {
+        let mut served = Served(
+            self.command(&["serve", "all"])
+                .spawn()
+                .expect("linkwork serve all starts"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self
+            .client
+            .get(format!("{}/readyz", self.base()))
+            .send()
+            .is_ok_and(|response| response.status().is_success())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "linkwork serve all did not become ready"
+            );
+            if let Ok(Some(status)) = served.0.try_wait() {
+                panic!("linkwork serve all exited: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        served
+    }
+
+    fn token(&self, role: linkwork_auth::Role, client_id: &str) -> String {
+        linkwork_auth::dev_token(
+            &secrecy::SecretString::from(SECRET),
+            role,
+            client_id,
+            &role.default_scopes(client_id),
+            600,
+        )
+        .expect("a development token")
+    }
+
+    /// Posts a synthetic GP referral and returns its id.
+    fn post_referral(&self, token: &str) -> String {
+        let reference = format!("CLI-{}", uuid::Uuid::new_v4().simple());
+        let response = self
+            .client
+            .post(format!("{}/fhir/ServiceRequest", self.base()))
+            .bearer_auth(token)
+            .header("content-type", "application/fhir+json")
+            .body(linkwork_testkit::gp_referral(&reference).to_string())
+            .send()
+            .expect("ingest answers");
+        assert_eq!(response.status().as_u16(), 201);
+        let created: serde_json::Value = response.json().expect("a ServiceRequest");
+        created["id"].as_str().expect("an id").to_owned()
+    }
+
+    /// The status of a referral's first Task, as its provider reads it.
+    fn status_of(&self, provider_token: &str, id: &str) -> Option<String> {
+        let response = self
+            .client
+            .get(format!("{}/fhir/Task/{}", self.base(), task_id(id)))
+            .bearer_auth(provider_token)
+            .send()
+            .ok()?;
+        let task: serde_json::Value = response.json().ok()?;
+        task["status"].as_str().map(str::to_owned)
+    }
+
+    fn wait_for(&self, provider_token: &str, id: &str, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while self.status_of(provider_token, id).as_deref() != Some(status) {
+            assert!(
+                Instant::now() < deadline,
+                "{id} did not reach {status} (is {:?})",
+                self.status_of(provider_token, id)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The provider accepts the referral's first Task over HTTP.
+    fn accept(&self, provider_token: &str, id: &str) {
+        let response = self
+            .client
+            .put(format!("{}/fhir/Task/{}", self.base(), task_id(id)))
+            .bearer_auth(provider_token)
+            .header("content-type", "application/fhir+json")
+            .body(accepted_task(id).to_string())
+            .send()
+            .expect("ingest answers");
+        assert_eq!(response.status().as_u16(), 200, "{id} accepted");
+    }
+}
+
+impl Drop for ServeAll {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.directory);
+    }
+}
+
+/// A referral's first Task, accepted.
+fn accepted_task(id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "resourceType": "Task",
+        "id": task_id(id),
+        "status": "accepted",
+        "intent": "order",
+        "focus": { "reference": format!("ServiceRequest/{id}") },
+    })
 }
 
 /// For each referral: (events applied by the projector by type, as `type:count`
@@ -645,117 +630,34 @@ fn applied_events(url: &str, referrals: &[String]) -> std::collections::BTreeMap
 #[test]
 fn serve_all_killed_with_sigkill_mid_stream_and_restarted_loses_nothing_and_decides_nothing_twice()
 {
-    const SECRET: &str = "cli-tests-development-secret-0123456789abcdef";
-    let url = fresh_database();
-    run(linkwork().args(["topics", "apply"]));
-    let directory = std::env::temp_dir().join(format!(
-        "linkwork-cli-directory-{}.yaml",
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::write(
-        &directory,
-        "providers:\n  - id: connectors\n    name: Community Connectors\n    kind: want\n    areas: { postcode_districts: [LS1] }\n    needs: [social-isolation, loneliness]\n    capacity: 1000\n    accept_within_working_days: 5\n",
-    )
-    .unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let start = || {
-        let mut command = linkwork();
-        command
-            .args(["serve", "all"])
-            .env("LINKWORK_DATABASE_URL", &url)
-            .env("LINKWORK_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("LINKWORK_AUTH_DEV_SECRET", SECRET)
-            .env(
-                "LINKWORK_PSEUDONYM_KEY",
-                "cli-tests-pseudonym-key-0123456789abcdef",
-            )
-            .env("LINKWORK_DIRECTORY", &directory);
-        let mut served = Served(command.spawn().expect("linkwork serve all starts"));
-        wait_until_ready(&mut served, &base);
-        served
-    };
-    let token = |role: linkwork_auth::Role, client_id: &str| {
-        linkwork_auth::dev_token(
-            &secrecy::SecretString::from(SECRET),
-            role,
-            client_id,
-            &role.default_scopes(client_id),
-            600,
-        )
-        .unwrap()
-    };
-    let gp = token(linkwork_auth::Role::Source, "gp:A81001");
-    let connectors = token(linkwork_auth::Role::Provider, "connectors");
-    let client = reqwest::blocking::Client::new();
-    let status_of = |id: &str| -> Option<String> {
-        let response = client
-            .get(format!("{base}/fhir/Task/{}", task_id(id)))
-            .bearer_auth(&connectors)
-            .send()
-            .ok()?;
-        let task: serde_json::Value = response.json().ok()?;
-        task["status"].as_str().map(str::to_owned)
-    };
-    let wait_for = |id: &str, status: &str| {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while status_of(id).as_deref() != Some(status) {
-            assert!(
-                Instant::now() < deadline,
-                "{id} did not reach {status} (is {:?})",
-                status_of(id)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    let accept = |id: &str| {
-        let task = serde_json::json!({
-            "resourceType": "Task",
-            "id": task_id(id),
-            "status": "accepted",
-            "intent": "order",
-            "focus": { "reference": format!("ServiceRequest/{id}") },
-        });
-        let response = client
-            .put(format!("{base}/fhir/Task/{}", task_id(id)))
-            .bearer_auth(&connectors)
-            .header("content-type", "application/fhir+json")
-            .body(task.to_string())
-            .send()
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200, "{id} accepted");
-    };
+    let deployment = ServeAll::new();
+    let gp = deployment.token(linkwork_auth::Role::Source, "gp:A81001");
+    let connectors = deployment.token(linkwork_auth::Role::Provider, "connectors");
 
-    let mut first = start();
-    let routed_before: Vec<String> = (0..20)
-        .map(|_| post_referral(&client, &base, &gp))
-        .collect();
+    let mut first = deployment.start();
+    let routed_before: Vec<String> = (0..20).map(|_| deployment.post_referral(&gp)).collect();
     for id in &routed_before {
-        wait_for(id, "requested");
+        deployment.wait_for(&connectors, id, "requested");
     }
     // Acceptances and new referrals, acknowledged, and the process killed right after
     // the last answer: the router, projector and relay are still at work on them.
     let accepted = &routed_before[..8];
     for id in accepted {
-        accept(id);
+        deployment.accept(&connectors, id);
     }
-    let in_flight: Vec<String> = (0..30)
-        .map(|_| post_referral(&client, &base, &gp))
-        .collect();
+    let in_flight: Vec<String> = (0..30).map(|_| deployment.post_referral(&gp)).collect();
     first.0.kill().expect("SIGKILL");
     first.0.wait().expect("reaped");
     drop(first);
 
-    let _second = start();
+    let _second = deployment.start();
     // Referrals taken after the restart are routed too: the partitions came back.
-    let after: Vec<String> = (0..10)
-        .map(|_| post_referral(&client, &base, &gp))
-        .collect();
+    let after: Vec<String> = (0..10).map(|_| deployment.post_referral(&gp)).collect();
     for id in accepted {
-        wait_for(id, "accepted");
+        deployment.wait_for(&connectors, id, "accepted");
     }
     for id in routed_before[8..].iter().chain(&in_flight).chain(&after) {
-        wait_for(id, "requested");
+        deployment.wait_for(&connectors, id, "requested");
     }
     let all: Vec<String> = routed_before
         .iter()
@@ -765,7 +667,7 @@ fn serve_all_killed_with_sigkill_mid_stream_and_restarted_loses_nothing_and_deci
         .collect();
     // Let anything still in flight land before counting what was applied.
     std::thread::sleep(Duration::from_secs(2));
-    let applied = applied_events(&url, &all);
+    let applied = applied_events(&deployment.url, &all);
     for id in &all {
         let expected = if accepted.contains(id) {
             "linkwork.referral.accepted.v1:1,linkwork.referral.received.v1:1,linkwork.referral.routed.v1:1"
@@ -778,7 +680,6 @@ fn serve_all_killed_with_sigkill_mid_stream_and_restarted_loses_nothing_and_deci
             "{id}: each event applied once"
         );
     }
-    let _ = std::fs::remove_file(&directory);
 }
 
 /// The Task of a referral's first routing attempt.
@@ -825,20 +726,6 @@ fn report_writes_markdown_and_html_and_refuses_a_backwards_period() {
     assert!(!backwards.status.success());
     assert!(String::from_utf8_lossy(&backwards.stderr).contains("is after --to"));
     let _ = std::fs::remove_dir_all(&out);
-}
-
-/// The number after `label` on the line that starts with it.
-fn figure_after(output: &str, label: &str) -> i64 {
-    let line = output
-        .lines()
-        .find(|line| line.trim_start().starts_with(label))
-        .unwrap_or_else(|| panic!("a line starting {label:?} in:\n{output}"));
-    line.trim_start()[label.len()..]
-        .trim_start()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|digits| digits.parse().ok())
-        .unwrap_or_else(|| panic!("a number after {label:?} in {line:?}"))
 }
 
 #[test]

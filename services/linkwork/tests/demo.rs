@@ -3,7 +3,6 @@
 //! goes on with the borough's story, and nothing is lost or counted twice.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,61 +11,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+mod common;
+
+use common::{figure_after, free_port, fresh_database, run};
+
 const PEOPLE: i64 = 60;
-
-fn linkwork(brokers: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_linkwork"));
-    command
-        .env("LINKWORK_KAFKA_BROKERS", brokers)
-        .env("RUST_LOG", "error,tower_http=off");
-    command
-}
-
-fn run(command: &mut Command) -> String {
-    let output = command.output().expect("linkwork runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "linkwork failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
-fn fresh_database() -> String {
-    let admin = std::env::var("LINKWORK_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let database = format!("lw_test_{}", uuid::Uuid::new_v4().simple());
-    let status = Command::new("psql")
-        .arg(&admin)
-        .args(["-qc", &format!("CREATE DATABASE {database}")])
-        .status()
-        .expect("psql runs");
-    assert!(status.success());
-    let base = admin.rsplit_once('/').expect("database URL has a path").0;
-    format!("{base}/{database}")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
-
-/// The number after `label` on the line that starts with it.
-fn figure_after(output: &str, label: &str) -> i64 {
-    let line = output
-        .lines()
-        .find(|line| line.trim_start().starts_with(label))
-        .unwrap_or_else(|| panic!("a line starting {label:?} in:\n{output}"));
-    line.trim_start()[label.len()..]
-        .trim_start()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|digits| digits.parse().ok())
-        .unwrap_or_else(|| panic!("a number after {label:?} in {line:?}"))
-}
 
 fn count(url: &str, sql: &str) -> i64 {
     let output = Command::new("psql")
@@ -87,7 +36,7 @@ fn count(url: &str, sql: &str) -> i64 {
 
 /// The demo as `make demo` runs it (small and quick), against `brokers` and `url`.
 fn demo(brokers: &str, url: &str) -> String {
-    run(linkwork(brokers)
+    run(common::linkwork_on(brokers)
         .args([
             "demo",
             "--no-wait",
@@ -201,7 +150,7 @@ fn the_demo_run_twice_with_the_broker_restarted_between_continues_the_same_log_a
     let broker = OwnBroker::start();
     let brokers = broker.bootstrap();
     let url = fresh_database();
-    run(linkwork(&brokers).args(["topics", "apply"]));
+    run(common::linkwork_on(&brokers).args(["topics", "apply"]));
 
     // The first run tells the story from the start.
     let first = demo(&brokers, &url);

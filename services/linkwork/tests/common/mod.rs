@@ -1,0 +1,70 @@
+//! What the `linkwork` binary's test files share: running the binary, a fresh
+//! database, a free port, and reading figures from its output.
+
+// Each test binary compiles this module and uses a part of it.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::process::Command;
+
+/// The test broker of `make test` (`LINKWORK_TEST_KAFKA_BROKERS`).
+pub fn test_brokers() -> String {
+    std::env::var("LINKWORK_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19192".into())
+}
+
+/// The binary, pointed at `brokers`, logging warnings only.
+pub fn linkwork_on(brokers: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_linkwork"));
+    command
+        .env("LINKWORK_KAFKA_BROKERS", brokers)
+        .env("RUST_LOG", "warn,tower_http=off");
+    command
+}
+
+/// Runs it to the end; fails the test unless it succeeded. Returns its stdout.
+pub fn run(command: &mut Command) -> String {
+    let output = command.output().expect("linkwork runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "linkwork failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// A new, empty database (`make test` drops `lw_test_*` ones); returns its URL.
+pub fn fresh_database() -> String {
+    let admin = std::env::var("LINKWORK_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let database = format!("lw_test_{}", uuid::Uuid::new_v4().simple());
+    let status = Command::new("psql")
+        .arg(&admin)
+        .args(["-qc", &format!("CREATE DATABASE {database}")])
+        .status()
+        .expect("psql runs");
+    assert!(status.success());
+    let base = admin.rsplit_once('/').expect("database URL has a path").0;
+    format!("{base}/{database}")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+/// The number after `label` on the line that starts with it.
+pub fn figure_after(output: &str, label: &str) -> i64 {
+    let line = output
+        .lines()
+        .find(|line| line.trim_start().starts_with(label))
+        .unwrap_or_else(|| panic!("a line starting {label:?} in:\n{output}"));
+    line.trim_start()[label.len()..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| panic!("a number after {label:?} in {line:?}"))
+}
