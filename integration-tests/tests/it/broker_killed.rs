@@ -203,27 +203,9 @@ async fn referrals_acknowledged_while_the_broker_is_killed_are_on_the_log_once_a
         }
     });
 
-    let mut settings = IngestSettings::new("127.0.0.1:0".parse().unwrap());
-    settings.http.events_topic = topics.events.clone();
-    // Short, so posts during the outage are answered 503 while it lasts.
-    settings.delivery_timeout = Duration::from_secs(2);
-    let verifier = Verifier::dev(SecretString::from(DEV_SECRET)).unwrap();
-    let application = Application::build(settings, &stack.kafka, pool.clone(), verifier)
-        .await
-        .unwrap();
-    let address = format!("http://127.0.0.1:{}", application.port());
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { application.run_until_stopped(shutdown).await.unwrap() }
-    });
-    let token = linkwork_auth::dev_token(
-        &SecretString::from(DEV_SECRET),
-        Role::Source,
-        "gp:A81001",
-        &Role::Source.default_scopes("gp:A81001"),
-        3600,
-    )
-    .unwrap();
+    // Deliveries time out after 2 s, so posts during the outage are answered 503.
+    let address = ingest_on(&stack, &pool, &topics.events, &shutdown).await;
+    let token = gp_token();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(90))
         .build()
@@ -465,7 +447,19 @@ async fn referrals_acknowledged_while_the_broker_is_killed_are_on_the_log_once_a
     shutdown.cancel();
 }
 
-/// Ingest on `events`, sharing `pool`, with a short delivery timeout.
+/// A development token for the GP practice A81001.
+fn gp_token() -> String {
+    linkwork_auth::dev_token(
+        &SecretString::from(DEV_SECRET),
+        Role::Source,
+        "gp:A81001",
+        &Role::Source.default_scopes("gp:A81001"),
+        3600,
+    )
+    .expect("a development token")
+}
+
+/// Ingest on `events`, sharing `pool`, with a 2 s delivery timeout.
 async fn ingest_on(
     stack: &Stack,
     pool: &linkwork_store::sqlx::PgPool,
@@ -530,14 +524,7 @@ async fn an_unconfirmed_publish_is_settled_against_the_log_before_anything_is_pu
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
     let first = ingest_on(&stack, &pool, &landed_on, &shutdown).await;
-    let token = linkwork_auth::dev_token(
-        &SecretString::from(DEV_SECRET),
-        Role::Source,
-        "gp:A81001",
-        &Role::Source.default_scopes("gp:A81001"),
-        3600,
-    )
-    .unwrap();
+    let token = gp_token();
     let client = reqwest::Client::new();
     let reference = unique("settle");
 
