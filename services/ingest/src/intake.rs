@@ -17,8 +17,8 @@
 //! A later submission that finds a claim not `published` (unconfirmed, or pending
 //! because its submission is still publishing or died) settles it before anything else
 //! is published: it waits briefly for a publish under way, then reads the referral's
-//! partition (chosen by key, as the producer does) from shortly before the claim up to
-//! the high watermark, looking for the event's `ce_id`. Found: the receipt becomes
+//! partition (chosen by key, as the producer does) from shortly before its latest
+//! attempt up to the high watermark, looking for the event's `ce_id`. Found: the receipt becomes
 //! `published`, and the same content is answered 200 with the same id (other content
 //! is a conflict). Not found, and the latest attempt older than the producer's message
 //! timeout with a margin (no request of it can still land): the submission takes the
@@ -120,6 +120,9 @@ enum Plan {
         attempted_at: DateTime<Utc>,
     },
     Done(Result<Taken, IntakeError>),
+    /// The same referral appeared earlier in this submission (at this index): it gets
+    /// that one's outcome, as a resubmission would, and is not claimed or published.
+    SameAs(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -203,13 +206,23 @@ impl Intake {
             .plan_all(&referrals)
             .await
             .map_err(|error| (0, IntakeError::Database(error)))?;
-        if let Some(index) = plans
+        // A referral twice with different content conflicts with itself: refused
+        // before anything is published, like any other conflict.
+        let refused = plans
             .iter()
-            .position(|plan| matches!(plan, Plan::Done(Err(_))))
-        {
+            .enumerate()
+            .position(|(index, plan)| match plan {
+                Plan::Done(Err(_)) => true,
+                Plan::SameAs(first) => {
+                    referrals[index].content_hash != referrals[*first].content_hash
+                }
+                _ => false,
+            });
+        if let Some(index) = refused {
             self.release_claims(&referrals, &plans).await;
             let error = match plans.into_iter().nth(index) {
                 Some(Plan::Done(Err(error))) => error,
+                Some(Plan::SameAs(_)) => IntakeError::Conflict(referrals[index].referral_id),
                 _ => IntakeError::Internal("a refused plan disappeared"),
             };
             return Err((index, error));
@@ -226,7 +239,14 @@ impl Intake {
     async fn plan_all(&self, referrals: &[ValidatedReferral]) -> Result<Vec<Plan>, sqlx::Error> {
         let mut connection = self.pool.acquire().await?;
         let mut plans = Vec::with_capacity(referrals.len());
-        for referral in referrals {
+        let mut first_of = std::collections::HashMap::new();
+        for (index, referral) in referrals.iter().enumerate() {
+            if let Some(&first) = first_of.get(&referral.referral_id) {
+                // Planning it again would wait on the claim just made for its twin.
+                plans.push(Plan::SameAs(first));
+                continue;
+            }
+            first_of.insert(referral.referral_id, index);
             plans.push(self.plan(&mut connection, referral).await?);
         }
         Ok(plans)
@@ -276,7 +296,9 @@ impl Intake {
                     .await?;
                 continue;
             }
-            match self.find_on_log(referral_id, existing.received_at).await {
+            // Every earlier attempt was proven absent before the latest began, so the
+            // search starts at the latest attempt, however old the receipt.
+            match self.find_on_log(referral_id, existing.attempted_at).await {
                 Ok(Some(offset)) => {
                     tracing::info!(%referral_id, offset, "an unconfirmed referral is on the log");
                     receipts::mark_published(
@@ -372,11 +394,11 @@ impl Intake {
     }
 
     /// Where `ReferralReceived` of `referral_id` is on the log, if it is: read from its
-    /// partition from just before `received_at` up to the high watermark.
+    /// partition from just before `attempted_at` up to the high watermark.
     async fn find_on_log(
         &self,
         referral_id: ReferralId,
-        received_at: DateTime<Utc>,
+        attempted_at: DateTime<Utc>,
     ) -> Result<Option<i64>, BusError> {
         let partitions = self.producer.partition_count(&self.events_topic).await?;
         let key = referral_id.to_string();
@@ -385,7 +407,7 @@ impl Intake {
             EventSearch {
                 topic: self.events_topic.clone(),
                 partition: partition_for(key.as_bytes(), partitions),
-                since: received_at - CLOCK_MARGIN,
+                since: attempted_at - CLOCK_MARGIN,
                 event_id: *received_event_id(referral_id).as_uuid(),
                 timeout: SEARCH_TIMEOUT,
             },
@@ -393,7 +415,44 @@ impl Intake {
         .await
     }
 
+    /// Carries out the plans; a referral repeated within the submission gets its first
+    /// copy's outcome (a duplicate of it when the content is the same, a conflict
+    /// otherwise, and 503 when the first was not taken).
     async fn execute(
+        &self,
+        referrals: Vec<ValidatedReferral>,
+        plans: Vec<Plan>,
+    ) -> Vec<Result<Taken, IntakeError>> {
+        let mut repeats = Vec::new();
+        let plans: Vec<Plan> = plans
+            .into_iter()
+            .enumerate()
+            .map(|(index, plan)| match plan {
+                Plan::SameAs(first) => {
+                    let same = referrals[index].content_hash == referrals[first].content_hash;
+                    repeats.push((index, first, referrals[index].referral_id, same));
+                    Plan::Done(Err(IntakeError::Internal("a repeat was not resolved")))
+                }
+                plan => plan,
+            })
+            .collect();
+        let mut results = self.execute_distinct(referrals, plans).await;
+        for (index, first, referral_id, same) in repeats {
+            results[index] = match &results[first] {
+                Ok(taken) if same => Ok(Taken::Duplicate {
+                    received_at: taken.received_at(),
+                }),
+                Ok(_) => Err(IntakeError::Conflict(referral_id)),
+                Err(_) => Err(IntakeError::Unsettled {
+                    referral_id,
+                    retry_after: Duration::from_secs(1),
+                }),
+            };
+        }
+        results
+    }
+
+    async fn execute_distinct(
         &self,
         referrals: Vec<ValidatedReferral>,
         plans: Vec<Plan>,
@@ -405,6 +464,9 @@ impl Intake {
         for (index, (referral, plan)) in referrals.into_iter().zip(plans).enumerate() {
             match plan {
                 Plan::Done(result) => results.push(Some(result)),
+                Plan::SameAs(_) => results.push(Some(Err(IntakeError::Internal(
+                    "a repeated referral reached publishing",
+                )))),
                 Plan::Publish {
                     received_at,
                     attempted_at,
@@ -522,7 +584,7 @@ impl Intake {
                 }
                 Err(error) => {
                     if let Err(release_error) =
-                        receipts::release(&mut connection, referral_id, &hash).await
+                        receipts::release(&mut connection, referral_id, &hash, attempted_at).await
                     {
                         tracing::warn!(%release_error, %referral_id, "could not release a claim");
                     }
@@ -539,11 +601,12 @@ impl Intake {
             return;
         };
         for (referral, plan) in referrals.iter().zip(plans) {
-            if let Plan::Publish { .. } = plan {
+            if let Plan::Publish { attempted_at, .. } = plan {
                 let _ = receipts::release(
                     &mut connection,
                     referral.referral_id,
                     &referral.content_hash,
+                    *attempted_at,
                 )
                 .await;
             }

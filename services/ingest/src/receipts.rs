@@ -223,18 +223,21 @@ pub async fn mark_published(
     Ok(())
 }
 
-/// Gives a claim back when nothing of it can be on the log (no attempt was made, or
-/// the producer never sent a request): the referral was not taken.
+/// Gives a claim back after publishing failed before anything reached the broker:
+/// the referral was not taken. Only the attempt that failed is released: if the claim
+/// was taken over meanwhile (a later `attempted_at`), it stays with its new holder.
 pub async fn release(
     connection: &mut PgConnection,
     referral_id: ReferralId,
     content_hash: &str,
+    attempted_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "DELETE FROM ingest_receipts WHERE referral_id = $1 AND content_hash = $2 AND state = 'pending'",
-        referral_id.as_uuid(),
-        content_hash,
+    sqlx::query(
+        "DELETE FROM ingest_receipts WHERE referral_id = $1 AND content_hash = $2 AND state = 'pending' AND attempted_at = $3",
     )
+    .bind(referral_id.as_uuid())
+    .bind(content_hash)
+    .bind(attempted_at)
     .execute(&mut *connection)
     .await?;
     Ok(())

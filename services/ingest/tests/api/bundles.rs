@@ -3,7 +3,7 @@
 use linkwork_testkit::gp_referral;
 use serde_json::{json, Value};
 
-use crate::helpers::{expressions, gp_token, spawn_app, topics, unique_reference};
+use crate::helpers::{events_for, expressions, gp_token, spawn_app, topics, unique_reference};
 
 fn entry(resource: Value) -> Value {
     let resource_type = resource["resourceType"].as_str().unwrap().to_owned();
@@ -118,4 +118,69 @@ async fn a_transaction_with_a_conflicting_entry_takes_none() {
         1,
         "the first entry was not taken either"
     );
+}
+
+/// The same referral twice in one Bundle is one referral. A batch answers the second
+/// entry as a resubmission of the first (200, the same id) and the log holds one
+/// `ReferralReceived`; a transaction carrying one identifier with two contents
+/// conflicts with itself and takes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_referral_twice_in_one_bundle_is_taken_once() {
+    let app = spawn_app().await;
+    topics(&app.kafka).await;
+    let reference = unique_reference();
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        entry(gp_referral(&reference)),
+        entry(gp_referral(&reference)),
+    ]});
+    let (status, _, response) = app.post_fhir("/fhir", Some(&gp_token()), &batch).await;
+    assert_eq!(status, 200, "{response}");
+    let answers: Vec<(&str, &str)> = response["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["response"]["status"].as_str().unwrap(),
+                entry["response"]["location"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(answers[0].0, "201 Created", "{response}");
+    assert_eq!(answers[1].0, "200 OK", "{response}");
+    let id = |location: &str| {
+        location
+            .split("/fhir/ServiceRequest/")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .map(str::to_owned)
+    };
+    let referral_id = id(answers[0].1).expect("a location");
+    assert_eq!(
+        id(answers[1].1),
+        Some(referral_id.clone()),
+        "the same referral"
+    );
+    assert_eq!(app.receipts().await, 1);
+    let kafka = app.kafka.clone();
+    let events = tokio::task::spawn_blocking(move || {
+        events_for(&kafka, &referral_id, std::time::Duration::from_secs(3))
+    })
+    .await
+    .unwrap();
+    assert_eq!(events.len(), 1, "one ReferralReceived on the log");
+
+    let reference = unique_reference();
+    let mut other = gp_referral(&reference);
+    other["priority"] = json!("urgent");
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        entry(gp_referral(&reference)),
+        entry(other),
+    ]});
+    let (status, _, outcome) = app
+        .post_fhir("/fhir", Some(&gp_token()), &transaction)
+        .await;
+    assert_eq!(status, 409, "{outcome}");
+    assert_eq!(expressions(&outcome), vec!["Bundle.entry[1]"]);
+    assert_eq!(app.receipts().await, 1, "nothing of it was taken");
 }
