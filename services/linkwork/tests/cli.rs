@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{figure_after, free_port, fresh_database, run};
+use common::{count, figure_after, free_port, fresh_database, psql, run, sql_list};
 
 fn linkwork() -> Command {
     common::linkwork_on(&common::test_brokers())
@@ -320,28 +320,14 @@ fn dump_projection(url: &str, referrals: &[String]) -> String {
         "contacts",
         "activities",
     ];
-    let ids = referrals
-        .iter()
-        .map(|id| format!("'{id}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let ids = sql_list(referrals);
     let sql: Vec<String> = tables
         .iter()
         .map(|table| {
             format!("SELECT '{table}', coalesce(json_agg(t ORDER BY t::text), '[]') FROM projection.{table} t WHERE referral_id IN ({ids});")
         })
         .collect();
-    let output = Command::new("psql")
-        .arg(url)
-        .args(["-tA", "-v", "ON_ERROR_STOP=1", "-c", &sql.join(" ")])
-        .output()
-        .expect("psql runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    psql(url, &sql.join(" "))
 }
 
 #[test]
@@ -594,27 +580,13 @@ fn accepted_task(id: &str) -> serde_json::Value {
 /// re-published copy would not show; a second *decision* (a second routing, a second
 /// acceptance) would.
 fn applied_events(url: &str, referrals: &[String]) -> std::collections::BTreeMap<String, String> {
-    let ids = referrals
-        .iter()
-        .map(|id| format!("'{id}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let ids = sql_list(referrals);
     let sql = format!(
         "SELECT referral_id, string_agg(event_type || ':' || n, ',' ORDER BY event_type) FROM \
          (SELECT referral_id, event_type, count(*) AS n FROM projection.history \
           WHERE referral_id IN ({ids}) GROUP BY 1, 2) counted GROUP BY 1"
     );
-    let output = Command::new("psql")
-        .arg(url)
-        .args(["-tA", "-F", " ", "-v", "ON_ERROR_STOP=1", "-c", &sql])
-        .output()
-        .expect("psql runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
+    psql(url, &sql)
         .lines()
         .filter_map(|line| line.split_once(' '))
         .map(|(id, counts)| (id.to_owned(), counts.to_owned()))
@@ -777,17 +749,7 @@ fn the_demo_without_waiting_drives_the_borough_and_its_summary_agrees_with_the_r
     }
 
     // The printed figures, against the read models queried here.
-    let query = |sql: &str| -> i64 {
-        let output = Command::new("psql")
-            .arg(&url)
-            .args(["-tA", "-c", sql])
-            .output()
-            .expect("psql runs");
-        String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("a count from {sql}"))
-    };
+    let query = |sql: &str| count(&url, sql);
     let received = figure_after(&printed, "referrals received:");
     assert_eq!(received, query("SELECT count(*) FROM projection.referrals"));
     assert!(received >= 60, "the borough's 60 referrals at least");

@@ -3,7 +3,6 @@
 //! goes on with the borough's story, and nothing is lost or counted twice.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::Duration;
 
 use linkwork_testkit::broker::OwnBroker;
@@ -13,26 +12,9 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 mod common;
 
-use common::{figure_after, free_port, fresh_database, run};
+use common::{count, figure_after, free_port, fresh_database, run};
 
 const PEOPLE: i64 = 60;
-
-fn count(url: &str, sql: &str) -> i64 {
-    let output = Command::new("psql")
-        .arg(url)
-        .args(["-tA", "-c", sql])
-        .output()
-        .expect("psql runs");
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| {
-            panic!(
-                "a count from {sql}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })
-}
 
 /// The demo as `make demo` runs it (small and quick), against `brokers` and `url`.
 fn demo(brokers: &str, url: &str) -> String {

@@ -48,6 +48,39 @@ pub fn fresh_database() -> String {
     format!("{base}/{database}")
 }
 
+/// Runs `sql` with psql against `url`: unaligned, no headers, fields separated by a
+/// space; fails the test on any SQL error. Returns what it printed.
+pub fn psql(url: &str, sql: &str) -> String {
+    let output = Command::new("psql")
+        .arg(url)
+        .args(["-tA", "-F", " ", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The number a `SELECT count(...)` gives.
+pub fn count(url: &str, sql: &str) -> i64 {
+    let printed = psql(url, sql);
+    printed
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("a count from {sql}, not {printed:?}"))
+}
+
+/// Referral ids as an SQL list: `'a', 'b'`.
+pub fn sql_list(ids: &[String]) -> String {
+    ids.iter()
+        .map(|id| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
