@@ -31,7 +31,12 @@ mod tests {
     use std::path::PathBuf;
 
     fn schemas_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
+        // Read at run time: one target directory serves several checkouts.
+        std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+            .join("../..")
+            .join("schemas")
     }
 
     /// Set `LINKWORK_BLESS_SCHEMAS=1` to rewrite the committed files from the code.

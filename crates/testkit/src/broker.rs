@@ -109,7 +109,7 @@ impl Drop for OwnBroker {
 
 /// `scripts/stack` of this checkout.
 pub fn stack_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/stack")
+    crate::workspace_root().join("scripts/stack")
 }
 
 fn process_alive(pid: u32) -> bool {

@@ -16,7 +16,22 @@ pub fn conformance_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("LINKWORK_CONFORMANCE_DIR") {
         return PathBuf::from(dir);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/conformance")
+    workspace_root().join("tests/conformance")
+}
+
+/// The checkout the tests run from. Read at run time from `CARGO_MANIFEST_DIR`, which
+/// cargo and nextest set for every test binary, and not baked in with `env!`: one target
+/// directory serves several checkouts (CI keeps it warm outside the clone), and a crate
+/// that is not rebuilt would otherwise keep pointing at the checkout that built it.
+pub fn workspace_root() -> PathBuf {
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    start
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .map(PathBuf::from)
+        .unwrap_or(start)
 }
 
 /// A file of the corpus, parsed.

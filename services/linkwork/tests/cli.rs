@@ -233,7 +233,7 @@ fn asc_import_reports_bad_rows_by_line_and_a_second_import_adds_nothing() {
 #[test]
 fn the_oruk_conformance_record_imports_into_a_new_directory_version_with_its_queue() {
     let url = fresh_database();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = linkwork_testkit::workspace_root();
     let apply = run(linkwork()
         .args(["directory", "apply"])
         .arg(root.join("directory.example.yaml"))

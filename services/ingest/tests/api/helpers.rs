@@ -75,7 +75,7 @@ pub async fn database() -> PgPool {
 /// The declared topics exist on the local broker (idempotent).
 pub async fn topics(kafka: &KafkaSettings) {
     let declaration = linkwork_bus::topics::TopicsFile::load(
-        &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../topics.yaml"),
+        &linkwork_testkit::workspace_root().join("topics.yaml"),
     )
     .expect("topics.yaml");
     linkwork_bus::topics::apply(kafka, &declaration, &[])
