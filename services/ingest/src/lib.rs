@@ -35,8 +35,8 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 
 pub async fn migrate(pool: &PgPool) -> Result<(), linkwork_store::StoreError> {
     migrator().run(pool).await?;
-    // The provider API keeps its unprojected events beside the projector's tables.
-    linkwork_projector::migrate(pool).await?;
+    // The provider API records its unprojected events in the read side's table.
+    linkwork_projection::migrate(pool).await?;
     Ok(())
 }
 

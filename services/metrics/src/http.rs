@@ -186,12 +186,8 @@ async fn earliest(pool: &PgPool) -> Result<Option<NaiveDate>, sqlx::Error> {
     )
     .fetch_one(pool)
     .await?;
-    let referrals: Option<NaiveDate> = sqlx::query_scalar(
-        "SELECT min((received_at AT TIME ZONE 'Europe/London')::date) FROM projection.referrals",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap_or(None);
+    let mut connection = pool.acquire().await?;
+    let referrals = linkwork_projection::aggregates::first_received_on(&mut connection).await?;
     Ok(match (cases, referrals) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

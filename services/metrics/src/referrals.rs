@@ -12,14 +12,12 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, Utc};
 use linkwork_domain::outcome::Direction;
 use linkwork_domain::Instrument;
+use linkwork_projection::aggregates::{self, OutcomePair, ProviderOffers};
 use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::call_log::end_of_day;
 use crate::stats::{self, MeanWithInterval};
-
-/// The schema the projector keeps its live read models in.
-const PROJECTION: &str = "projection";
 
 /// A period of whole days in UK local time, both ends included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -222,89 +220,45 @@ pub fn source_short(kind: &str) -> &'static str {
 pub async fn report(pool: &PgPool, period: Period) -> Result<ReferralReport, sqlx::Error> {
     let mut connection = pool.acquire().await?;
     let (from, to) = (period.from(), period.to());
-    let p = PROJECTION;
     // Before the projector has ever run there are no referrals to count.
-    let projected: Option<String> =
-        sqlx::query_scalar(&format!("SELECT to_regclass('{p}.referrals')::TEXT"))
-            .fetch_one(&mut *connection)
-            .await?;
-    if projected.is_none() {
+    if !aggregates::built(&mut connection).await? {
         return Ok(ReferralReport::empty(period));
     }
 
-    let by_source: Vec<SourceMonth> = sqlx::query_as::<_, (String, String, i64)>(&format!(
-        "SELECT to_char(received_at AT TIME ZONE 'Europe/London', 'YYYY-MM'),
-                split_part(source, ':', 1), count(*)
-         FROM {p}.referrals WHERE received_at >= $1 AND received_at < $2
-         GROUP BY 1, 2 ORDER BY 1, 2"
-    ))
-    .bind(from)
-    .bind(to)
-    .fetch_all(&mut *connection)
-    .await?
-    .into_iter()
-    .map(|(month, source, referrals)| SourceMonth {
-        month,
-        source,
-        referrals,
-    })
-    .collect();
+    let by_source: Vec<SourceMonth> =
+        aggregates::referrals_by_source_month(&mut connection, from, to)
+            .await?
+            .into_iter()
+            .map(|row| SourceMonth {
+                month: row.month,
+                source: row.source,
+                referrals: row.referrals,
+            })
+            .collect();
     let mut by_source_total = BTreeMap::new();
     for row in &by_source {
         *by_source_total.entry(row.source.clone()).or_insert(0) += row.referrals;
     }
     let referrals = by_source.iter().map(|row| row.referrals).sum();
 
-    let contact_days: Vec<f64> = sqlx::query_scalar(&format!(
-        "SELECT extract(epoch FROM first_contact_at - received_at)::FLOAT8 / 86400
-         FROM {p}.referrals
-         WHERE received_at >= $1 AND received_at < $2 AND first_contact_at IS NOT NULL"
-    ))
-    .bind(from)
-    .bind(to)
-    .fetch_all(&mut *connection)
-    .await?;
+    let contact_days = aggregates::days_to_first_contact(&mut connection, from, to).await?;
     let first_contact = FirstContact {
         contacted: contact_days.len() as i64,
         median_days: stats::median(&contact_days).map(|days| stats::round(days, 1)),
         mean_days: stats::mean_with_interval(&contact_days).map(|mean| stats::round(mean.mean, 1)),
     };
 
-    let providers = provider_responses(&mut connection, from, to).await?;
-
-    let completions: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM {p}.referrals
-         WHERE status = 'completed' AND closed_at >= $1 AND closed_at < $2"
-    ))
-    .bind(from)
-    .bind(to)
-    .fetch_one(&mut *connection)
-    .await?;
-    let outcomes = outcomes(&mut connection, from, to, completions).await?;
-
-    let (attended, people, distinct_groups): (i64, i64, i64) = sqlx::query_as(&format!(
-        "SELECT count(*), count(DISTINCT referral_id),
-                count(DISTINCT lower(coalesce(activity_id, activity_name))) FILTER (WHERE kind = 'group')
-         FROM {p}.activities
-         WHERE attended_on >= $1 AND attended_on <= $2"
-    ))
-    .bind(period.start)
-    .bind(period.end)
-    .fetch_one(&mut *connection)
-    .await?;
-
-    let (accepted_referrals, consented): (i64, i64) = sqlx::query_as(&format!(
-        "SELECT count(*), count(*) FILTER (WHERE r.consent_to_evaluation)
-         FROM {p}.referrals r
-         WHERE r.received_at >= $1 AND r.received_at < $2
-           AND EXISTS (SELECT 1 FROM {p}.history h
-                       WHERE h.referral_id = r.referral_id
-                         AND h.event_type = 'linkwork.referral.accepted.v1')"
-    ))
-    .bind(from)
-    .bind(to)
-    .fetch_one(&mut *connection)
-    .await?;
+    let providers = aggregates::provider_offers(&mut connection, from, to)
+        .await?
+        .into_iter()
+        .map(provider_response)
+        .collect();
+    let completions = aggregates::completions(&mut connection, from, to).await?;
+    let pairs = aggregates::outcome_pairs(&mut connection, from, to).await?;
+    let outcomes = outcomes(&pairs, completions);
+    let activities = aggregates::activity_totals(&mut connection, period.start, period.end).await?;
+    let (accepted_referrals, consented) =
+        aggregates::consent_counts(&mut connection, from, to).await?;
 
     Ok(ReferralReport {
         period,
@@ -316,9 +270,9 @@ pub async fn report(pool: &PgPool, period: Period) -> Result<ReferralReport, sql
         completions,
         outcomes,
         activities: Activities {
-            attended,
-            people,
-            distinct_groups,
+            attended: activities.attended,
+            people: activities.people,
+            distinct_groups: activities.distinct_groups,
         },
         consent: Consent {
             accepted_referrals,
@@ -328,108 +282,39 @@ pub async fn report(pool: &PgPool, period: Period) -> Result<ReferralReport, sql
     })
 }
 
-#[derive(sqlx::FromRow)]
-struct OfferRow {
-    provider_id: String,
-    offered: i64,
-    accepted: i64,
-    rejected: i64,
-    unanswered: i64,
-    awaiting: i64,
-    median_days: Option<f64>,
+fn provider_response(offers: ProviderOffers) -> ProviderResponse {
+    let ProviderOffers {
+        provider_id,
+        offered,
+        accepted,
+        rejected,
+        unanswered,
+        awaiting,
+        median_days,
+    } = offers;
+    let acceptance_percent = stats::percent(accepted, accepted + rejected + unanswered);
+    let median_days_to_accept = median_days.map(|days| stats::round(days, 1));
+    let summary = match (median_days_to_accept, acceptance_percent) {
+        (Some(days), Some(percent)) => {
+            format!("usually replies in {days} days, {percent}% accepted")
+        }
+        (None, Some(percent)) => format!("{percent}% accepted"),
+        _ => "no answers yet".to_owned(),
+    };
+    ProviderResponse {
+        provider_id,
+        offered,
+        accepted,
+        rejected,
+        unanswered,
+        awaiting,
+        acceptance_percent,
+        median_days_to_accept,
+        summary,
+    }
 }
 
-async fn provider_responses(
-    connection: &mut sqlx::PgConnection,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Result<Vec<ProviderResponse>, sqlx::Error> {
-    let p = PROJECTION;
-    // A provider is offered a referral at most once, so (referral, provider) names the
-    // offer in the history. The event's own provider is in its body (the history's
-    // provider column is who holds the referral afterwards: nobody, after a rejection).
-    let rows: Vec<OfferRow> = sqlx::query_as(&format!(
-        "WITH offers AS (
-             SELECT t.provider_id, t.status, t.authored_on,
-                    (SELECT min(h.occurred_at) FROM {p}.history h
-                     WHERE h.referral_id = t.referral_id AND h.body->>'provider_id' = t.provider_id
-                       AND h.event_type = 'linkwork.referral.accepted.v1') AS accepted_at,
-                    EXISTS (SELECT 1 FROM {p}.history h
-                            WHERE h.referral_id = t.referral_id AND h.body->>'provider_id' = t.provider_id
-                              AND h.event_type = 'linkwork.referral.rejected.v1') AS rejected
-             FROM {p}.tasks t
-             WHERE t.authored_on >= $1 AND t.authored_on < $2
-         )
-         SELECT provider_id, count(*) AS offered,
-                count(accepted_at) AS accepted,
-                count(*) FILTER (WHERE rejected) AS rejected,
-                count(*) FILTER (WHERE accepted_at IS NULL AND NOT rejected AND status <> 'requested') AS unanswered,
-                count(*) FILTER (WHERE accepted_at IS NULL AND NOT rejected AND status = 'requested') AS awaiting,
-                (percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM accepted_at - authored_on))
-                    FILTER (WHERE accepted_at IS NOT NULL))::FLOAT8 / 86400 AS median_days
-         FROM offers GROUP BY provider_id ORDER BY provider_id"
-    ))
-    .bind(from)
-    .bind(to)
-    .fetch_all(connection)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |OfferRow {
-                 provider_id,
-                 offered,
-                 accepted,
-                 rejected,
-                 unanswered,
-                 awaiting,
-                 median_days: median,
-             }| {
-                let acceptance_percent = stats::percent(accepted, accepted + rejected + unanswered);
-                let median_days_to_accept = median.map(|days| stats::round(days, 1));
-                let summary = match (median_days_to_accept, acceptance_percent) {
-                    (Some(days), Some(percent)) => {
-                        format!("usually replies in {days} days, {percent}% accepted")
-                    }
-                    (None, Some(percent)) => format!("{percent}% accepted"),
-                    _ => "no answers yet".to_owned(),
-                };
-                ProviderResponse {
-                    provider_id,
-                    offered,
-                    accepted,
-                    rejected,
-                    unanswered,
-                    awaiting,
-                    acceptance_percent,
-                    median_days_to_accept,
-                    summary,
-                }
-            },
-        )
-        .collect())
-}
-
-async fn outcomes(
-    connection: &mut sqlx::PgConnection,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    completers: i64,
-) -> Result<Outcomes, sqlx::Error> {
-    let p = PROJECTION;
-    // One row per completer and instrument with both scores.
-    let pairs: Vec<(uuid::Uuid, String, i64, i64)> = sqlx::query_as(&format!(
-        "SELECT o.referral_id, o.instrument, o.baseline_total::BIGINT, o.follow_up_total::BIGINT
-         FROM {p}.outcome_pairs o JOIN {p}.referrals r USING (referral_id)
-         WHERE r.status = 'completed' AND r.closed_at >= $1 AND r.closed_at < $2
-           AND o.baseline_total IS NOT NULL AND o.follow_up_total IS NOT NULL
-         ORDER BY o.referral_id, o.instrument"
-    ))
-    .bind(from)
-    .bind(to)
-    .fetch_all(connection)
-    .await?;
-
+fn outcomes(pairs: &[OutcomePair], completers: i64) -> Outcomes {
     let improved =
         |instrument: Instrument, baseline: i64, follow_up: i64| match instrument.direction() {
             Direction::HigherIsBetter => follow_up > baseline,
@@ -439,8 +324,8 @@ async fn outcomes(
     for instrument in Instrument::ALL {
         let of_this: Vec<(i64, i64)> = pairs
             .iter()
-            .filter(|(_, code, _, _)| code == instrument.code())
-            .map(|(_, _, baseline, follow_up)| (*baseline, *follow_up))
+            .filter(|pair| pair.instrument == instrument.code())
+            .map(|pair| (pair.baseline, pair.follow_up))
             .collect();
         if of_this.is_empty() {
             continue;
@@ -477,14 +362,16 @@ async fn outcomes(
     let family = |order: &[Instrument]| {
         let mut measured = 0i64;
         let mut better = 0i64;
-        let mut people: Vec<&uuid::Uuid> = pairs.iter().map(|(id, _, _, _)| id).collect();
+        let mut people: Vec<&uuid::Uuid> = pairs.iter().map(|pair| &pair.referral_id).collect();
         people.dedup();
         for person in people {
             let first = order.iter().find_map(|instrument| {
                 pairs
                     .iter()
-                    .find(|(id, code, _, _)| id == person && code == instrument.code())
-                    .map(|(_, _, baseline, follow_up)| (*instrument, *baseline, *follow_up))
+                    .find(|pair| {
+                        &pair.referral_id == person && pair.instrument == instrument.code()
+                    })
+                    .map(|pair| (*instrument, pair.baseline, pair.follow_up))
             });
             if let Some((instrument, baseline, follow_up)) = first {
                 measured += 1;
@@ -499,12 +386,12 @@ async fn outcomes(
             improved_percent: stats::percent(better, measured),
         }
     };
-    Ok(Outcomes {
+    Outcomes {
         completers,
         loneliness: family(&[Instrument::Ucla3, Instrument::Djg6]),
         wellbeing: family(&[Instrument::Swemwbs, Instrument::Wemwbs]),
         instruments,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -5,20 +5,18 @@
 //! `outcomes.observations.pseudonymised`, and the referrer's summary when a referral
 //! closes. `linkwork replay` rebuilds it all from offset 0 ([`replay`]).
 //!
-//! The read models live in the Postgres schema `projection`, built from
-//! `sql/read_models.sql`; the consumer writes them with the transactional-consumer
-//! pattern of `linkwork-bus` (state, outbox rows and offsets in one transaction).
+//! The read models and their schema belong to the read side (`linkwork-projection`);
+//! the projector is their only writer, with the transactional-consumer pattern of
+//! `linkwork-bus` (state, outbox rows and offsets in one transaction).
 
-pub mod model;
 pub mod project;
 pub mod pseudonym;
-pub mod read;
 pub mod replay;
 pub mod resources;
 
 use linkwork_bus::topics as bus_topics;
 use linkwork_bus::{ConsumerConfig, ConsumerRunner, KafkaSettings};
-use sha2::{Digest, Sha256};
+use linkwork_projection::{SchemaError, SchemaState};
 use sqlx::PgPool;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -27,17 +25,9 @@ use tokio_util::sync::CancellationToken;
 pub use project::ProjectorHandler;
 pub use pseudonym::PseudonymKey;
 
-/// The DDL of the read models (table names unqualified; run with search_path set).
-pub const READ_MODELS_SQL: &str = include_str!("../sql/read_models.sql");
-
-pub fn migrator() -> sqlx::migrate::Migrator {
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.set_ignore_missing(true);
-    migrator
-}
-
+/// The projector's tables in `public` are the read side's (`linkwork-projection`).
 pub async fn migrate(pool: &PgPool) -> Result<(), linkwork_store::StoreError> {
-    migrator().run(pool).await?;
+    linkwork_projection::migrate(pool).await?;
     Ok(())
 }
 
@@ -90,8 +80,8 @@ impl ProjectorConfig {
             evaluation_lawful_basis: None,
             consumer: bus_topics::consumers::PROJECTOR.to_owned(),
             group_id: format!("linkwork.{}", bus_topics::consumers::PROJECTOR),
-            schema: read::LIVE_SCHEMA.to_owned(),
-            rebuild_schema: format!("{}_rebuild", read::LIVE_SCHEMA),
+            schema: linkwork_projection::LIVE_SCHEMA.to_owned(),
+            rebuild_schema: format!("{}_rebuild", linkwork_projection::LIVE_SCHEMA),
             dlq_topic: bus_topics::dlq(bus_topics::consumers::PROJECTOR),
         }
     }
@@ -120,75 +110,17 @@ pub enum ProjectorError {
     Replay(String),
 }
 
-/// The version of the read-model DDL, to tell when a rebuild is needed.
-pub fn ddl_hash() -> String {
-    let digest = Sha256::digest(READ_MODELS_SQL.as_bytes());
-    digest
-        .iter()
-        .take(8)
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
-
-async fn schema_exists(
-    connection: &mut sqlx::PgConnection,
-    schema: &str,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-        .bind(schema)
-        .fetch_one(connection)
-        .await
-}
-
-/// Creates `schema` with empty read models, replacing any schema of that name.
-pub(crate) async fn create_schema(
-    connection: &mut sqlx::PgConnection,
-    schema: &str,
-) -> Result<(), sqlx::Error> {
-    let quoted = quote_ident(schema);
-    let create = format!(
-        "DROP SCHEMA IF EXISTS {quoted} CASCADE; CREATE SCHEMA {quoted}; SET LOCAL search_path TO {quoted};"
-    );
-    sqlx::Executor::execute(&mut *connection, create.as_str()).await?;
-    sqlx::Executor::execute(&mut *connection, READ_MODELS_SQL).await?;
-    sqlx::query("SELECT set_config('search_path', 'public', true)")
-        .execute(&mut *connection)
-        .await?;
-    Ok(())
-}
-
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// Makes sure the live read models exist and were built by this DDL. A missing schema
 /// is created empty and the projector's offsets reset, so it projects from offset 0.
 pub async fn ensure_schema(pool: &PgPool, config: &ProjectorConfig) -> Result<(), ProjectorError> {
     let mut transaction = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('linkwork.projection.schema'))")
-        .execute(&mut *transaction)
-        .await?;
-    if schema_exists(&mut transaction, &config.schema).await? {
-        let built: Option<String> =
-            sqlx::query_scalar("SELECT ddl_hash FROM projection_meta WHERE singleton")
-                .fetch_optional(&mut *transaction)
-                .await?;
-        if built.as_deref() != Some(ddl_hash().as_str()) {
-            return Err(ProjectorError::Outdated {
-                schema: config.schema.clone(),
-            });
-        }
-        return Ok(());
+    match linkwork_projection::ensure_schema(&mut transaction, &config.schema).await {
+        Ok(SchemaState::Current) => return Ok(()),
+        Ok(SchemaState::Created) => {}
+        Err(SchemaError::Database(error)) => return Err(error.into()),
+        Err(SchemaError::Outdated { schema }) => return Err(ProjectorError::Outdated { schema }),
     }
-    create_schema(&mut transaction, &config.schema).await?;
     reset_consumer(&mut transaction, &config.consumer).await?;
-    sqlx::query(
-        "INSERT INTO projection_meta (singleton, ddl_hash, built_at) VALUES (TRUE, $1, now())
-         ON CONFLICT (singleton) DO UPDATE SET ddl_hash = EXCLUDED.ddl_hash, built_at = now()",
-    )
-    .bind(ddl_hash())
-    .execute(&mut *transaction)
-    .await?;
     transaction.commit().await?;
     tracing::info!(schema = %config.schema, "created empty read models; projecting from offset 0");
     Ok(())

@@ -17,12 +17,13 @@ use linkwork_domain::{ReferralEvent, ReferralId};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::model::{
+use crate::resources;
+use crate::ProjectorConfig;
+use linkwork_projection::model::{
     self, ActivityRow, BatchWrites, ContactRow, HistoryRow, ModelError, NewReferral,
     ObservationRow, Projected, SupersededRow, TaskChange, TaskRow,
 };
-use crate::resources::{self, Person};
-use crate::ProjectorConfig;
+use linkwork_projection::render::Person;
 
 /// The projector's handler. `publish` is off during a replay: history is rebuilt, not
 /// re-sent.
@@ -33,12 +34,11 @@ pub struct ProjectorHandler {
     pub publish: bool,
 }
 
-impl From<ModelError> for HandlerError {
-    fn from(error: ModelError) -> Self {
-        match error {
-            ModelError::Database(error) => error.into(),
-            corrupt @ ModelError::Corrupt(_) => HandlerError::Fatal(Box::new(corrupt)),
-        }
+/// A lost connection is worth retrying; a row that does not parse back is not.
+fn model_error(error: ModelError) -> HandlerError {
+    match error {
+        ModelError::Database(error) => error.into(),
+        corrupt @ ModelError::Corrupt(_) => HandlerError::Fatal(Box::new(corrupt)),
     }
 }
 
@@ -101,7 +101,10 @@ impl Handler for ProjectorHandler {
     ) -> Result<(), HandlerError> {
         // The read models first; the consumer's own tables (offsets, outbox) are in public.
         sqlx::query("SELECT set_config('search_path', $1, true)")
-            .bind(format!("{}, public", crate::quote_ident(&self.schema)))
+            .bind(format!(
+                "{}, public",
+                linkwork_projection::quote_ident(&self.schema)
+            ))
             .execute(&mut *transaction)
             .await?;
         let mut ids: Vec<Uuid> = batch
@@ -110,7 +113,7 @@ impl Handler for ProjectorHandler {
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        let mut referrals = model::load(transaction, &ids).await?;
+        let mut referrals = model::load(transaction, &ids).await.map_err(model_error)?;
         let mut writes = BatchWrites::default();
         let mut changed: HashSet<ReferralId> = HashSet::new();
         let mut outputs: Vec<(usize, Output)> = Vec::new();
@@ -422,7 +425,9 @@ impl ProjectorHandler {
             Output::ConsentGiven { referral } => {
                 let projected = &referrals[&referral];
                 let person = Self::person(projected);
-                for observation in crate::read::observation_rows(transaction, referral).await? {
+                for observation in
+                    linkwork_projection::read::observation_rows(transaction, referral).await?
+                {
                     messages.push(resources::pseudonymised_message(
                         config,
                         &person,
@@ -432,7 +437,8 @@ impl ProjectorHandler {
             }
             Output::Closed { referral, at } => {
                 let projected = &referrals[&referral];
-                let summary = crate::read::summary_parts(transaction, referral).await?;
+                let summary =
+                    linkwork_projection::read::summary_parts(transaction, referral).await?;
                 messages.push(resources::summary_message(config, projected, &summary, at));
             }
         }

@@ -14,14 +14,12 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use linkwork_bus::{ConsumerRunner, KafkaSettings};
+use linkwork_projection::{create_schema, lock_schema, quote_ident, swap_in};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    create_schema, ddl_hash, quote_ident, reset_consumer, ProjectorConfig, ProjectorError,
-    ProjectorHandler,
-};
+use crate::{reset_consumer, ProjectorConfig, ProjectorError, ProjectorHandler};
 
 /// What a replay did.
 #[derive(Debug, Clone)]
@@ -196,24 +194,14 @@ async fn swap(
     config: &ProjectorConfig,
     replay_consumer: &str,
 ) -> Result<(), ProjectorError> {
-    let live = quote_ident(&config.schema);
-    let rebuilt = quote_ident(&config.rebuild_schema);
-    let previous = quote_ident(&format!("{}_previous", config.schema));
     let mut transaction = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('linkwork.projection.schema'))")
-        .execute(&mut *transaction)
-        .await?;
+    lock_schema(&mut transaction).await?;
     // Wait for a live batch in flight, and keep the next one out until the swap commits.
     sqlx::query("SELECT 1 FROM consumer_offsets WHERE consumer = $1 FOR UPDATE")
         .bind(&config.consumer)
         .execute(&mut *transaction)
         .await?;
-    let rename = format!(
-        "DROP SCHEMA IF EXISTS {previous} CASCADE;
-         ALTER SCHEMA {live} RENAME TO {previous};
-         ALTER SCHEMA {rebuilt} RENAME TO {live};"
-    );
-    sqlx::Executor::execute(&mut *transaction, rename.as_str()).await?;
+    swap_in(&mut transaction, &config.schema, &config.rebuild_schema).await?;
     reset_consumer(&mut transaction, &config.consumer).await?;
     for table in ["consumer_offsets", "processed_events"] {
         sqlx::query(&format!(
@@ -224,15 +212,6 @@ async fn swap(
         .execute(&mut *transaction)
         .await?;
     }
-    sqlx::query(
-        "INSERT INTO projection_meta (singleton, ddl_hash, built_at) VALUES (TRUE, $1, now())
-         ON CONFLICT (singleton) DO UPDATE SET ddl_hash = EXCLUDED.ddl_hash, built_at = now()",
-    )
-    .bind(ddl_hash())
-    .execute(&mut *transaction)
-    .await?;
-    let drop = format!("DROP SCHEMA {previous} CASCADE");
-    sqlx::Executor::execute(&mut *transaction, drop.as_str()).await?;
     transaction.commit().await?;
     Ok(())
 }

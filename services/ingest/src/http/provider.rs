@@ -18,8 +18,8 @@ use super::extract::{Caller, FhirJson, JsonPatch};
 use super::fhir::fhir_response;
 use super::AppState;
 use crate::provider::{self, CommandError, Submission};
-use linkwork_projector::read as read_model;
-use linkwork_projector::resources;
+use linkwork_projection::read as read_model;
+use linkwork_projection::render as resources;
 
 const EVENT_SOURCE: &str = "linkwork/ingest";
 /// How long a Task update waits for the projection to reach a fresh routing attempt.
@@ -129,7 +129,7 @@ pub async fn patch_task(
     })?;
     let current = {
         let mut connection = state.pool.acquire().await.map_err(super::read::database)?;
-        read_model::task(&mut connection, read_model::LIVE_SCHEMA, task_id)
+        read_model::task(&mut connection, linkwork_projection::LIVE_SCHEMA, task_id)
             .await
             .map_err(super::read::database)?
     };

@@ -16,8 +16,9 @@ use chrono::Utc;
 use linkwork_auth::{scopes, Role};
 use linkwork_domain::ReferralId;
 use linkwork_fhir::{Issue, IssueCode};
-use linkwork_projector::read::{self, ReferralSearch, ReferralView, LIVE_SCHEMA};
-use linkwork_projector::resources::{self, Person};
+use linkwork_projection::read::{self, ReferralSearch, ReferralView};
+use linkwork_projection::render::{self as resources, Person};
+use linkwork_projection::{ReadError, LIVE_SCHEMA};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -36,21 +37,17 @@ fn not_found(what: &str) -> FhirError {
     )
 }
 
-pub(super) fn database(error: sqlx::Error) -> FhirError {
-    // 42P01 undefined table, 3F000 invalid schema: the projector has never run here.
-    let code = error
-        .as_database_error()
-        .and_then(|database| database.code())
-        .map(|code| code.into_owned());
-    if matches!(code.as_deref(), Some("42P01" | "3F000")) {
-        tracing::warn!(%error, "read models missing; is the projector running?");
-        return FhirError::unavailable(
-            "the read models are not built yet: the projector (`linkwork serve projector`) has not run against this database",
-            30,
-        );
+pub(super) fn database(error: impl Into<ReadError>) -> FhirError {
+    match error.into() {
+        not_built @ ReadError::NotBuilt => {
+            tracing::warn!("read models missing; is the projector running?");
+            FhirError::unavailable(not_built.to_string(), 30)
+        }
+        error => {
+            tracing::warn!(%error, "read model query failed");
+            FhirError::unavailable("linkwork's database is unavailable; try again", 5)
+        }
     }
-    tracing::warn!(%error, "read model query failed");
-    FhirError::unavailable("linkwork's database is unavailable; try again", 5)
 }
 
 fn parse_id(id: &str, what: &str) -> Result<Uuid, FhirError> {

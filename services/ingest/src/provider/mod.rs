@@ -2,9 +2,9 @@
 //! contact, activity or consent, judged against the referral as the log has built it,
 //! and put on `referral.events`.
 //!
-//! State comes from the projector's read model plus the provider events accepted here
-//! but not yet projected (`pending_provider_events`), so a provider's second update is
-//! judged on what it was told succeeded. Commands on one referral are serialised by a
+//! State comes from the read side (`linkwork_projection::current`): the read model plus
+//! the provider events accepted here but not yet projected, so a provider's second
+//! update is judged on what it was told succeeded. Commands on one referral are serialised by a
 //! Postgres advisory lock held while the event is produced (acks=all), so two updates
 //! racing from two ingest instances cannot both pass. What still races, with the
 //! router's deadline escalation, is settled by log order in the projector and router.
@@ -12,9 +12,10 @@
 pub mod parse;
 
 use linkwork_bus::Producer;
-use linkwork_domain::referral::{self, Command, Referral, Refusal};
-use linkwork_domain::{DomainEvent, EventId, ReferralEvent, ReferralId};
+use linkwork_domain::referral::{self, Referral, Refusal};
+use linkwork_domain::{EventId, ReferralEvent, ReferralId};
 use linkwork_fhir::IssueCode;
+use linkwork_projection::ReadError;
 use std::collections::HashMap;
 
 use sqlx::{PgConnection, PgPool};
@@ -77,61 +78,18 @@ pub async fn current_state(
         .remove(&referral))
 }
 
-/// [`current_state`] for many referrals at once: one read of the projection and one of
-/// the pending events, whatever the number. Referrals not known are absent.
+/// [`current_state`] for many referrals at once (the read side's
+/// [`linkwork_projection::current::states`]). Referrals not known are absent.
 pub async fn current_states(
     connection: &mut PgConnection,
     referrals: &[ReferralId],
 ) -> Result<HashMap<ReferralId, Referral>, CommandError> {
-    let ids: Vec<Uuid> = referrals.iter().map(|id| *id.as_uuid()).collect();
-    // The read models resolve through search_path; put it back afterwards so the rest
-    // of the caller's transaction sees what it saw before.
-    let saved: String = sqlx::query_scalar("SELECT current_setting('search_path')")
-        .fetch_one(&mut *connection)
-        .await?;
-    sqlx::query("SELECT set_config('search_path', 'projection, public', true)")
-        .execute(&mut *connection)
-        .await?;
-    let loaded = linkwork_projector::model::load(connection, &ids).await;
-    sqlx::query("SELECT set_config('search_path', $1, true)")
-        .bind(&saved)
-        .execute(&mut *connection)
-        .await?;
-    let mut states: HashMap<ReferralId, Referral> = loaded
+    linkwork_projection::current::states(connection, referrals)
+        .await
         .map_err(|error| match error {
-            linkwork_projector::model::ModelError::Database(error) => CommandError::Database(error),
-            corrupt => CommandError::Conflict(corrupt.to_string()),
-        })?
-        .into_iter()
-        .map(|(id, projected)| (id, projected.state))
-        .collect();
-    let pending: Vec<(Uuid, String, Vec<u8>)> = sqlx::query_as(
-        "SELECT referral_id, event_type, body FROM public.pending_provider_events
-         WHERE referral_id = ANY($1) ORDER BY seq",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *connection)
-    .await?;
-    for (referral, event_type, body) in pending {
-        let referral = ReferralId::from_uuid(referral);
-        let Ok(event) = ReferralEvent::decode(&event_type, &body) else {
-            continue;
-        };
-        // Judged as the projector will: an event the state refuses changes nothing.
-        if let Some(current) = states.remove(&referral) {
-            let applies = matches!(
-                referral::decide(Some(&current), Command::from(event.clone())),
-                Ok(events) if !events.is_empty()
-            );
-            let next = if applies {
-                referral::apply(Some(current.clone()), &event).unwrap_or(current)
-            } else {
-                current
-            };
-            states.insert(referral, next);
-        }
-    }
-    Ok(states)
+            ReadError::Database(error) => CommandError::Database(error),
+            other => CommandError::Conflict(other.to_string()),
+        })
 }
 
 /// Of `referrals`, those ingest has taken (published to the log), whether or not the
@@ -211,25 +169,7 @@ pub async fn lock_referral(
     Ok(())
 }
 
-/// Records events this side produced until the projector has them.
-pub async fn remember_pending(
-    connection: &mut PgConnection,
-    events: &[(EventId, ReferralEvent)],
-) -> Result<(), sqlx::Error> {
-    for (id, event) in events {
-        sqlx::query(
-            "INSERT INTO public.pending_provider_events (event_id, referral_id, event_type, body)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
-        )
-        .bind(id.as_uuid())
-        .bind(event.referral_id().as_uuid())
-        .bind(event.event_type())
-        .bind(event.encode())
-        .execute(&mut *connection)
-        .await?;
-    }
-    Ok(())
-}
+pub use linkwork_projection::current::remember_pending;
 
 /// What an accepted submission did.
 #[derive(Debug, Clone)]
