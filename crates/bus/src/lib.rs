@@ -4,6 +4,7 @@
 pub mod consumer;
 pub mod dlq;
 pub mod headers;
+pub mod health;
 pub mod lookup;
 pub mod partitioner;
 pub mod producer;
@@ -13,8 +14,8 @@ pub mod topics;
 pub mod trace;
 
 pub use consumer::{
-    CloudEvent, ConsumerConfig, ConsumerRunner, Decode, Decoded, Effects, Handler, HandlerError,
-    Incoming, OutboxEvent, Record,
+    CloudEvent, ConsumerConfig, ConsumerRunner, ConsumerSnapshot, ConsumerStatus, Decode, Decoded,
+    Effects, Handler, HandlerError, Incoming, OutboxEvent, Record,
 };
 pub use producer::{Delivered, Outbound, Producer};
 pub use relay::{OutboxRelay, RelayConfig};

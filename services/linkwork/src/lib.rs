@@ -1,5 +1,6 @@
 //! The `linkwork` command: every service and tool behind one binary.
 
+pub mod admin;
 pub mod borough;
 pub mod demo;
 pub mod demo_runs;

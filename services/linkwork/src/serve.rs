@@ -28,6 +28,18 @@ pub enum Service {
     All,
 }
 
+impl Service {
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Ingest => "ingest",
+            Service::Router => "router",
+            Service::Projector => "projector",
+            Service::Metrics => "metrics",
+            Service::All => "all",
+        }
+    }
+}
+
 /// Runs `service` until `shutdown` is cancelled or one of its tasks fails (which
 /// cancels the others and makes the command fail).
 pub async fn run(
@@ -62,8 +74,7 @@ pub async fn run_with_clock(
     } else {
         None
     };
-    if with_ingest || with_projector {
-        // Ingest's provider API reads the projection and its pending commands.
+    if with_projector {
         linkwork_projector::migrate(&pool).await?;
     }
     if with_ingest {
@@ -82,6 +93,8 @@ pub async fn run_with_clock(
 
     let work = shutdown.child_token();
     let mut tasks: JoinSet<anyhow::Result<&'static str>> = JoinSet::new();
+    // Every consumer of this process, for the admin listener's readiness and metrics.
+    let mut consumers: Vec<linkwork_bus::ConsumerStatus> = Vec::new();
     // One relay per process publishes everything its consumers put in the outbox.
     let relay = OutboxRelay::new(pool.clone(), &kafka, RelayConfig::default())?;
     let outbox = relay.notifier();
@@ -124,6 +137,7 @@ pub async fn run_with_clock(
                 .with_clock(clock.clone()),
         )
         .with_outbox_notify(outbox.clone());
+        consumers.push(responses.status());
         let token = work.clone();
         tasks.spawn(async move {
             responses.run(token).await?;
@@ -139,6 +153,7 @@ pub async fn run_with_clock(
             },
         )
         .with_outbox_notify(outbox.clone());
+        consumers.push(runner.status());
         let token = work.clone();
         tasks.spawn(async move {
             runner.run(token).await?;
@@ -153,6 +168,7 @@ pub async fn run_with_clock(
         };
         let router =
             linkwork_router::Router::new(config, kafka.clone(), pool.clone(), Some(outbox.clone()));
+        consumers.push(router.consumer.status());
         let token = work.clone();
         tasks.spawn(async move {
             router.run(token).await?;
@@ -166,6 +182,7 @@ pub async fn run_with_clock(
             pool.clone(),
             Some(outbox.clone()),
         );
+        consumers.push(projector.status());
         let token = work.clone();
         tasks.spawn(async move {
             projector.run(token).await?;
@@ -208,12 +225,31 @@ pub async fn run_with_clock(
             linkwork_metrics::call_log::CallLogProjection,
         )
         .with_outbox_notify(outbox.clone());
+        consumers.push(runner.status());
         let token = work.clone();
         tasks.spawn(async move {
             runner.run(token).await?;
             Ok("metrics consumer")
         });
     }
+
+    let admin = crate::admin::router(crate::admin::Admin {
+        service: service.name(),
+        pool: pool.clone(),
+        broker: linkwork_bus::health::BrokerProbe::new(&kafka)?,
+        consumers,
+    });
+    let listener = tokio::net::TcpListener::bind(settings.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin listener on {}", settings.admin_addr))?;
+    tracing::info!(address = %listener.local_addr()?, "admin listening (/healthz, /readyz, /metrics)");
+    let token = work.clone();
+    tasks.spawn(async move {
+        axum::serve(listener, admin)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await?;
+        Ok("admin http")
+    });
 
     let mut failure = None;
     while let Some(finished) = tasks.join_next().await {

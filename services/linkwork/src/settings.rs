@@ -13,8 +13,12 @@ use linkwork_store::DatabaseSettings;
 pub struct Settings {
     kafka: Option<KafkaSettings>,
     kafka_error: Option<String>,
-    database_url: Option<String>,
+    /// May hold a password: wrapped, so `Debug` never prints it.
+    database_url: Option<secrecy::SecretString>,
     pub http_addr: SocketAddr,
+    /// Where `serve` answers `/healthz`, `/readyz` and `/metrics`
+    /// (`LINKWORK_ADMIN_ADDR`; port 0 picks a free one).
+    pub admin_addr: SocketAddr,
     /// Base of absolute URLs in responses; empty for the listening address.
     pub public_base_url: String,
     /// A provider directory (YAML) the router stores as a new version at start when
@@ -37,6 +41,10 @@ impl Settings {
             .unwrap_or_else(|_| "127.0.0.1:8080".into())
             .parse()
             .context("LINKWORK_HTTP_ADDR is not a socket address (host:port)")?;
+        let admin_addr = std::env::var("LINKWORK_ADMIN_ADDR")
+            .unwrap_or_else(|_| "127.0.0.1:9464".into())
+            .parse()
+            .context("LINKWORK_ADMIN_ADDR is not a socket address (host:port)")?;
         let call_log_baseline = match std::env::var("LINKWORK_CALL_LOG_BASELINE") {
             Ok(text) if !text.trim().is_empty() => Some(
                 chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").with_context(|| {
@@ -51,8 +59,10 @@ impl Settings {
             kafka_error,
             database_url: std::env::var("LINKWORK_DATABASE_URL")
                 .ok()
-                .filter(|url| !url.trim().is_empty()),
+                .filter(|url| !url.trim().is_empty())
+                .map(secrecy::SecretString::from),
             http_addr,
+            admin_addr,
             public_base_url: std::env::var("LINKWORK_PUBLIC_BASE_URL")
                 .unwrap_or_default()
                 .trim_end_matches('/')
@@ -89,13 +99,17 @@ impl Settings {
 
     /// The database URL with any password replaced, for telling people where to look.
     pub fn database_url_for_display(&self) -> Option<String> {
-        self.database_url.as_deref().map(redact_password)
+        use secrecy::ExposeSecret;
+        self.database_url
+            .as_ref()
+            .map(|url| redact_password(url.expose_secret()))
     }
 
     /// The database settings; an error naming the variable when it is not set.
     pub fn database(&self) -> anyhow::Result<DatabaseSettings> {
+        use secrecy::ExposeSecret;
         match &self.database_url {
-            Some(url) => Ok(DatabaseSettings::new(url.clone())),
+            Some(url) => Ok(DatabaseSettings::new(url.expose_secret().to_owned())),
             None => bail!("LINKWORK_DATABASE_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/linkwork)"),
         }
     }
@@ -130,5 +144,25 @@ mod tests {
             "postgres://postgres@127.0.0.1:5432/linkwork_demo"
         );
         assert_eq!(redact_password("not a url"), "not a url");
+    }
+
+    #[test]
+    fn the_settings_debug_form_never_shows_the_database_password() {
+        let settings = Settings {
+            kafka: None,
+            kafka_error: None,
+            database_url: Some(secrecy::SecretString::from(
+                "postgres://linkwork:hunter2-not-real@db.internal/linkwork",
+            )),
+            http_addr: "127.0.0.1:8080".parse().unwrap(),
+            admin_addr: "127.0.0.1:9464".parse().unwrap(),
+            public_base_url: String::new(),
+            directory_file: None,
+            pseudonym_key: Some(secrecy::SecretString::from("a-pseudonym-key-not-to-print")),
+            call_log_baseline: None,
+        };
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("a-pseudonym-key"), "{printed}");
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{count, figure_after, free_port, fresh_database, psql, run, sql_list};
+use common::{count, figure_after, free_port, fresh_database, psql, run, sql_list, Served};
 
 fn linkwork() -> Command {
     common::linkwork_on(&common::test_brokers())
@@ -283,30 +283,6 @@ fn the_oruk_conformance_record_imports_into_a_new_directory_version_with_its_que
     );
 }
 
-/// `linkwork serve all` on a fresh database, as an operator starts it. Dropping it
-/// stops it as an operator would, with SIGTERM (its consumers leave their groups at
-/// once); SIGKILL only if it has not stopped within 20 s. A process that dies without
-/// leaving is evicted by Kafka after the consumers' session timeout:
-/// `serve_all_killed_with_sigkill_...` shows it.
-struct Served(std::process::Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The rows of every per-referral read model for `referrals`, in a stable order, as
 /// psql prints them. (Other tests write to the same `referral.events` topic, so the
 /// comparison keeps to this test's referrals.)
@@ -458,6 +434,7 @@ impl ServeAll {
             .args(arguments)
             .env("LINKWORK_DATABASE_URL", &self.url)
             .env("LINKWORK_HTTP_ADDR", format!("127.0.0.1:{}", self.port))
+            .env("LINKWORK_ADMIN_ADDR", "127.0.0.1:0")
             .env("LINKWORK_AUTH_DEV_SECRET", SECRET)
             .env(
                 "LINKWORK_PSEUDONYM_KEY",

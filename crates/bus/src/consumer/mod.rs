@@ -19,6 +19,9 @@
 
 mod poll;
 mod process;
+mod status;
+
+pub use status::{ConsumerSnapshot, ConsumerStatus};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -328,17 +331,32 @@ pub struct ConsumerRunner<H> {
     pool: PgPool,
     handler: H,
     outbox_notify: Option<Arc<Notify>>,
+    status: ConsumerStatus,
 }
 
 impl<H: Handler> ConsumerRunner<H> {
     pub fn new(config: ConsumerConfig, kafka: KafkaSettings, pool: PgPool, handler: H) -> Self {
+        let status = ConsumerStatus::new(&config.name);
         Self {
             config,
             kafka,
             pool,
             handler,
             outbox_notify: None,
+            status,
         }
+    }
+
+    /// Reports into `status` (made before the runner, by an owner that builds the
+    /// runner late) instead of a status of its own.
+    pub fn with_status(mut self, status: ConsumerStatus) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// The consumer's live status, for readiness and metrics.
+    pub fn status(&self) -> ConsumerStatus {
+        self.status.clone()
     }
 
     /// Wakes an in-process outbox relay after each batch that wrote outbox rows.
@@ -353,14 +371,21 @@ impl<H: Handler> ConsumerRunner<H> {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), BusError> {
         let (items_tx, items_rx) = tokio::sync::mpsc::channel(self.config.queue_capacity);
         let (control_tx, control_rx) = std::sync::mpsc::channel();
-        let poller = poll::spawn(
+        let status = self.status.clone();
+        let poller = match poll::spawn(
             &self.config,
             &self.kafka,
             self.pool.clone(),
             tokio::runtime::Handle::current(),
             items_tx,
             control_rx,
-        )?;
+        ) {
+            Ok(poller) => poller,
+            Err(error) => {
+                status.stopped();
+                return Err(error);
+            }
+        };
         let mut processor = process::Processor::new(
             self.config,
             self.pool,
@@ -368,9 +393,11 @@ impl<H: Handler> ConsumerRunner<H> {
             self.outbox_notify,
             control_tx,
             poller.stop_flag(),
+            self.status,
         );
         let outcome = processor.run(items_rx, shutdown).await;
         drop(poller);
+        status.stopped();
         outcome
     }
 }

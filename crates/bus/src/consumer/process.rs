@@ -15,7 +15,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::poll::{Control, Item, TopicPartition};
-use super::{ConsumerConfig, Decode, Decoded, Effects, Handler, HandlerError, Incoming, Record};
+use super::{
+    ConsumerConfig, ConsumerStatus, Decode, Decoded, Effects, Handler, HandlerError, Incoming,
+    Record,
+};
 use crate::{dlq, trace, BusError};
 
 /// Why applying a batch did not commit.
@@ -68,6 +71,7 @@ pub(crate) struct Processor<H: Handler> {
     /// group coordinator, and a busy consumer would otherwise make hundreds a second.
     unreported: HashMap<TopicPartition, i64>,
     last_report: Instant,
+    status: ConsumerStatus,
 }
 
 /// An owned partition: its stored next offset and the next offset delivery owes us.
@@ -86,6 +90,7 @@ impl<H: Handler> Processor<H> {
         outbox_notify: Option<Arc<Notify>>,
         control: ControlSender<Control>,
         stop: Arc<AtomicBool>,
+        status: ConsumerStatus,
     ) -> Self {
         Self {
             config,
@@ -99,6 +104,7 @@ impl<H: Handler> Processor<H> {
             last_prune: Instant::now(),
             unreported: HashMap::new(),
             last_report: Instant::now(),
+            status,
         }
     }
 
@@ -169,6 +175,7 @@ impl<H: Handler> Processor<H> {
                             (partition, owned)
                         })
                         .collect();
+                    self.status.assigned(self.partitions.len());
                 }
                 Some(Item::Revoked { partitions, done }) => {
                     flush_at = None;
@@ -179,6 +186,7 @@ impl<H: Handler> Processor<H> {
                     for partition in &partitions {
                         self.partitions.remove(partition);
                     }
+                    self.status.assigned(self.partitions.len());
                     let _ = done.send(());
                 }
                 Some(Item::Seeked { partition, offset }) => {
@@ -497,6 +505,7 @@ impl<H: Handler> Processor<H> {
             self.unreported.insert(partition, next);
         }
         self.report_offsets(false);
+        self.status.batch_committed(indices.len(), dead_lettered);
         if !messages.is_empty() {
             if let Some(notify) = &self.outbox_notify {
                 notify.notify_one();

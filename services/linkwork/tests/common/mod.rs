@@ -6,6 +6,7 @@
 
 use std::net::TcpListener;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// The test broker of `make test` (`LINKWORK_TEST_KAFKA_BROKERS`).
 pub fn test_brokers() -> String {
@@ -100,4 +101,28 @@ pub fn figure_after(output: &str, label: &str) -> i64 {
         .next()
         .and_then(|digits| digits.parse().ok())
         .unwrap_or_else(|| panic!("a number after {label:?} in {line:?}"))
+}
+
+/// A `linkwork serve` process. Dropping it
+/// stops it as an operator would, with SIGTERM (its consumers leave their groups at
+/// once); SIGKILL only if it has not stopped within 20 s. A process that dies without
+/// leaving is evicted by Kafka after the consumers' session timeout:
+/// `serve_all_killed_with_sigkill_...` shows it.
+pub struct Served(pub std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
