@@ -6,6 +6,7 @@ pub mod dlq;
 pub mod headers;
 pub mod health;
 pub mod lookup;
+pub mod names;
 pub mod partitioner;
 pub mod producer;
 pub mod relay;
@@ -19,6 +20,7 @@ pub use consumer::{
 };
 pub use producer::{Delivered, Outbound, Producer};
 pub use relay::{OutboxRelay, RelayConfig};
+pub use names::Names;
 pub use settings::KafkaSettings;
 
 /// Errors at the bus boundary.
