@@ -1,4 +1,6 @@
-//! The referral aggregate: `decide(state, command)` and `apply(state, event)`, pure.
+//! The referral aggregate, pure: `decide(state, command)` says what a command produces;
+//! `fold(state, event)` says what an event read from the log did (applied, a repeat, or
+//! superseded) and is the one rule every reader of `referral.events` uses.
 //!
 //! Statuses follow the HL7 Gravity SDOH closed-loop referral Task model of DESIGN.md:
 //!
@@ -484,31 +486,77 @@ fn command_referral_id(command: &Command) -> ReferralId {
     }
 }
 
-/// Applies a fact. Events are facts already on the log, so `apply` never refuses; an
-/// event for a referral that was never received leaves the state empty.
+/// What a logged event did to a referral, judged where it stands in the log.
+///
+/// Every reader of `referral.events` (projector, ingest's pending overlay, the router)
+/// must agree on this, so it is one function ([`fold`]) rather than each reader's own
+/// `decide` then `apply`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Folded {
+    /// The event took effect: the referral as it stands after it.
+    Applied(Referral),
+    /// The event repeats what already happened (a resubmission, a status re-sent):
+    /// nothing changes.
+    Repeat,
+    /// The lifecycle refuses the event where it stands in the log (an acceptance that
+    /// reached the log after the re-routing, a second closing status): nothing changes.
+    /// The refusal says why, for the record.
+    Superseded(Refusal),
+}
+
+/// Folds one logged event into the state the events before it built.
+///
+/// The log records what was asked, in the order it happened, not only what was allowed:
+/// two producers (ingest for providers and referrers, the router) each judge against
+/// their own view, so an event can reach the log after another that makes it moot. Each
+/// event is therefore judged as the command it would have been ([`decide`]) against
+/// the state before it, and only then applied.
+pub fn fold(state: Option<&Referral>, event: &ReferralEvent) -> Folded {
+    match (state, event) {
+        (None, ReferralEvent::Received(received)) => Folded::Applied(receive(received)),
+        (None, other) => Folded::Superseded(Refusal::UnknownReferral(other.referral_id())),
+        (Some(referral), _) => match decide(Some(referral), Command::from(event.clone())) {
+            Ok(events) if events.is_empty() => Folded::Repeat,
+            Ok(_) => Folded::Applied(advance(referral.clone(), event)),
+            Err(refusal) => Folded::Superseded(refusal),
+        },
+    }
+}
+
+/// The raw step: the state after an event that is known to take effect, i.e. one that
+/// [`decide`] has just produced (ingest publishing its own decision). Nothing is
+/// checked here; a reader of the log must use [`fold`], which judges the event first.
+/// An event for a referral that was never received leaves the state empty.
 pub fn apply(state: Option<Referral>, event: &ReferralEvent) -> Option<Referral> {
-    let mut referral = match (state, event) {
-        (None, ReferralEvent::Received(received)) => {
-            return Some(Referral {
-                id: received.referral_id,
-                source: received.source.clone(),
-                content_hash: received.content_hash.clone(),
-                status: Status::Received,
-                provider: None,
-                attempt: 0,
-                accept_by: None,
-                tried_providers: Vec::new(),
-                consent_to_evaluation: false,
-                first_contact_at: None,
-                contacts: 0,
-                activities: 0,
-                observation_ids: Vec::new(),
-                version: 1,
-            })
-        }
-        (None, _) => return None,
-        (Some(referral), _) => referral,
-    };
+    match (state, event) {
+        (None, ReferralEvent::Received(received)) => Some(receive(received)),
+        (None, _) => None,
+        (Some(referral), _) => Some(advance(referral, event)),
+    }
+}
+
+/// A new referral from its receipt.
+fn receive(received: &ReferralReceived) -> Referral {
+    Referral {
+        id: received.referral_id,
+        source: received.source.clone(),
+        content_hash: received.content_hash.clone(),
+        status: Status::Received,
+        provider: None,
+        attempt: 0,
+        accept_by: None,
+        tried_providers: Vec::new(),
+        consent_to_evaluation: false,
+        first_contact_at: None,
+        contacts: 0,
+        activities: 0,
+        observation_ids: Vec::new(),
+        version: 1,
+    }
+}
+
+/// An existing referral after an event that takes effect.
+fn advance(mut referral: Referral, event: &ReferralEvent) -> Referral {
     referral.version += 1;
     match event {
         // A repeated receipt changes nothing but the version.
@@ -558,12 +606,18 @@ pub fn apply(state: Option<Referral>, event: &ReferralEvent) -> Option<Referral>
         ReferralEvent::ConsentRecorded(_) => referral.consent_to_evaluation = true,
         ReferralEvent::ConsentWithdrawn(_) => referral.consent_to_evaluation = false,
     }
-    Some(referral)
+    referral
 }
 
-/// Rebuilds a referral from its events, in log order.
+/// Rebuilds a referral from its events, in log order, as every reader of the log does:
+/// events [`fold`] does not apply change nothing.
 pub fn replay<'a>(events: impl IntoIterator<Item = &'a ReferralEvent>) -> Option<Referral> {
-    events.into_iter().fold(None, apply)
+    events
+        .into_iter()
+        .fold(None, |state, event| match fold(state.as_ref(), event) {
+            Folded::Applied(next) => Some(next),
+            Folded::Repeat | Folded::Superseded(_) => state,
+        })
 }
 
 #[cfg(test)]
