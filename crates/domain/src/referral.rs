@@ -380,20 +380,70 @@ fn provider_transition(
     to: Status,
     event: fn(ProviderStatusChange) -> ReferralEvent,
 ) -> Result<Vec<ReferralEvent>, Refusal> {
+    if judge_provider_change(referral.standing(), &change.provider_id, to)? {
+        Ok(vec![event(change)])
+    } else {
+        Ok(vec![])
+    }
+}
+
+/// Where a referral's Task stands: all that judging a provider's status change needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing<'a> {
+    pub status: Status,
+    /// The provider whose Task is live or who closed it.
+    pub provider: Option<&'a ProviderId>,
+    /// The provider routed to last (it may re-send its own rejection).
+    pub last_tried: Option<&'a ProviderId>,
+}
+
+impl Referral {
+    /// Where the referral's Task stands, for [`judge_provider_change`].
+    pub fn standing(&self) -> Standing<'_> {
+        Standing {
+            status: self.status,
+            provider: self.provider.as_ref(),
+            last_tried: self.tried_providers.last(),
+        }
+    }
+}
+
+/// Whether `provider` moving the Task to `to` takes effect (`Ok(true)`) or repeats what
+/// already happened (`Ok(false)`), and otherwise why it is refused.
+///
+/// This is the rule [`decide`], and so [`fold`], applies to every provider status
+/// change. It is public for readers of the log that keep where routing stands rather
+/// than the whole referral: the router asks it whether an acceptance by the provider
+/// the log still shows as holding the referral stands although the router has since
+/// re-routed it, so the race between the two is settled by one rule, not two copies.
+pub fn judge_provider_change(
+    standing: Standing<'_>,
+    provider: &ProviderId,
+    to: Status,
+) -> Result<bool, Refusal> {
     // The provider that rejected no longer holds the referral, but re-sending its
     // rejection is still a repeat, not an intrusion.
     let repeats_own_rejection = to == Status::Rejected
-        && referral.status == Status::Rejected
-        && referral.tried_providers.last() == Some(&change.provider_id);
+        && standing.status == Status::Rejected
+        && standing.last_tried == Some(provider);
     if repeats_own_rejection {
-        return Ok(vec![]);
+        return Ok(false);
     }
-    check_provider(referral, &change.provider_id)?;
-    if referral.status == to {
-        return Ok(vec![]);
+    if standing.provider != Some(provider) {
+        return Err(Refusal::NotAssignedProvider {
+            provider: provider.clone(),
+        });
     }
-    check_transition(referral, to)?;
-    Ok(vec![event(change)])
+    if standing.status == to {
+        return Ok(false);
+    }
+    if !transition_allowed(standing.status, to) {
+        return Err(Refusal::InvalidTransition {
+            from: standing.status,
+            to,
+        });
+    }
+    Ok(true)
 }
 
 fn check_transition(referral: &Referral, to: Status) -> Result<(), Refusal> {

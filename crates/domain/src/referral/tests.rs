@@ -674,3 +674,37 @@ fn replay_skips_the_events_that_fold_supersedes() {
     assert_eq!(state.attempt, 1);
     assert_eq!(state.version, 3, "received, routed, accepted");
 }
+
+#[test]
+fn a_provider_change_is_judged_on_where_the_task_stands_alone() {
+    let a = provider("prov-a");
+    let b = provider("prov-b");
+    let requested_from_a = Standing {
+        status: Status::Requested,
+        provider: Some(&a),
+        last_tried: Some(&a),
+    };
+    assert_eq!(
+        judge_provider_change(requested_from_a, &a, Status::Accepted),
+        Ok(true)
+    );
+    assert_eq!(
+        judge_provider_change(requested_from_a, &b, Status::Accepted),
+        Err(Refusal::NotAssignedProvider {
+            provider: b.clone()
+        })
+    );
+    let rejected_by_a = given(Status::Rejected);
+    assert_eq!(rejected_by_a.standing().provider, None);
+    assert_eq!(
+        judge_provider_change(rejected_by_a.standing(), &a, Status::Rejected),
+        Ok(false),
+        "re-sending its own rejection is a repeat"
+    );
+    assert_eq!(
+        judge_provider_change(rejected_by_a.standing(), &a, Status::Accepted),
+        Err(Refusal::NotAssignedProvider {
+            provider: a.clone()
+        })
+    );
+}
