@@ -115,20 +115,27 @@ enum Response {
 /// One thing that happens, in the order generated.
 #[derive(Debug, Clone)]
 enum Action {
-    /// A provider responds. Ingest judges the response against the log (with its own
-    /// responses still in flight) and publishes it only if the domain accepts it then;
-    /// `late` leaves it in flight, behind whatever reaches the log first.
+    /// A provider responds. Ingest judges the response against the log as projected
+    /// (the last `lag` entries not yet, except its own) with its own events still in
+    /// flight, and publishes it only if the domain accepts it there; `late` leaves it
+    /// in flight, behind whatever reaches the log first.
     Respond {
         response: Response,
         provider: usize,
         late: bool,
+        lag: usize,
     },
-    /// The referrer withdraws the referral.
-    Cancel { late: bool },
+    /// The referrer withdraws the referral (judged as a response is).
+    Cancel { late: bool, lag: usize },
     /// The deadline sweeper finds the current request overdue.
     Escalate,
     /// The next message of one producer reaches the log.
     Deliver { from_router: bool },
+}
+
+/// How far the projection ingest reads is behind the log: mostly not at all.
+fn lag() -> impl Strategy<Value = usize> {
+    prop_oneof![3 => Just(0), 1 => 1..4usize]
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -139,14 +146,15 @@ fn action() -> impl Strategy<Value = Action> {
         Just(Response::Fail),
     ];
     prop_oneof![
-        4 => (response, 0..PROVIDERS.len(), any::<bool>()).prop_map(|(response, provider, late)| {
-            Action::Respond {
+        4 => (response, 0..PROVIDERS.len(), any::<bool>(), lag()).prop_map(
+            |(response, provider, late, lag)| Action::Respond {
                 response,
                 provider,
                 late,
+                lag,
             }
-        }),
-        1 => any::<bool>().prop_map(|late| Action::Cancel { late }),
+        ),
+        1 => (any::<bool>(), lag()).prop_map(|(late, lag)| Action::Cancel { late, lag }),
         3 => Just(Action::Escalate),
         4 => any::<bool>().prop_map(|from_router| Action::Deliver { from_router }),
     ]
@@ -227,6 +235,8 @@ struct World {
     /// The domain's reading of the log so far.
     state: Option<Referral>,
     log: Vec<ReferralEvent>,
+    /// Which log entries ingest published (it overlays them until projected).
+    published_by_ingest: Vec<bool>,
     /// The router's events, in outbox order, not yet on the log.
     from_router: VecDeque<ReferralEvent>,
     /// Ingest's events, in the order published, not yet on the log.
@@ -243,6 +253,7 @@ impl World {
             now: start(),
             state: None,
             log: Vec::new(),
+            published_by_ingest: Vec::new(),
             from_router: VecDeque::new(),
             from_ingest: VecDeque::new(),
         }
@@ -304,6 +315,10 @@ impl World {
         if let Folded::Applied(next) = folded {
             self.state = Some(next);
         }
+        self.published_by_ingest.push(!matches!(
+            event,
+            ReferralEvent::Routed(_) | ReferralEvent::Unroutable(_)
+        ));
         self.log.push(event.clone());
         if matches!(
             event,
@@ -311,6 +326,7 @@ impl World {
                 | ReferralEvent::Rejected(_)
                 | ReferralEvent::Completed(_)
                 | ReferralEvent::Failed(_)
+                | ReferralEvent::Cancelled(_)
         ) {
             prop_assert_eq!(
                 applied,
@@ -322,12 +338,20 @@ impl World {
         Ok(())
     }
 
-    /// What ingest judges a new submission against: the log with its own events
-    /// still in flight.
-    fn ingest_view(&self) -> Option<Referral> {
-        self.from_ingest
+    /// What ingest judges a new submission against: the log as projected `lag`
+    /// entries ago, with its own events since (projected or not) overlaid.
+    fn ingest_view(&self, lag: usize) -> Option<Referral> {
+        let projected = self.log.len().saturating_sub(lag);
+        let own_since = self.log[projected..]
             .iter()
-            .fold(self.state.clone(), |state, event| {
+            .zip(&self.published_by_ingest[projected..])
+            .filter(|(_, own)| **own)
+            .map(|(event, _)| event);
+        self.log[..projected]
+            .iter()
+            .chain(own_since)
+            .chain(&self.from_ingest)
+            .fold(None, |state, event| {
                 match referral::fold(state.as_ref(), event) {
                     Folded::Applied(next) => Some(next),
                     Folded::Repeat | Folded::Superseded(_) => state,
@@ -337,8 +361,13 @@ impl World {
 
     /// Publishes `event` if ingest would accept it now; on time, it reaches the log
     /// at once (with anything ingest sent before it).
-    fn submit(&mut self, event: ReferralEvent, late: bool) -> Result<(), TestCaseError> {
-        let view = self.ingest_view();
+    fn submit(
+        &mut self,
+        event: ReferralEvent,
+        late: bool,
+        lag: usize,
+    ) -> Result<(), TestCaseError> {
+        let view = self.ingest_view(lag);
         if !matches!(referral::fold(view.as_ref(), &event), Folded::Applied(_)) {
             return Ok(());
         }
@@ -358,6 +387,7 @@ impl World {
                 response,
                 provider: index,
                 late,
+                lag,
             } => {
                 let change = ProviderStatusChange {
                     referral_id: referral_id(),
@@ -371,16 +401,16 @@ impl World {
                     Response::Complete => ReferralEvent::Completed(change),
                     Response::Fail => ReferralEvent::Failed(change),
                 };
-                self.submit(event, late)?;
+                self.submit(event, late, lag)?;
             }
-            Action::Cancel { late } => {
+            Action::Cancel { late, lag } => {
                 let closed = ReferralClosedBy {
                     referral_id: referral_id(),
                     by: Actor::Source(gp()),
                     reason: None,
                     occurred_at: self.now,
                 };
-                self.submit(ReferralEvent::Cancelled(closed), late)?;
+                self.submit(ReferralEvent::Cancelled(closed), late, lag)?;
             }
             Action::Escalate => {
                 let due = self
@@ -420,7 +450,7 @@ impl World {
         let Some(route) = self.route() else {
             return Ok(());
         };
-        let expected = self
+        let expected_state = self
             .from_router
             .iter()
             .fold(self.state.clone(), |state, event| {
@@ -429,7 +459,7 @@ impl World {
                     Folded::Repeat | Folded::Superseded(_) => state,
                 }
             });
-        let expected = expected.as_ref().and_then(View::of_referral);
+        let expected = expected_state.as_ref().and_then(View::of_referral);
         prop_assert_eq!(
             Some(View::of_route(route)),
             expected,
@@ -437,6 +467,27 @@ impl World {
             summary(&self.log),
             summary(&self.from_router)
         );
+        // Caseloads: the provider the referral is (or will be) with counts it once,
+        // everyone else not at all.
+        for index in 0..PROVIDERS.len() {
+            let provider = provider(index);
+            let holds = expected_state.as_ref().is_some_and(|state| {
+                state.provider.as_ref() == Some(&provider)
+                    && (state.status == Status::Requested || state.status.is_with_provider())
+            });
+            prop_assert_eq!(
+                self.loads
+                    .active()
+                    .get(&provider)
+                    .copied()
+                    .unwrap_or_default(),
+                u32::from(holds),
+                "{}'s caseload; log: {:#?}; router's events in flight: {:#?}",
+                provider,
+                summary(&self.log),
+                summary(&self.from_router)
+            );
+        }
         if let Some(state) = self
             .state
             .as_ref()
@@ -505,6 +556,7 @@ fn accept(provider: usize) -> Action {
         response: Response::Accept,
         provider,
         late: false,
+        lag: 0,
     }
 }
 
@@ -599,6 +651,7 @@ fn a_rejection_by_a_provider_the_router_already_moved_on_from_re_routes_nothing_
             response: Response::Reject,
             provider: 0,
             late: false,
+            lag: 0,
         })
         .expect("prov-a rejects; the domain applies it");
     assert_eq!(world.route().map(View::of_route), before);
