@@ -1,4 +1,6 @@
-//! The referral aggregate: `decide(state, command)` and `apply(state, event)`, pure.
+//! The referral aggregate, pure: `decide(state, command)` says what a command produces;
+//! `fold(state, event)` says what an event read from the log did (applied, a repeat, or
+//! superseded) and is the one rule every reader of `referral.events` uses.
 //!
 //! Statuses follow the HL7 Gravity SDOH closed-loop referral Task model of DESIGN.md:
 //!
@@ -378,20 +380,70 @@ fn provider_transition(
     to: Status,
     event: fn(ProviderStatusChange) -> ReferralEvent,
 ) -> Result<Vec<ReferralEvent>, Refusal> {
+    if judge_provider_change(referral.standing(), &change.provider_id, to)? {
+        Ok(vec![event(change)])
+    } else {
+        Ok(vec![])
+    }
+}
+
+/// Where a referral's Task stands: all that judging a provider's status change needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing<'a> {
+    pub status: Status,
+    /// The provider whose Task is live or who closed it.
+    pub provider: Option<&'a ProviderId>,
+    /// The provider routed to last (it may re-send its own rejection).
+    pub last_tried: Option<&'a ProviderId>,
+}
+
+impl Referral {
+    /// Where the referral's Task stands, for [`judge_provider_change`].
+    pub fn standing(&self) -> Standing<'_> {
+        Standing {
+            status: self.status,
+            provider: self.provider.as_ref(),
+            last_tried: self.tried_providers.last(),
+        }
+    }
+}
+
+/// Whether `provider` moving the Task to `to` takes effect (`Ok(true)`) or repeats what
+/// already happened (`Ok(false)`), and otherwise why it is refused.
+///
+/// This is the rule [`decide`], and so [`fold`], applies to every provider status
+/// change. It is public for readers of the log that keep where routing stands rather
+/// than the whole referral: the router asks it whether an acceptance by the provider
+/// the log still shows as holding the referral stands although the router has since
+/// re-routed it, so the race between the two is settled by one rule, not two copies.
+pub fn judge_provider_change(
+    standing: Standing<'_>,
+    provider: &ProviderId,
+    to: Status,
+) -> Result<bool, Refusal> {
     // The provider that rejected no longer holds the referral, but re-sending its
     // rejection is still a repeat, not an intrusion.
     let repeats_own_rejection = to == Status::Rejected
-        && referral.status == Status::Rejected
-        && referral.tried_providers.last() == Some(&change.provider_id);
+        && standing.status == Status::Rejected
+        && standing.last_tried == Some(provider);
     if repeats_own_rejection {
-        return Ok(vec![]);
+        return Ok(false);
     }
-    check_provider(referral, &change.provider_id)?;
-    if referral.status == to {
-        return Ok(vec![]);
+    if standing.provider != Some(provider) {
+        return Err(Refusal::NotAssignedProvider {
+            provider: provider.clone(),
+        });
     }
-    check_transition(referral, to)?;
-    Ok(vec![event(change)])
+    if standing.status == to {
+        return Ok(false);
+    }
+    if !transition_allowed(standing.status, to) {
+        return Err(Refusal::InvalidTransition {
+            from: standing.status,
+            to,
+        });
+    }
+    Ok(true)
 }
 
 fn check_transition(referral: &Referral, to: Status) -> Result<(), Refusal> {
@@ -484,31 +536,77 @@ fn command_referral_id(command: &Command) -> ReferralId {
     }
 }
 
-/// Applies a fact. Events are facts already on the log, so `apply` never refuses; an
-/// event for a referral that was never received leaves the state empty.
+/// What a logged event did to a referral, judged where it stands in the log.
+///
+/// Every reader of `referral.events` (projector, ingest's pending overlay, the router)
+/// must agree on this, so it is one function ([`fold`]) rather than each reader's own
+/// `decide` then `apply`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Folded {
+    /// The event took effect: the referral as it stands after it.
+    Applied(Referral),
+    /// The event repeats what already happened (a resubmission, a status re-sent):
+    /// nothing changes.
+    Repeat,
+    /// The lifecycle refuses the event where it stands in the log (an acceptance that
+    /// reached the log after the re-routing, a second closing status): nothing changes.
+    /// The refusal says why, for the record.
+    Superseded(Refusal),
+}
+
+/// Folds one logged event into the state the events before it built.
+///
+/// The log records what was asked, in the order it happened, not only what was allowed:
+/// two producers (ingest for providers and referrers, the router) each judge against
+/// their own view, so an event can reach the log after another that makes it moot. Each
+/// event is therefore judged as the command it would have been ([`decide`]) against
+/// the state before it, and only then applied.
+pub fn fold(state: Option<&Referral>, event: &ReferralEvent) -> Folded {
+    match (state, event) {
+        (None, ReferralEvent::Received(received)) => Folded::Applied(receive(received)),
+        (None, other) => Folded::Superseded(Refusal::UnknownReferral(other.referral_id())),
+        (Some(referral), _) => match decide(Some(referral), Command::from(event.clone())) {
+            Ok(events) if events.is_empty() => Folded::Repeat,
+            Ok(_) => Folded::Applied(advance(referral.clone(), event)),
+            Err(refusal) => Folded::Superseded(refusal),
+        },
+    }
+}
+
+/// The raw step: the state after an event that is known to take effect, i.e. one that
+/// [`decide`] has just produced (ingest publishing its own decision). Nothing is
+/// checked here; a reader of the log must use [`fold`], which judges the event first.
+/// An event for a referral that was never received leaves the state empty.
 pub fn apply(state: Option<Referral>, event: &ReferralEvent) -> Option<Referral> {
-    let mut referral = match (state, event) {
-        (None, ReferralEvent::Received(received)) => {
-            return Some(Referral {
-                id: received.referral_id,
-                source: received.source.clone(),
-                content_hash: received.content_hash.clone(),
-                status: Status::Received,
-                provider: None,
-                attempt: 0,
-                accept_by: None,
-                tried_providers: Vec::new(),
-                consent_to_evaluation: false,
-                first_contact_at: None,
-                contacts: 0,
-                activities: 0,
-                observation_ids: Vec::new(),
-                version: 1,
-            })
-        }
-        (None, _) => return None,
-        (Some(referral), _) => referral,
-    };
+    match (state, event) {
+        (None, ReferralEvent::Received(received)) => Some(receive(received)),
+        (None, _) => None,
+        (Some(referral), _) => Some(advance(referral, event)),
+    }
+}
+
+/// A new referral from its receipt.
+fn receive(received: &ReferralReceived) -> Referral {
+    Referral {
+        id: received.referral_id,
+        source: received.source.clone(),
+        content_hash: received.content_hash.clone(),
+        status: Status::Received,
+        provider: None,
+        attempt: 0,
+        accept_by: None,
+        tried_providers: Vec::new(),
+        consent_to_evaluation: false,
+        first_contact_at: None,
+        contacts: 0,
+        activities: 0,
+        observation_ids: Vec::new(),
+        version: 1,
+    }
+}
+
+/// An existing referral after an event that takes effect.
+fn advance(mut referral: Referral, event: &ReferralEvent) -> Referral {
     referral.version += 1;
     match event {
         // A repeated receipt changes nothing but the version.
@@ -558,12 +656,18 @@ pub fn apply(state: Option<Referral>, event: &ReferralEvent) -> Option<Referral>
         ReferralEvent::ConsentRecorded(_) => referral.consent_to_evaluation = true,
         ReferralEvent::ConsentWithdrawn(_) => referral.consent_to_evaluation = false,
     }
-    Some(referral)
+    referral
 }
 
-/// Rebuilds a referral from its events, in log order.
+/// Rebuilds a referral from its events, in log order, as every reader of the log does:
+/// events [`fold`] does not apply change nothing.
 pub fn replay<'a>(events: impl IntoIterator<Item = &'a ReferralEvent>) -> Option<Referral> {
-    events.into_iter().fold(None, apply)
+    events
+        .into_iter()
+        .fold(None, |state, event| match fold(state.as_ref(), event) {
+            Folded::Applied(next) => Some(next),
+            Folded::Repeat | Folded::Superseded(_) => state,
+        })
 }
 
 #[cfg(test)]

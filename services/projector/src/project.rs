@@ -1,7 +1,7 @@
 //! Applying `referral.events` to the read models: the projector's consumer handler.
 //!
-//! Log order decides. Each event is judged by the referral aggregate (`decide`) against
-//! the state the events before it built: one that the lifecycle refuses there (an
+//! Log order decides. Each event is judged by the referral aggregate (`referral::fold`)
+//! against the state the events before it built: one that the lifecycle refuses there (an
 //! acceptance that reached the log after the router re-routed, a second closing
 //! status from a race between two updates) is recorded as superseded and changes
 //! nothing. This is the same rule the router applies, so the two always agree on who
@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use linkwork_bus::{CloudEvent, Effects, Handler, HandlerError, Incoming, OutboxEvent};
 use linkwork_domain::event::ReferralReceived;
-use linkwork_domain::referral::{self, Command, Status};
+use linkwork_domain::referral::{self, Folded, Referral, Status};
 use linkwork_domain::{ReferralEvent, ReferralId};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -42,10 +42,9 @@ fn model_error(error: ModelError) -> HandlerError {
     }
 }
 
-fn new_referral(received: &ReferralReceived) -> Projected {
+/// The projection of a referral [`referral::fold`] has just created from `received`.
+fn new_referral(received: &ReferralReceived, state: Referral) -> Projected {
     let subject = &received.subject;
-    let state = referral::apply(None, &ReferralEvent::Received(Box::new(received.clone())))
-        .unwrap_or_else(|| unreachable!("a receipt always creates the referral"));
     Projected {
         state,
         nhs_number: subject.nhs_number.as_ref().map(ToString::to_string),
@@ -122,27 +121,30 @@ impl Handler for ProjectorHandler {
             let event_id = incoming.message.meta.id;
             writes.seen_event_ids.push(event_id);
             let referral_id = event.referral_id();
-            let verdict = match (referrals.get(&referral_id), event) {
-                (None, ReferralEvent::Received(received)) => {
-                    referrals.insert(referral_id, new_referral(received));
-                    None
-                }
-                (None, _) => Some("the referral was never received".to_owned()),
-                (Some(projected), _) => {
-                    match referral::decide(Some(&projected.state), Command::from(event.clone())) {
-                        Ok(events) if events.is_empty() => {
-                            Some("repeats what is already recorded".to_owned())
-                        }
-                        Ok(_) => {
-                            let projected = referrals
-                                .get_mut(&referral_id)
-                                .unwrap_or_else(|| unreachable!("matched above"));
-                            step(projected, event, event_id, &mut writes, &mut outputs, index);
-                            None
-                        }
-                        Err(refusal) => Some(refusal.to_string()),
+            let verdict = match referrals.get_mut(&referral_id) {
+                Some(projected) => match referral::fold(Some(&projected.state), event) {
+                    Folded::Applied(state) => {
+                        step(
+                            projected,
+                            state,
+                            event,
+                            event_id,
+                            &mut writes,
+                            &mut outputs,
+                            index,
+                        );
+                        None
                     }
-                }
+                    Folded::Repeat => Some("repeats what is already recorded".to_owned()),
+                    Folded::Superseded(refusal) => Some(refusal.to_string()),
+                },
+                None => match (referral::fold(None, event), event) {
+                    (Folded::Applied(state), ReferralEvent::Received(received)) => {
+                        referrals.insert(referral_id, new_referral(received, state));
+                        None
+                    }
+                    _ => Some("the referral was never received".to_owned()),
+                },
             };
             match verdict {
                 Some(reason) => {
@@ -211,9 +213,11 @@ enum Output {
     },
 }
 
-/// Applies one accepted event to the referral and records what it changes.
+/// Moves the referral to `state`, what [`referral::fold`] made of `event`, and records
+/// what that changes.
 fn step(
     projected: &mut Projected,
+    state: Referral,
     event: &ReferralEvent,
     event_id: Uuid,
     writes: &mut BatchWrites,
@@ -223,8 +227,6 @@ fn step(
     let before_status = projected.state.status;
     let before_provider = projected.state.provider.clone();
     let before_attempt = projected.state.attempt;
-    let state = referral::apply(Some(projected.state.clone()), event)
-        .unwrap_or_else(|| unreachable!("apply keeps an existing referral"));
     projected.state = state;
     let at = event.occurred_at();
     projected.last_updated = at;

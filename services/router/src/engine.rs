@@ -3,16 +3,19 @@
 //! `referral.events`) and the deadline sweeper (acceptance deadlines), each inside one
 //! transaction that also holds the rows it read.
 //!
-//! Log order decides. The router's own `ReferralRouted` events come back to it on the
-//! log; until a re-routing's event has come back (`confirmed_attempt`), an acceptance
-//! by the previous provider that reached the log first still wins: the newer request
-//! is withdrawn from its provider and the caseloads are moved back.
+//! Log order decides, by the domain's rule (`referral::judge_provider_change`, which
+//! `referral::fold` applies too). The router's own `ReferralRouted` and
+//! `ReferralUnroutable` events come back to it on the log; until they have
+//! (`confirmed_attempt`), the log still shows the earlier request as live, so an
+//! acceptance by that provider that reached the log first stands: the newer request is
+//! withdrawn from its provider and the caseloads are moved back.
 
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use linkwork_bus::OutboxEvent;
 use linkwork_domain::event::{ReferralReceived, ReferralRouted, ReferralUnroutable};
+use linkwork_domain::referral::{self, Standing, Status};
 use linkwork_domain::{EventId, ProviderId, ReferralEvent, ReferralId};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -63,7 +66,9 @@ pub struct Route {
     pub status: RouteStatus,
     pub provider: Option<ProviderId>,
     pub attempt: u32,
-    /// The highest attempt whose `ReferralRouted` the router has read back from the log.
+    /// The highest attempt whose `ReferralRouted` the router has read back from the log;
+    /// one more than `attempt` once its `ReferralUnroutable` has come back too (the
+    /// triage decision has no attempt number of its own, and no column of its own).
     pub confirmed_attempt: u32,
     pub accept_by: Option<DateTime<Utc>>,
     pub tried: Vec<ProviderId>,
@@ -73,6 +78,55 @@ pub struct Route {
     pub received: Option<Vec<u8>>,
     is_new: bool,
     changed: bool,
+}
+
+impl Route {
+    /// The attempt the log has reached: the router's own decisions count only once
+    /// read back.
+    fn log_attempt(&self) -> u32 {
+        self.confirmed_attempt.min(self.attempt)
+    }
+
+    /// Where the referral's Task stands on the log, as far as the router can tell: the
+    /// router acts on its routing decisions at once, but the log (and every other
+    /// reader) only sees them once they come back.
+    ///
+    /// One fact the router does not keep: a rejection by the provider the log shows as
+    /// holding the referral, read after the router had already re-routed it. Until the
+    /// re-routing comes back the log says "rejected" and this says "requested"; only a
+    /// provider acting after its own rejection could tell, and ingest refuses that.
+    fn on_log(&self) -> Standing<'_> {
+        let attempt = self.log_attempt();
+        let last = attempt
+            .checked_sub(1)
+            .and_then(|index| self.tried.get(index as usize));
+        let (status, provider) = match self.status {
+            RouteStatus::Accepted => (Status::Accepted, self.provider.as_ref()),
+            // Closed covers several statuses; nothing a provider says matters then.
+            RouteStatus::Closed => (Status::Cancelled, None),
+            RouteStatus::Unroutable if self.confirmed_attempt > self.attempt => {
+                (Status::Unroutable, None)
+            }
+            RouteStatus::Requested | RouteStatus::Unroutable => match last {
+                Some(provider) => (Status::Requested, Some(provider)),
+                None => (Status::Received, None),
+            },
+        };
+        Standing {
+            status,
+            provider,
+            last_tried: last,
+        }
+    }
+
+    /// Whether `provider` moving the Task to `to` takes effect on the log: the domain's
+    /// rule, judged against where the log stands.
+    fn stands(&self, provider: &ProviderId, to: Status) -> bool {
+        matches!(
+            referral::judge_provider_change(self.on_log(), provider, to),
+            Ok(true)
+        )
+    }
 }
 
 /// The routing rows a transaction holds, by referral.
@@ -147,28 +201,41 @@ impl Step<'_> {
                     }
                 }
             }
+            ReferralEvent::Unroutable(_) => {
+                // The triage decision is back: the log no longer shows the last
+                // request as live (see `Route::on_log`).
+                if let Some(route) = routes.get_mut(&referral_id) {
+                    if route.status == RouteStatus::Unroutable
+                        && route.confirmed_attempt <= route.attempt
+                    {
+                        route.confirmed_attempt = route.attempt + 1;
+                        route.changed = true;
+                    }
+                }
+            }
             ReferralEvent::Accepted(change) => {
                 let Some(route) = routes.get_mut(&referral_id) else {
                     return;
                 };
-                if route.status != RouteStatus::Requested {
+                if !matches!(
+                    route.status,
+                    RouteStatus::Requested | RouteStatus::Unroutable
+                ) {
+                    return; // a repeat, or the referral has closed
+                }
+                if !route.stands(&change.provider_id, Status::Accepted) {
+                    tracing::warn!(
+                        referral = %referral_id,
+                        provider = %change.provider_id,
+                        "acceptance by a provider the log does not show holding the referral ignored"
+                    );
                     return;
                 }
-                if route.provider.as_ref() == Some(&change.provider_id) {
-                    route.status = RouteStatus::Accepted;
-                    route.accept_by = None;
-                    route.received = None;
-                    route.changed = true;
-                    return;
-                }
-                // An acceptance by the previous provider that reached the log before
-                // the re-routing did: it stands, and the newer request is withdrawn.
-                let previous = route.attempt.checked_sub(1).filter(|&previous| {
-                    previous >= 1
-                        && route.confirmed_attempt < route.attempt
-                        && route.tried.get(previous as usize - 1) == Some(&change.provider_id)
-                });
-                if let Some(previous) = previous {
+                let log_attempt = route.log_attempt();
+                if route.provider.as_ref() != Some(&change.provider_id) {
+                    // An acceptance by the provider the log still shows as holding the
+                    // referral, read before the router's re-routing (or triage) came
+                    // back: it stands, and the newer request is withdrawn.
                     self.withdraw(
                         route,
                         "the previous provider accepted the referral before it was re-routed",
@@ -177,38 +244,43 @@ impl Step<'_> {
                     self.loads.reserve(&change.provider_id);
                     route.reserved = true;
                     route.provider = Some(change.provider_id.clone());
-                    route.attempt = previous;
-                    route.status = RouteStatus::Accepted;
-                    route.accept_by = None;
-                    route.received = None;
-                    route.changed = true;
-                } else {
-                    tracing::warn!(
-                        referral = %referral_id,
-                        provider = %change.provider_id,
-                        "acceptance by a provider that no longer holds the referral ignored"
-                    );
+                    route.attempt = log_attempt;
                 }
+                route.status = RouteStatus::Accepted;
+                route.accept_by = None;
+                route.received = None;
+                route.changed = true;
             }
             ReferralEvent::Rejected(change) => {
                 let Some(route) = routes.get_mut(&referral_id) else {
                     return;
                 };
-                if route.status != RouteStatus::Requested
-                    || route.provider.as_ref() != Some(&change.provider_id)
+                if !matches!(
+                    route.status,
+                    RouteStatus::Requested | RouteStatus::Unroutable
+                ) || !route.stands(&change.provider_id, Status::Rejected)
                 {
-                    return; // re-routed already (deadline) or a repeat
+                    return; // a repeat, or superseded on the log
                 }
-                self.release(route);
-                self.reroute(route, change.occurred_at);
+                // A rejection by a provider the router has already moved the referral
+                // away from (deadline) needs nothing more: the next routing is on its
+                // way to the log.
+                if route.status == RouteStatus::Requested
+                    && route.provider.as_ref() == Some(&change.provider_id)
+                {
+                    self.release(route);
+                    self.reroute(route, change.occurred_at);
+                }
             }
             ReferralEvent::Completed(change) | ReferralEvent::Failed(change) => {
                 let Some(route) = routes.get_mut(&referral_id) else {
                     return;
                 };
-                if route.provider.as_ref() == Some(&change.provider_id)
-                    && route.status == RouteStatus::Accepted
-                {
+                let to = match event {
+                    ReferralEvent::Failed(_) => Status::Failed,
+                    _ => Status::Completed,
+                };
+                if route.status == RouteStatus::Accepted && route.stands(&change.provider_id, to) {
                     self.release(route);
                     close(route);
                 }
@@ -227,8 +299,7 @@ impl Step<'_> {
                 self.release(route);
                 close(route);
             }
-            ReferralEvent::Unroutable(_)
-            | ReferralEvent::Started(_)
+            ReferralEvent::Started(_)
             | ReferralEvent::OnHold(_)
             | ReferralEvent::ContactRecorded(_)
             | ReferralEvent::ActivityAttended(_)
@@ -712,3 +783,6 @@ fn parse_tried(text: &str) -> Vec<ProviderId> {
         .filter_map(|id| ProviderId::parse(id).ok())
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

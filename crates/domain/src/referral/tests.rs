@@ -571,3 +571,140 @@ fn events_for_a_referral_never_received_leave_no_state() {
         None
     );
 }
+
+#[test]
+fn folding_a_receipt_into_nothing_creates_the_referral() {
+    let folded = fold(None, &ReferralEvent::Received(Box::new(received("h1"))));
+    let Folded::Applied(state) = folded else {
+        panic!("a receipt should create the referral, got {folded:?}");
+    };
+    assert_eq!(state.status, Status::Received);
+    assert_eq!(state.version, 1);
+}
+
+#[test]
+fn folding_any_other_event_into_nothing_is_superseded_as_unknown() {
+    assert_eq!(
+        fold(None, &ReferralEvent::Accepted(change("prov-a"))),
+        Folded::Superseded(Refusal::UnknownReferral(referral_id()))
+    );
+}
+
+#[test]
+fn folding_an_allowed_event_applies_it_as_apply_would() {
+    for &(from, to) in ALLOWED {
+        let state = given(from);
+        let events = decide(Some(&state), command_to(to, &state)).expect("allowed");
+        let expected = apply(Some(state.clone()), &events[0]).expect("state");
+        assert_eq!(
+            fold(Some(&state), &events[0]),
+            Folded::Applied(expected),
+            "{from} → {to}"
+        );
+    }
+}
+
+#[test]
+fn folding_a_re_sent_status_or_receipt_is_a_repeat() {
+    let accepted = given(Status::Accepted);
+    assert_eq!(
+        fold(Some(&accepted), &ReferralEvent::Accepted(change("prov-a"))),
+        Folded::Repeat
+    );
+    assert_eq!(
+        fold(
+            Some(&accepted),
+            &ReferralEvent::Received(Box::new(received("h1")))
+        ),
+        Folded::Repeat
+    );
+    let rejected = given(Status::Rejected);
+    assert_eq!(
+        fold(Some(&rejected), &ReferralEvent::Rejected(change("prov-a"))),
+        Folded::Repeat,
+        "the provider that rejected re-sends its rejection"
+    );
+}
+
+#[test]
+fn an_acceptance_that_reaches_the_log_after_the_re_routing_is_superseded() {
+    let mut history = history_to(Status::Requested);
+    history.push(ReferralEvent::Routed(routed(
+        "prov-b",
+        2,
+        DEADLINE_MINUTE + 1,
+    )));
+    let state = replay(&history).expect("state");
+    assert_eq!(state.provider, Some(provider("prov-b")));
+    assert_eq!(
+        fold(Some(&state), &ReferralEvent::Accepted(change("prov-a"))),
+        Folded::Superseded(Refusal::NotAssignedProvider {
+            provider: provider("prov-a")
+        })
+    );
+}
+
+#[test]
+fn a_re_routing_that_reaches_the_log_after_the_acceptance_is_superseded() {
+    let state = given(Status::Accepted);
+    assert_eq!(
+        fold(
+            Some(&state),
+            &ReferralEvent::Routed(routed("prov-b", 2, DEADLINE_MINUTE + 1))
+        ),
+        Folded::Superseded(Refusal::InvalidTransition {
+            from: Status::Accepted,
+            to: Status::Requested
+        })
+    );
+}
+
+#[test]
+fn replay_skips_the_events_that_fold_supersedes() {
+    let mut history = history_to(Status::Accepted);
+    history.push(ReferralEvent::Routed(routed(
+        "prov-b",
+        2,
+        DEADLINE_MINUTE + 1,
+    )));
+    history.push(ReferralEvent::Accepted(change("prov-b")));
+    let state = replay(&history).expect("state");
+    assert_eq!(state.status, Status::Accepted);
+    assert_eq!(state.provider, Some(provider("prov-a")));
+    assert_eq!(state.attempt, 1);
+    assert_eq!(state.version, 3, "received, routed, accepted");
+}
+
+#[test]
+fn a_provider_change_is_judged_on_where_the_task_stands_alone() {
+    let a = provider("prov-a");
+    let b = provider("prov-b");
+    let requested_from_a = Standing {
+        status: Status::Requested,
+        provider: Some(&a),
+        last_tried: Some(&a),
+    };
+    assert_eq!(
+        judge_provider_change(requested_from_a, &a, Status::Accepted),
+        Ok(true)
+    );
+    assert_eq!(
+        judge_provider_change(requested_from_a, &b, Status::Accepted),
+        Err(Refusal::NotAssignedProvider {
+            provider: b.clone()
+        })
+    );
+    let rejected_by_a = given(Status::Rejected);
+    assert_eq!(rejected_by_a.standing().provider, None);
+    assert_eq!(
+        judge_provider_change(rejected_by_a.standing(), &a, Status::Rejected),
+        Ok(false),
+        "re-sending its own rejection is a repeat"
+    );
+    assert_eq!(
+        judge_provider_change(rejected_by_a.standing(), &a, Status::Accepted),
+        Err(Refusal::NotAssignedProvider {
+            provider: a.clone()
+        })
+    );
+}
