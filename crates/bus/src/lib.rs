@@ -18,9 +18,9 @@ pub use consumer::{
     CloudEvent, ConsumerConfig, ConsumerRunner, ConsumerSnapshot, ConsumerStatus, Decode, Decoded,
     Effects, Handler, HandlerError, Incoming, OutboxEvent, Record,
 };
+pub use names::Names;
 pub use producer::{Delivered, Outbound, Producer};
 pub use relay::{OutboxRelay, RelayConfig};
-pub use names::Names;
 pub use settings::KafkaSettings;
 
 /// Errors at the bus boundary.

@@ -120,10 +120,16 @@ mod tests {
         let config = names.consumer("router", &[topics::REFERRAL_EVENTS]);
         assert_eq!(config.group_id, "t42.linkwork.router");
         assert_eq!(config.dlq_topic, "t42.router.dlq");
-        assert_eq!(config.name, "router", "offsets stay keyed by the consumer's name");
+        assert_eq!(
+            config.name, "router",
+            "offsets stay keyed by the consumer's name"
+        );
         let declared = TopicsFile::parse(include_str!("../../../topics.yaml")).unwrap();
         let named = names.declaration(&declared);
-        assert!(named.topics.iter().all(|topic| topic.name.starts_with("t42.")));
+        assert!(named
+            .topics
+            .iter()
+            .all(|topic| topic.name.starts_with("t42.")));
         assert_eq!(named.topics.len(), declared.topics.len());
     }
 }

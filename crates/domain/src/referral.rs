@@ -573,11 +573,10 @@ pub fn fold(state: Option<&Referral>, event: &ReferralEvent) -> Folded {
     }
 }
 
-/// The raw step: the state after an event that is known to take effect, i.e. one that
-/// [`decide`] has just produced (ingest publishing its own decision). Nothing is
-/// checked here; a reader of the log must use [`fold`], which judges the event first.
-/// An event for a referral that was never received leaves the state empty.
-pub fn apply(state: Option<Referral>, event: &ReferralEvent) -> Option<Referral> {
+/// The raw step, for the domain's own tests: the state after an event, unjudged.
+/// Everyone else goes through [`fold`], which judges the event first.
+#[cfg(test)]
+pub(crate) fn apply(state: Option<Referral>, event: &ReferralEvent) -> Option<Referral> {
     match (state, event) {
         (None, ReferralEvent::Received(received)) => Some(receive(received)),
         (None, _) => None,

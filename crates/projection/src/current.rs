@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use linkwork_domain::referral::{self, Command, Referral};
+use linkwork_domain::referral::{self, Folded, Referral};
 use linkwork_domain::{DomainEvent, EventId, ReferralEvent, ReferralId};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -60,14 +60,8 @@ pub async fn states(
         };
         // Judged as the projector will: an event the state refuses changes nothing.
         if let Some(current) = states.get_mut(&referral) {
-            let applies = matches!(
-                referral::decide(Some(current), Command::from(event.clone())),
-                Ok(events) if !events.is_empty()
-            );
-            if applies {
-                if let Some(next) = referral::apply(Some(current.clone()), &event) {
-                    *current = next;
-                }
+            if let Folded::Applied(next) = referral::fold(Some(current), &event) {
+                *current = next;
             }
         }
     }

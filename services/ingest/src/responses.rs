@@ -26,7 +26,7 @@ use linkwork_bus::topics::REFERRAL_EVENTS;
 use linkwork_bus::{
     Decode, Decoded, Effects, Handler, HandlerError, Incoming, OutboxEvent, Record,
 };
-use linkwork_domain::referral;
+use linkwork_domain::referral::{self, Folded};
 use linkwork_domain::{EventId, ProviderId, ReferralEvent, ReferralId};
 use linkwork_fhir::{Issue, IssueCode, OperationOutcome};
 use sqlx::PgConnection;
@@ -217,9 +217,10 @@ impl Handler for ProviderResponsesHandler {
                                 &event,
                             ),
                         );
-                        let before = states.remove(&submission.referral);
-                        if let Some(after) = referral::apply(before, &event) {
-                            states.insert(submission.referral, after);
+                        if let Some(state) = states.get_mut(&submission.referral) {
+                            if let Folded::Applied(after) = referral::fold(Some(state), &event) {
+                                *state = after;
+                            }
                         }
                         pending.push((id, event));
                     }

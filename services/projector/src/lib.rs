@@ -15,7 +15,7 @@ pub mod replay;
 pub mod resources;
 
 use linkwork_bus::topics as bus_topics;
-use linkwork_bus::{ConsumerConfig, ConsumerRunner, KafkaSettings};
+use linkwork_bus::{ConsumerConfig, ConsumerRunner, ConsumerStatus, KafkaSettings};
 use linkwork_projection::{SchemaError, SchemaState};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -149,6 +149,7 @@ pub struct Projector {
     kafka: KafkaSettings,
     pool: PgPool,
     outbox_notify: Option<Arc<Notify>>,
+    status: ConsumerStatus,
 }
 
 impl Projector {
@@ -158,12 +159,19 @@ impl Projector {
         pool: PgPool,
         outbox_notify: Option<Arc<Notify>>,
     ) -> Self {
+        let status = ConsumerStatus::new(&config.consumer);
         Self {
             config,
             kafka,
             pool,
             outbox_notify,
+            status,
         }
+    }
+
+    /// The projector's consumer status, for readiness and metrics.
+    pub fn status(&self) -> ConsumerStatus {
+        self.status.clone()
     }
 
     /// Projects until `shutdown` is cancelled or a fatal error.
@@ -177,7 +185,8 @@ impl Projector {
             config: self.config,
             publish: true,
         };
-        let mut runner = ConsumerRunner::new(consumer, self.kafka, self.pool, handler);
+        let mut runner =
+            ConsumerRunner::new(consumer, self.kafka, self.pool, handler).with_status(self.status);
         if let Some(notify) = self.outbox_notify {
             runner = runner.with_outbox_notify(notify);
         }

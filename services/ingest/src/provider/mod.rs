@@ -12,7 +12,7 @@
 pub mod parse;
 
 use linkwork_bus::Producer;
-use linkwork_domain::referral::{self, Referral, Refusal};
+use linkwork_domain::referral::{self, Folded, Referral, Refusal};
 use linkwork_domain::{EventId, ReferralEvent, ReferralId};
 use linkwork_fhir::IssueCode;
 use linkwork_projection::ReadError;
@@ -218,8 +218,10 @@ pub async fn submit(
             .publish(events_topic, *id, source, event.occurred_at(), event)
             .await
             .map_err(|error| CommandError::Unavailable(error.to_string()))?;
-        state = referral::apply(Some(state), event)
-            .unwrap_or_else(|| unreachable!("apply keeps a referral"));
+        // `judge` produced these events from this state, so each applies.
+        if let Folded::Applied(next) = referral::fold(Some(&state), event) {
+            state = next;
+        }
     }
     remember_pending(&mut transaction, &events).await?;
     transaction.commit().await?;
