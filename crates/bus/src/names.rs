@@ -51,6 +51,10 @@ impl Names {
         &self.topic_prefix
     }
 
+    pub fn group_prefix(&self) -> &str {
+        &self.group_prefix
+    }
+
     /// A topic of [`crate::topics`] as this deployment names it.
     pub fn topic(&self, name: &str) -> String {
         format!("{}{name}", self.topic_prefix)
@@ -98,13 +102,16 @@ mod tests {
     #[test]
     fn production_names_are_the_declared_ones_and_groups_are_linkwork_dot_consumer() {
         let names = Names::default();
-        assert_eq!(names.topic(topics::REFERRAL_EVENTS), "referral.events");
+        assert_eq!(
+            names.topic(topics::REFERRAL_EVENTS),
+            topics::REFERRAL_EVENTS
+        );
         assert_eq!(names.group("router"), "linkwork.router");
-        assert_eq!(names.dlq("router"), "router.dlq");
+        assert_eq!(names.dlq("router"), topics::dlq("router"));
         let config = names.consumer("projector", &[topics::REFERRAL_EVENTS]);
         assert_eq!(config.group_id, "linkwork.projector");
-        assert_eq!(config.topics, vec!["referral.events".to_owned()]);
-        assert_eq!(config.dlq_topic, "projector.dlq");
+        assert_eq!(config.topics, vec![topics::REFERRAL_EVENTS.to_owned()]);
+        assert_eq!(config.dlq_topic, topics::dlq("projector"));
         assert_eq!(config.name, "projector");
     }
 
@@ -112,14 +119,17 @@ mod tests {
     fn an_isolated_run_prefixes_every_topic_queue_group_and_dead_letter_topic() {
         let names = Names::isolated("t42");
         let provider = ProviderId::parse("connectors").unwrap();
-        assert_eq!(names.topic(topics::REFERRAL_EVENTS), "t42.referral.events");
+        assert_eq!(
+            names.topic(topics::REFERRAL_EVENTS),
+            format!("t42.{}", topics::REFERRAL_EVENTS)
+        );
         assert_eq!(
             names.provider_queue(&provider),
-            "t42.provider.connectors.referrals"
+            format!("t42.{}", topics::provider_queue(&provider))
         );
         let config = names.consumer("router", &[topics::REFERRAL_EVENTS]);
         assert_eq!(config.group_id, "t42.linkwork.router");
-        assert_eq!(config.dlq_topic, "t42.router.dlq");
+        assert_eq!(config.dlq_topic, format!("t42.{}", topics::dlq("router")));
         assert_eq!(
             config.name, "router",
             "offsets stay keyed by the consumer's name"

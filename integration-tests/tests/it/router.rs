@@ -209,18 +209,23 @@ impl Rig {
         .unwrap()
     }
 
+    /// Waits until the referral's route is `status` at `attempt` and the router has
+    /// read that decision back from the log: a provider answers only a request it was
+    /// sent, and ingest puts its answer on the log only after the decision (log order
+    /// decides, so an answer ahead of the decision it answers is superseded).
     async fn wait_for_route(&self, referral: ReferralId, status: &str, attempt: i32) {
-        let what = format!("referral {referral} {status} at attempt {attempt}");
+        let what = format!("referral {referral} {status} at attempt {attempt}, back on the log");
         eventually(Duration::from_secs(30), &what, || async {
-            let found: Option<(String, i32)> = sqlx::query_as(
-                "SELECT status, attempt FROM router_referrals WHERE referral_id = $1",
+            let found: Option<(String, i32, i32)> = sqlx::query_as(
+                "SELECT status, attempt, confirmed_attempt FROM router_referrals
+                 WHERE referral_id = $1",
             )
             .bind(referral.as_uuid())
             .fetch_optional(&self.pool)
             .await
             .unwrap();
-            found.is_some_and(|(found_status, found_attempt)| {
-                found_status == status && found_attempt == attempt
+            found.is_some_and(|(found_status, found_attempt, confirmed)| {
+                found_status == status && found_attempt == attempt && confirmed >= attempt
             })
         })
         .await;

@@ -10,7 +10,6 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Europe::London;
-use linkwork_bus::topics::ASC_CALL_LOG;
 use linkwork_bus::{BusError, Producer};
 use linkwork_domain::{
     AscCaseId, AscPersonId, CallLogEvent, CaseClosed, CaseOpened, ClosureReason, EventId,
@@ -238,6 +237,7 @@ impl std::fmt::Display for ImportReport {
 pub async fn import(
     pool: &PgPool,
     producer: &Producer,
+    topic: &str,
     bytes: &[u8],
 ) -> Result<ImportReport, CallLogError> {
     let parsed = parse(bytes)?;
@@ -259,7 +259,7 @@ pub async fn import(
     let mut published = Vec::with_capacity(fresh.len());
     for chunk in fresh.chunks(2_000) {
         let deliveries = producer
-            .publish_batch(ASC_CALL_LOG, crate::intake::EVENT_SOURCE, Utc::now(), chunk)
+            .publish_batch(topic, crate::intake::EVENT_SOURCE, Utc::now(), chunk)
             .await;
         for ((id, _), delivery) in chunk.iter().zip(deliveries) {
             delivery.map_err(CallLogError::Unavailable)?;

@@ -80,6 +80,8 @@ pub struct InboundHandler {
     pub rules: IntakeRules,
     /// The time events are stamped with (the system clock but in the demo).
     pub clock: linkwork_domain::Clock,
+    /// Where accepted referrals go (`referral.events`).
+    pub events_topic: String,
 }
 
 impl InboundHandler {
@@ -87,6 +89,7 @@ impl InboundHandler {
         Self {
             rules,
             clock: linkwork_domain::Clock::system(),
+            events_topic: REFERRAL_EVENTS.to_owned(),
         }
     }
 }
@@ -173,7 +176,13 @@ impl Handler for InboundHandler {
                         let event = ReferralEvent::Received(Box::new(referral.into_event(now)));
                         effects.publish(
                             incoming,
-                            OutboxEvent::new(REFERRAL_EVENTS, event_id, EVENT_SOURCE, now, &event),
+                            OutboxEvent::new(
+                                &self.events_topic,
+                                event_id,
+                                EVENT_SOURCE,
+                                now,
+                                &event,
+                            ),
                         );
                     }
                 }
@@ -207,7 +216,7 @@ impl Handler for InboundHandler {
                             effects.publish(
                                 incoming,
                                 OutboxEvent::new(
-                                    REFERRAL_EVENTS,
+                                    &self.events_topic,
                                     event_id,
                                     EVENT_SOURCE,
                                     now,

@@ -105,7 +105,7 @@ pub async fn run(
         );
         // The read models know the earlier runs once they hold all that is on the log
         // (at once when they kept up with it; a database built afresh replays it).
-        demo_runs::catch_up(&pool, settings.kafka()?).await?;
+        demo_runs::catch_up(&pool, settings.kafka()?, &settings.names).await?;
         let on_the_log = demo_runs::on_the_log(&pool).await?;
         let next = demo_runs::next_chapter(last_run.as_ref(), &on_the_log);
         if next.number > 1 {

@@ -184,8 +184,14 @@ pub async fn on_the_log(pool: &PgPool) -> anyhow::Result<OnTheLog> {
 /// so the read models show every earlier run. At once when they are in step with the
 /// log, as `make demo` keeps them; a database built afresh from an older log takes a
 /// replay.
-pub async fn catch_up(pool: &PgPool, kafka: &KafkaSettings) -> anyhow::Result<()> {
+pub async fn catch_up(
+    pool: &PgPool,
+    kafka: &KafkaSettings,
+    names: &linkwork_bus::Names,
+) -> anyhow::Result<()> {
+    let events_topic = names.topic(REFERRAL_EVENTS);
     let config = kafka.client_config();
+    let topic = events_topic.clone();
     let ends = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(i32, i64, i64)>> {
         let mut config = config;
         config.set("group.id", "linkwork-demo-log-ends");
@@ -194,7 +200,7 @@ pub async fn catch_up(pool: &PgPool, kafka: &KafkaSettings) -> anyhow::Result<()
         // another: until it leads them all, asking where one ends fails.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match log_ends(&consumer) {
+            match log_ends(&consumer, &topic) {
                 Ok(ends) => return Ok(ends),
                 Err(error) if Instant::now() > deadline => return Err(error),
                 Err(_) => std::thread::sleep(Duration::from_millis(250)),
@@ -209,7 +215,7 @@ pub async fn catch_up(pool: &PgPool, kafka: &KafkaSettings) -> anyhow::Result<()
             "SELECT partition, next_offset FROM consumer_offsets WHERE consumer = $1 AND topic = $2",
         )
         .bind(consumers::PROJECTOR)
-        .bind(REFERRAL_EVENTS)
+        .bind(&events_topic)
         .fetch_all(pool)
         .await?
         .into_iter()
@@ -235,17 +241,18 @@ pub async fn catch_up(pool: &PgPool, kafka: &KafkaSettings) -> anyhow::Result<()
     }
 }
 
-/// Each partition of `referral.events` with where it starts and ends.
-fn log_ends(consumer: &BaseConsumer) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+/// Each partition of `topic` (the deployment's `referral.events`) with where it starts
+/// and ends.
+fn log_ends(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<Vec<(i32, i64, i64)>> {
     let metadata = consumer
-        .fetch_metadata(Some(REFERRAL_EVENTS), Duration::from_secs(10))
-        .with_context(|| format!("metadata of {REFERRAL_EVENTS}"))?;
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("metadata of {topic}"))?;
     let mut ends = Vec::new();
-    for topic in metadata.topics() {
-        for partition in topic.partitions() {
+    for described in metadata.topics() {
+        for partition in described.partitions() {
             let (low, high) = consumer
-                .fetch_watermarks(REFERRAL_EVENTS, partition.id(), Duration::from_secs(10))
-                .with_context(|| format!("the ends of {REFERRAL_EVENTS}/{}", partition.id()))?;
+                .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+                .with_context(|| format!("the ends of {topic}/{}", partition.id()))?;
             ends.push((partition.id(), low, high));
         }
     }

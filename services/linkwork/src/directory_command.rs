@@ -13,6 +13,7 @@ use linkwork_store::sqlx::PgPool;
 pub async fn apply_file(
     pool: &PgPool,
     kafka: KafkaSettings,
+    names: &linkwork_bus::Names,
     path: &Path,
 ) -> anyhow::Result<Stored> {
     let text =
@@ -22,6 +23,7 @@ pub async fn apply_file(
     store(
         pool,
         kafka,
+        names,
         &document,
         &format!("applied from {}", path.display()),
     )
@@ -33,6 +35,7 @@ pub async fn apply_file(
 pub async fn import_oruk(
     pool: &PgPool,
     kafka: KafkaSettings,
+    names: &linkwork_bus::Names,
     path: &Path,
     defaults: &ImportDefaults,
 ) -> anyhow::Result<String> {
@@ -54,6 +57,7 @@ pub async fn import_oruk(
     let stored = store(
         pool,
         kafka,
+        names,
         &document,
         &format!("Open Referral UK import of {}", path.display()),
     )
@@ -100,6 +104,7 @@ pub async fn show(pool: &PgPool) -> anyhow::Result<String> {
 async fn store(
     pool: &PgPool,
     kafka: KafkaSettings,
+    names: &linkwork_bus::Names,
     document: &DirectoryDocument,
     note: &str,
 ) -> anyhow::Result<Stored> {
@@ -107,7 +112,7 @@ async fn store(
     let stored = directory::store(&mut transaction, document, note).await?;
     transaction.commit().await?;
     // The queue topics exist before the router can put anything on them.
-    let declaration = crate::topics_command::load(None)?;
+    let declaration = names.declaration(&crate::topics_command::load(None)?);
     linkwork_bus::topics::apply(&kafka, &declaration, &document.provider_ids())
         .await
         .context("creating the providers' queue topics")?;

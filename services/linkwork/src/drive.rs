@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use linkwork_auth::Role;
 use linkwork_bus::headers::HeaderList;
-use linkwork_bus::topics::{provider_queue, PROVIDER_RESPONSES, REFERRALS_INBOUND};
+use linkwork_bus::topics::{PROVIDER_RESPONSES, REFERRALS_INBOUND};
 use linkwork_bus::{Outbound, Producer};
 use linkwork_domain::{Clock, ProviderId, ReferralId, Source};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -132,7 +132,7 @@ async fn provider_systems(
     // Assigned, not subscribed: no group to join, reading from the end at once.
     let queues: HashMap<String, ProviderId> = providers
         .iter()
-        .map(|provider| (provider_queue(provider), provider.clone()))
+        .map(|provider| (settings.names.provider_queue(provider), provider.clone()))
         .collect();
     let mut assignment = rdkafka::TopicPartitionList::new();
     for topic in queues.keys() {
@@ -260,7 +260,11 @@ pub async fn drive(
     let directory = linkwork_router::directory::DirectoryDocument::parse(DIRECTORY)?;
     let providers = directory.provider_ids();
     let client = reqwest::Client::new();
-    let producer = Producer::new(settings.kafka()?)?;
+    let channels = Channels {
+        producer: Producer::new(settings.kafka()?)?,
+        inbound: settings.names.topic(REFERRALS_INBOUND),
+        responses: settings.names.topic(PROVIDER_RESPONSES),
+    };
     let schedule: Schedule = Arc::default();
     let today = Arc::new(Mutex::new(0u32));
     let mut drove = Drove::default();
@@ -317,7 +321,7 @@ pub async fn drive(
         if let Some(referrals) = by_day.get(&day) {
             send_referrals(
                 &client,
-                &producer,
+                &channels,
                 &secret,
                 &borough,
                 referrals,
@@ -343,9 +347,9 @@ pub async fn drive(
         }
         let mut running = tokio::task::JoinSet::new();
         for (_, actions) in by_referral {
-            let (client, producer, secret, base_url, schedule) = (
+            let (client, channels, secret, base_url, schedule) = (
                 client.clone(),
-                producer.clone(),
+                channels.clone(),
                 secret.clone(),
                 base_url.to_owned(),
                 schedule.clone(),
@@ -355,7 +359,7 @@ pub async fn drive(
                 for action in &actions {
                     act(
                         &client,
-                        &producer,
+                        &channels,
                         &secret,
                         &base_url,
                         action,
@@ -387,10 +391,19 @@ pub async fn drive(
     Ok(drove)
 }
 
+/// The producer and the deployment's names of the topics the demo writes to as the
+/// integration engines and providers' systems would.
+#[derive(Clone)]
+struct Channels {
+    producer: Producer,
+    inbound: String,
+    responses: String,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn send_referrals(
     client: &reqwest::Client,
-    producer: &Producer,
+    channels: &Channels,
     secret: &SecretString,
     borough: &Borough,
     referrals: &[&Referral],
@@ -439,9 +452,10 @@ async fn send_referrals(
                 let body = borough
                     .service_request(referral, canonical_base)
                     .to_string();
-                producer
+                channels
+                    .producer
                     .send(Outbound {
-                        topic: REFERRALS_INBOUND,
+                        topic: &channels.inbound,
                         key: Some(referral.source.as_bytes()),
                         partition: None,
                         payload: body.as_bytes(),
@@ -488,7 +502,7 @@ fn bars_target(canonical_base: &str) -> String {
 #[allow(clippy::too_many_arguments)]
 async fn act(
     client: &reqwest::Client,
-    producer: &Producer,
+    channels: &Channels,
     secret: &SecretString,
     base_url: &str,
     action: &Due,
@@ -504,9 +518,10 @@ async fn act(
             action.provider.as_str(),
         );
         let body = action.resource.to_string();
-        producer
+        channels
+            .producer
             .send(Outbound {
-                topic: PROVIDER_RESPONSES,
+                topic: &channels.responses,
                 key: Some(action.referral_id.as_bytes()),
                 partition: None,
                 payload: body.as_bytes(),

@@ -231,7 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = linkwork_store::connect(&settings.database()?).await?;
             linkwork_store::migrate(&pool).await?;
             linkwork_projector::migrate(&pool).await?;
-            let config = linkwork_projector::ProjectorConfig::new(settings.pseudonym_key()?);
+            let config = linkwork::serve::projector_config(&settings)?;
             let report =
                 linkwork_projector::replay::replay(&pool, settings.kafka()?, &config, true).await?;
             println!(
@@ -291,11 +291,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             linkwork_store::migrate(&pool).await?;
             linkwork_router::migrate(&pool).await?;
             let report = match action {
-                DirectoryAction::Apply { file } => {
-                    linkwork::directory_command::apply_file(&pool, settings.kafka()?.clone(), &file)
-                        .await?
-                        .to_string()
-                }
+                DirectoryAction::Apply { file } => linkwork::directory_command::apply_file(
+                    &pool,
+                    settings.kafka()?.clone(),
+                    &settings.names,
+                    &file,
+                )
+                .await?
+                .to_string(),
                 DirectoryAction::Import {
                     file,
                     areas,
@@ -312,6 +315,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     linkwork::directory_command::import_oruk(
                         &pool,
                         settings.kafka()?.clone(),
+                        &settings.names,
                         &file,
                         &defaults,
                     )
@@ -331,7 +335,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             linkwork_store::migrate(&pool).await?;
             linkwork_ingest::migrate(&pool).await?;
             let producer = linkwork_bus::Producer::new(settings.kafka()?)?;
-            let report = linkwork_ingest::call_log::import(&pool, &producer, &bytes).await?;
+            let report = linkwork_ingest::call_log::import(
+                &pool,
+                &producer,
+                &settings.names.topic(linkwork_bus::topics::ASC_CALL_LOG),
+                &bytes,
+            )
+            .await?;
             println!("{report}");
             Ok(())
         }

@@ -2,11 +2,14 @@
 
 use anyhow::Context;
 use linkwork_bus::topics::{
-    consumers, ASC_CALL_LOG, METRICS_CALL_LOG, PROVIDER_RESPONSES, REFERRALS_INBOUND,
+    consumers, ASC_CALL_LOG, METRICS_CALL_LOG, OUTCOMES_OBSERVATIONS,
+    OUTCOMES_OBSERVATIONS_PSEUDONYMISED, PROVIDER_RESPONSES, REFERRALS_INBOUND, REFERRAL_EVENTS,
+    TRIAGE_REFERRALS,
 };
-use linkwork_bus::{ConsumerConfig, ConsumerRunner, OutboxRelay, RelayConfig};
+use linkwork_bus::{ConsumerRunner, OutboxRelay, RelayConfig};
 use linkwork_domain::Clock;
 use linkwork_ingest::{Application, IngestSettings};
+use linkwork_projector::ProjectorConfig;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +43,20 @@ impl Service {
     }
 }
 
+/// The projector's settings with this deployment's names: `serve` and `replay` agree.
+pub fn projector_config(settings: &Settings) -> anyhow::Result<ProjectorConfig> {
+    let names = &settings.names;
+    let mut config = ProjectorConfig::new(settings.pseudonym_key()?);
+    config.topics = linkwork_projector::ProjectorTopics {
+        events: names.topic(REFERRAL_EVENTS),
+        observations: names.topic(OUTCOMES_OBSERVATIONS),
+        pseudonymised: names.topic(OUTCOMES_OBSERVATIONS_PSEUDONYMISED),
+    };
+    config.group_id = names.group(consumers::PROJECTOR);
+    config.dlq_topic = names.dlq(consumers::PROJECTOR);
+    Ok(config)
+}
+
 /// Runs `service` until `shutdown` is cancelled or one of its tasks fails (which
 /// cancels the others and makes the command fail).
 pub async fn run(
@@ -59,6 +76,8 @@ pub async fn run_with_clock(
     clock: Clock,
 ) -> anyhow::Result<()> {
     let kafka = settings.kafka()?.clone();
+    let names = &settings.names;
+    let events_topic = names.topic(REFERRAL_EVENTS);
     let pool = linkwork_store::connect(&settings.database()?)
         .await
         .context("connecting to LINKWORK_DATABASE_URL")?;
@@ -68,9 +87,7 @@ pub async fn run_with_clock(
     let with_router = matches!(service, Service::Router | Service::All);
     let with_projector = matches!(service, Service::Projector | Service::All);
     let projector_config = if with_projector {
-        Some(linkwork_projector::ProjectorConfig::new(
-            settings.pseudonym_key()?,
-        ))
+        Some(projector_config(settings)?)
     } else {
         None
     };
@@ -83,7 +100,8 @@ pub async fn run_with_clock(
     if with_router {
         linkwork_router::migrate(&pool).await?;
         if let Some(path) = &settings.directory_file {
-            let stored = crate::directory_command::apply_file(&pool, kafka.clone(), path).await?;
+            let stored =
+                crate::directory_command::apply_file(&pool, kafka.clone(), names, path).await?;
             tracing::info!(directory = %stored, "provider directory from LINKWORK_DIRECTORY");
         }
     }
@@ -118,6 +136,8 @@ pub async fn run_with_clock(
         let mut ingest = IngestSettings::new(settings.http_addr);
         ingest.http.public_base_url = settings.public_base_url.clone();
         ingest.http.clock = clock.clone();
+        ingest.http.events_topic = events_topic.clone();
+        ingest.http.call_log_topic = names.topic(ASC_CALL_LOG);
         let mut application = Application::build(ingest, &kafka, pool.clone(), verifier).await?;
         // One listener in one process: the metrics routes sit beside ingest's.
         if let Some(routes) = metrics_routes.clone() {
@@ -130,11 +150,12 @@ pub async fn run_with_clock(
         });
         let rules = linkwork_fhir::IntakeRules::default();
         let responses = ConsumerRunner::new(
-            ConsumerConfig::new(consumers::PROVIDER_RESPONSES, &[PROVIDER_RESPONSES]),
+            names.consumer(consumers::PROVIDER_RESPONSES, &[PROVIDER_RESPONSES]),
             kafka.clone(),
             pool.clone(),
             linkwork_ingest::responses::ProviderResponsesHandler::new(&rules.canonical_base)
-                .with_clock(clock.clone()),
+                .with_clock(clock.clone())
+                .with_events_topic(events_topic.clone()),
         )
         .with_outbox_notify(outbox.clone());
         consumers.push(responses.status());
@@ -144,12 +165,13 @@ pub async fn run_with_clock(
             Ok("provider.responses consumer")
         });
         let runner = ConsumerRunner::new(
-            ConsumerConfig::new(consumers::INBOUND, &[REFERRALS_INBOUND]),
+            names.consumer(consumers::INBOUND, &[REFERRALS_INBOUND]),
             kafka.clone(),
             pool.clone(),
             linkwork_ingest::inbound::InboundHandler {
                 rules,
                 clock: clock.clone(),
+                events_topic: events_topic.clone(),
             },
         )
         .with_outbox_notify(outbox.clone());
@@ -162,7 +184,17 @@ pub async fn run_with_clock(
     }
     if with_router {
         let config = linkwork_router::RouterConfig {
-            ensure_queue_topics: Some((kafka.clone(), crate::topics_command::load(None)?)),
+            topics: linkwork_router::RouterTopics {
+                events: events_topic.clone(),
+                triage: names.topic(TRIAGE_REFERRALS),
+                dlq: names.dlq(consumers::ROUTER),
+                queue_prefix: names.topic_prefix().to_owned(),
+            },
+            group_id: names.group(consumers::ROUTER),
+            ensure_queue_topics: Some((
+                kafka.clone(),
+                names.declaration(&crate::topics_command::load(None)?),
+            )),
             clock: clock.clone(),
             ..linkwork_router::RouterConfig::default()
         };
@@ -207,10 +239,11 @@ pub async fn run_with_clock(
         }
         let (pool_for_days, baseline, token) =
             (pool.clone(), settings.call_log_baseline, work.clone());
+        let daily_topic = names.topic(METRICS_CALL_LOG);
         tasks.spawn(async move {
             linkwork_metrics::daily::run(
                 pool_for_days,
-                METRICS_CALL_LOG.to_owned(),
+                daily_topic,
                 baseline,
                 std::time::Duration::from_secs(15 * 60),
                 token,
@@ -219,7 +252,7 @@ pub async fn run_with_clock(
             Ok("daily call-log records")
         });
         let runner = ConsumerRunner::new(
-            ConsumerConfig::new(consumers::METRICS, &[ASC_CALL_LOG]),
+            names.consumer(consumers::METRICS, &[ASC_CALL_LOG]),
             kafka.clone(),
             pool.clone(),
             linkwork_metrics::call_log::CallLogProjection,

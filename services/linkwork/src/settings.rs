@@ -29,6 +29,9 @@ pub struct Settings {
     /// The date the call-log reduction is measured from (`LINKWORK_CALL_LOG_BASELINE`,
     /// YYYY-MM-DD); the first case's day when unset.
     pub call_log_baseline: Option<chrono::NaiveDate>,
+    /// How this deployment names its topics and consumer groups
+    /// (`LINKWORK_TOPIC_PREFIX`, `LINKWORK_GROUP_PREFIX`).
+    pub names: linkwork_bus::Names,
 }
 
 impl Settings {
@@ -54,6 +57,7 @@ impl Settings {
             _ => None,
         };
         Ok(Self {
+            names: linkwork_bus::Names::from_env(),
             call_log_baseline,
             kafka,
             kafka_error,
@@ -160,6 +164,7 @@ mod tests {
             directory_file: None,
             pseudonym_key: Some(secrecy::SecretString::from("a-pseudonym-key-not-to-print")),
             call_log_baseline: None,
+            names: linkwork_bus::Names::default(),
         };
         let printed = format!("{settings:?}");
         assert!(!printed.contains("hunter2"), "{printed}");

@@ -45,6 +45,7 @@ pub async fn apply_report(
             providers.push(id);
         }
     }
+    let declaration = settings.names.declaration(&declaration);
     Ok(topics::apply(settings.kafka()?, &declaration, &providers).await?)
 }
 

@@ -2,8 +2,8 @@
 //! admin listener (`LINKWORK_ADMIN_ADDR`), and readiness means what it says: Postgres
 //! and the broker answer and each consumer has its assignment.
 //!
-//! These run whole processes in the real consumer groups, so they are in the
-//! whole-process test group (names start `serve_`).
+//! Each process runs on topics and consumer groups of its own (`Names::isolated`), so
+//! these run beside every other test.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,8 +20,14 @@ struct Process {
     client: reqwest::blocking::Client,
 }
 
-fn linkwork(brokers: &str, database: &str, admin_port: u16) -> Command {
+fn linkwork(
+    brokers: &str,
+    names: &linkwork_bus::Names,
+    database: &str,
+    admin_port: u16,
+) -> Command {
     let mut command = common::linkwork_on(brokers);
+    common::with_names(&mut command, names);
     command
         .env("LINKWORK_DATABASE_URL", database)
         .env("LINKWORK_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
@@ -37,10 +43,10 @@ fn linkwork(brokers: &str, database: &str, admin_port: u16) -> Command {
 impl Process {
     /// `linkwork serve <service>` on a fresh database, once its admin listener answers
     /// `/healthz`.
-    fn start(service: &str, brokers: &str) -> Self {
+    fn start(service: &str, brokers: &str, names: &linkwork_bus::Names) -> Self {
         let database = fresh_database();
         let port = free_port();
-        let mut child = linkwork(brokers, &database, port)
+        let mut child = linkwork(brokers, names, &database, port)
             .args(["serve", service])
             .spawn()
             .expect("linkwork serve starts");
@@ -109,8 +115,9 @@ impl Process {
 /// `consumers`.
 fn answers_on_its_admin_listener(service: &str, consumers: &[&str]) {
     let brokers = common::test_brokers();
-    run(common::linkwork_on(&brokers).args(["topics", "apply"]));
-    let mut process = Process::start(service, &brokers);
+    let names = common::isolated_names(&format!("admin-{service}"));
+    run(common::with_names(&mut common::linkwork_on(&brokers), &names).args(["topics", "apply"]));
+    let mut process = Process::start(service, &brokers, &names);
 
     let (status, body) = process.get("/healthz");
     assert_eq!((status, body.as_str()), (200, "ok"));
@@ -192,7 +199,7 @@ fn serve_all_answers_health_readiness_and_metrics_on_its_admin_listener() {
 fn serve_projector_is_alive_but_not_ready_while_the_broker_does_not_answer() {
     // A port nothing listens on: the broker is down.
     let brokers = format!("127.0.0.1:{}", free_port());
-    let mut process = Process::start("projector", &brokers);
+    let mut process = Process::start("projector", &brokers, &common::isolated_names("down"));
     let (status, _) = process.get("/healthz");
     assert_eq!(status, 200, "alive");
     let not_ready = process.readiness_becomes(503);

@@ -328,13 +328,17 @@ fn serve_all_takes_referrals_and_provider_responses_and_replay_rebuilds_the_same
     let body = accepted_task(&referrals[1]).to_string();
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(producer.send(linkwork_bus::Outbound {
-            topic: linkwork_bus::topics::PROVIDER_RESPONSES,
-            key: Some(referrals[1].as_bytes()),
-            partition: None,
-            payload: body.as_bytes(),
-            headers,
-        }))
+        .block_on(
+            producer.send(linkwork_bus::Outbound {
+                topic: &deployment
+                    .names
+                    .topic(linkwork_bus::topics::PROVIDER_RESPONSES),
+                key: Some(referrals[1].as_bytes()),
+                partition: None,
+                payload: body.as_bytes(),
+                headers,
+            }),
+        )
         .expect("acknowledged");
     wait_for(&referrals[0], "accepted");
     wait_for(&referrals[1], "accepted");
@@ -397,6 +401,8 @@ const SECRET: &str = "cli-tests-development-secret-0123456789abcdef";
 /// apply`, with a directory of one provider (`connectors`, LS1) and development tokens.
 struct ServeAll {
     url: String,
+    /// This deployment's own topics and groups.
+    names: linkwork_bus::Names,
     directory: std::path::PathBuf,
     port: u16,
     client: reqwest::blocking::Client,
@@ -405,7 +411,8 @@ struct ServeAll {
 impl ServeAll {
     fn new() -> Self {
         let url = fresh_database();
-        run(linkwork().args(["topics", "apply"]));
+        let names = common::isolated_names("serve-all");
+        run(common::with_names(&mut linkwork(), &names).args(["topics", "apply"]));
         let directory = std::env::temp_dir().join(format!(
             "linkwork-cli-directory-{}.yaml",
             uuid::Uuid::new_v4().simple()
@@ -417,6 +424,7 @@ impl ServeAll {
         .expect("the directory is written");
         Self {
             url,
+            names,
             directory,
             port: free_port(),
             client: reqwest::blocking::Client::new(),
@@ -430,6 +438,7 @@ impl ServeAll {
     /// A `linkwork` command with this deployment's settings.
     fn command(&self, arguments: &[&str]) -> Command {
         let mut command = linkwork();
+        common::with_names(&mut command, &self.names);
         command
             .args(arguments)
             .env("LINKWORK_DATABASE_URL", &self.url)
@@ -681,7 +690,8 @@ fn report_writes_markdown_and_html_and_refuses_a_backwards_period() {
 fn the_demo_without_waiting_drives_the_borough_and_its_summary_agrees_with_the_read_models_and_metrics(
 ) {
     let url = fresh_database();
-    let output = linkwork()
+    let names = common::isolated_names("demo");
+    let output = common::with_names(&mut linkwork(), &names)
         .args([
             "demo",
             "--no-wait",
@@ -694,6 +704,7 @@ fn the_demo_without_waiting_drives_the_borough_and_its_summary_agrees_with_the_r
         ])
         .env("LINKWORK_DATABASE_URL", &url)
         .env("LINKWORK_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("LINKWORK_ADMIN_ADDR", "127.0.0.1:0")
         .env(
             "LINKWORK_AUTH_DEV_SECRET",
             "cli-tests-development-secret-0123456789abcdef",

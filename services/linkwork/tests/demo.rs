@@ -31,6 +31,7 @@ fn demo(brokers: &str, url: &str) -> String {
         ])
         .env("LINKWORK_DATABASE_URL", url)
         .env("LINKWORK_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("LINKWORK_ADMIN_ADDR", "127.0.0.1:0")
         // Kept between runs, as scripts/stack keeps them in .local/demo.secrets.
         .env(
             "LINKWORK_AUTH_DEV_SECRET",

@@ -45,6 +45,8 @@ pub struct HttpConfig {
     pub public_base_url: String,
     /// Where accepted referrals and provider updates go (`referral.events`).
     pub events_topic: String,
+    /// Where an imported ASC call log goes (`asc.call-log`).
+    pub call_log_topic: String,
     /// The time events are stamped with: the system clock, or the demo's.
     pub clock: linkwork_domain::Clock,
 }
@@ -58,6 +60,7 @@ impl Default for HttpConfig {
             requests_per_minute: 6_000,
             public_base_url: String::new(),
             events_topic: linkwork_bus::topics::REFERRAL_EVENTS.to_owned(),
+            call_log_topic: linkwork_bus::topics::ASC_CALL_LOG.to_owned(),
             clock: linkwork_domain::Clock::system(),
         }
     }
@@ -266,23 +269,29 @@ async fn call_log(
                 ),
             )
         })?;
-    let report = crate::call_log::import(&state.pool, &state.producer, &bytes)
-        .await
-        .map_err(|error| match error {
-            crate::call_log::CallLogError::Header { .. }
-            | crate::call_log::CallLogError::NotCsv(_) => FhirError::one(
+    let report = crate::call_log::import(
+        &state.pool,
+        &state.producer,
+        &state.config.call_log_topic,
+        &bytes,
+    )
+    .await
+    .map_err(|error| match error {
+        crate::call_log::CallLogError::Header { .. } | crate::call_log::CallLogError::NotCsv(_) => {
+            FhirError::one(
                 StatusCode::BAD_REQUEST,
                 Issue::error(IssueCode::Structure, error.to_string()),
-            ),
-            crate::call_log::CallLogError::Unavailable(_) => FhirError::unavailable(
-                "the event log is unavailable; import the file again (it adds nothing twice)",
-                5,
-            ),
-            crate::call_log::CallLogError::Database(_) => FhirError::unavailable(
-                "linkwork's database is unavailable; import the file again",
-                5,
-            ),
-        })?;
+            )
+        }
+        crate::call_log::CallLogError::Unavailable(_) => FhirError::unavailable(
+            "the event log is unavailable; import the file again (it adds nothing twice)",
+            5,
+        ),
+        crate::call_log::CallLogError::Database(_) => FhirError::unavailable(
+            "linkwork's database is unavailable; import the file again",
+            5,
+        ),
+    })?;
     let mut issues = vec![linkwork_fhir::Issue {
         severity: linkwork_fhir::Severity::Information,
         ..Issue::error(

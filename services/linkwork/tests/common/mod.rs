@@ -22,6 +22,20 @@ pub fn linkwork_on(brokers: &str) -> Command {
     command
 }
 
+/// Topics and consumer groups of one test's own, so whole processes of several tests
+/// run at once on one broker without sharing partitions.
+pub fn isolated_names(label: &str) -> linkwork_bus::Names {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    linkwork_bus::Names::isolated(&format!("{label}-{}", &run[..12]))
+}
+
+/// Points `command` at the topics and groups of `names`.
+pub fn with_names<'a>(command: &'a mut Command, names: &linkwork_bus::Names) -> &'a mut Command {
+    command
+        .env("LINKWORK_TOPIC_PREFIX", names.topic_prefix())
+        .env("LINKWORK_GROUP_PREFIX", names.group_prefix())
+}
+
 /// Runs it to the end; fails the test unless it succeeded. Returns its stdout.
 pub fn run(command: &mut Command) -> String {
     let output = command.output().expect("linkwork runs");
