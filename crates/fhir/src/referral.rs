@@ -16,7 +16,7 @@ use crate::outcome::{Issue, IssueCode};
 use crate::resolve::Resolver;
 
 /// SNOMED CT.
-pub const SNOMED: &str = "http://snomed.info/sct";
+pub use crate::systems::SNOMED_CT as SNOMED;
 /// SNOMED CT "Referral to social prescribing service".
 pub const SOCIAL_PRESCRIBING_REFERRAL: &str = "871731000000106";
 /// The BaRS ServiceRequest category code system.
@@ -39,7 +39,7 @@ pub struct IntakeRules {
 impl Default for IntakeRules {
     fn default() -> Self {
         Self {
-            canonical_base: "https://linkwork.example/fhir".into(),
+            canonical_base: crate::systems::DEFAULT_CANONICAL_BASE.into(),
             equivalent_codes: Vec::new(),
             extra_snomed_needs: Vec::new(),
             clock_skew: chrono::Duration::minutes(5),

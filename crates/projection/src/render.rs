@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use crate::model::ObservationRow;
 use crate::read::TaskView;
 
-pub const NHS_NUMBER_SYSTEM: &str = "https://fhir.nhs.uk/Id/nhs-number";
-pub const SNOMED: &str = "http://snomed.info/sct";
+pub use linkwork_fhir::systems::NHS_NUMBER as NHS_NUMBER_SYSTEM;
+use linkwork_fhir::systems::{self, SNOMED_CT as SNOMED};
 
 /// Who an Observation is about.
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ pub fn instant(at: DateTime<Utc>) -> String {
 
 fn instrument_code(base: &str, instrument: Instrument) -> Value {
     let mut coding = vec![json!({
-        "system": format!("{base}/CodeSystem/outcome-instrument"),
+        "system": systems::outcome_instrument(base),
         "code": instrument.code(),
         "display": instrument.display(),
     })];
@@ -56,7 +56,7 @@ fn value_of(base: &str, measure: &Value, observation: &mut Value) {
                     measure.ons4_item(*item).map(|score| {
                         json!({
                             "code": { "coding": [{
-                                "system": format!("{base}/CodeSystem/outcome-instrument"),
+                                "system": systems::outcome_instrument(base),
                                 "code": item.code(),
                             }]},
                             "valueInteger": score,
@@ -80,7 +80,7 @@ pub fn base_observation(base: &str, row: &ObservationRow, instrument: Instrument
         "resourceType": "Observation",
         "status": "final",
         "category": [{ "coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+            "system": systems::OBSERVATION_CATEGORY,
             "code": "survey",
             "display": "Survey",
         }]}],
@@ -174,7 +174,7 @@ pub fn task(base: &str, view: &TaskView) -> Value {
         "status": view.status,
         "intent": "order",
         "code": { "coding": [{
-            "system": "http://hl7.org/fhir/CodeSystem/task-code",
+            "system": systems::TASK_CODE,
             "code": "fulfill",
         }]},
         "focus": { "reference": format!("ServiceRequest/{}", view.referral_id) },

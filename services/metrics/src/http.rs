@@ -42,7 +42,7 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             baseline: None,
-            canonical_base: "https://linkwork.example/fhir".into(),
+            canonical_base: linkwork_fhir::systems::DEFAULT_CANONICAL_BASE.into(),
         }
     }
 }

@@ -25,9 +25,9 @@ pub const MEASURES: [&str; 8] = [
     "consent",
 ];
 
-const POPULATION: &str = "http://terminology.hl7.org/CodeSystem/measure-population";
-const IMPROVEMENT: &str = "http://terminology.hl7.org/CodeSystem/measure-improvement-notation";
-const UCUM: &str = "http://unitsofmeasure.org";
+use linkwork_fhir::systems::{
+    MEASURE_IMPROVEMENT as IMPROVEMENT, MEASURE_POPULATION as POPULATION, UCUM,
+};
 
 fn population(code: &str, count: i64) -> Value {
     json!({ "code": { "coding": [{ "system": POPULATION, "code": code }] }, "count": count })

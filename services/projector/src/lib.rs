@@ -74,7 +74,7 @@ impl ProjectorConfig {
     pub fn new(pseudonym_key: PseudonymKey) -> Self {
         Self {
             topics: ProjectorTopics::default(),
-            canonical_base: "https://linkwork.example/fhir".into(),
+            canonical_base: linkwork_fhir::systems::DEFAULT_CANONICAL_BASE.into(),
             source: "linkwork/projector".into(),
             pseudonym_key,
             evaluation_lawful_basis: None,

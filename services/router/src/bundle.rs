@@ -65,7 +65,7 @@ pub fn provider_request(
         "intent": "order",
         "priority": priority(received.priority),
         "code": { "coding": [{
-            "system": "http://hl7.org/fhir/CodeSystem/task-code",
+            "system": linkwork_fhir::systems::TASK_CODE,
             "code": "fulfill",
             "display": "Fulfill the focal request",
         }]},
@@ -152,7 +152,7 @@ pub fn triage(
         "intent": "order",
         "priority": priority(received.priority),
         "code": { "coding": [{
-            "system": "http://hl7.org/fhir/CodeSystem/task-code",
+            "system": linkwork_fhir::systems::TASK_CODE,
             "code": "fulfill",
         }]},
         "focus": { "reference": urn(referral.as_uuid()) },
@@ -239,7 +239,7 @@ fn service_request(received: &ReferralReceived) -> Map<String, Value> {
     let mut subject = json!({ "reference": urn(&received.referral_id.patient_id()) });
     if let Some(nhs_number) = &received.subject.nhs_number {
         subject["identifier"] = json!({
-            "system": "https://fhir.nhs.uk/Id/nhs-number",
+            "system": linkwork_fhir::systems::NHS_NUMBER,
             "value": nhs_number.to_string(),
         });
     }
@@ -260,7 +260,7 @@ fn patient(received: &ReferralReceived) -> Value {
     let mut patient = json!({ "resourceType": "Patient", "id": id });
     if let Some(nhs_number) = &subject.nhs_number {
         patient["identifier"] = json!([{
-            "system": "https://fhir.nhs.uk/Id/nhs-number",
+            "system": linkwork_fhir::systems::NHS_NUMBER,
             "value": nhs_number.to_string(),
         }]);
     }

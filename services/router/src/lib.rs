@@ -99,7 +99,7 @@ impl Default for RouterConfig {
     fn default() -> Self {
         Self {
             topics: RouterTopics::default(),
-            canonical_base: "https://linkwork.example/fhir".into(),
+            canonical_base: linkwork_fhir::systems::DEFAULT_CANONICAL_BASE.into(),
             source: "linkwork/router".into(),
             clock: Clock::system(),
             deadline_poll: Duration::from_secs(5),

@@ -9,7 +9,7 @@ use linkwork_fhir::{Issue, IssueCode, OperationOutcome};
 use super::FHIR_JSON;
 
 /// BaRS error-code system for OperationOutcome.issue.details.
-pub const BARS_ERROR_CODES: &str = "https://fhir.nhs.uk/Codesystem/http-error-codes";
+pub use linkwork_fhir::systems::BARS_HTTP_ERROR_CODES as BARS_ERROR_CODES;
 
 #[derive(Debug)]
 pub struct FhirError {

@@ -9,8 +9,6 @@
 //! racing from two ingest instances cannot both pass. What still races, with the
 //! router's deadline escalation, is settled by log order in the projector and router.
 
-pub mod parse;
-
 use linkwork_bus::Producer;
 use linkwork_domain::referral::{self, Folded, Referral, Refusal};
 use linkwork_domain::{EventId, ReferralEvent, ReferralId};
@@ -21,7 +19,7 @@ use std::collections::HashMap;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-pub use parse::{parse, Submission, TaskTarget};
+pub use linkwork_fhir::provider::{parse, Submission, TaskTarget};
 
 /// Why a provider's message was not applied.
 #[derive(Debug, thiserror::Error)]

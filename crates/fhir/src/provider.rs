@@ -17,15 +17,17 @@
 //! Every resource is first checked as FHIR R4 (fhir-model), so structural problems
 //! come back with the element's FHIRPath.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
+use fhir_model::r4b::resources;
 use linkwork_domain::event::{
     ActivityAttended, ActivityKind, ConsentChange, ConsentScope, ContactMode, ContactRecorded,
     OutcomeRecorded, ProviderStatusChange, ReferralClosedBy,
 };
 use linkwork_domain::referral::Command;
 use linkwork_domain::{Actor, Instrument, OutcomeMeasure, ProviderId, ReferralId, Timepoint};
-use linkwork_fhir::fhir_model::r4b::resources;
-use linkwork_fhir::{Issue, IssueCode};
+
+use crate::referral::parse_date_time;
+use crate::{Issue, IssueCode};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -111,18 +113,6 @@ fn date_time(resource: &Value, element: &str, resource_type: &str) -> Result<Dat
     })
 }
 
-fn parse_date_time(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|at| at.with_timezone(&Utc))
-        .ok()
-        .or_else(|| {
-            NaiveDate::parse_from_str(text, "%Y-%m-%d")
-                .ok()
-                .and_then(|date| date.and_hms_opt(12, 0, 0))
-                .map(|at| at.and_utc())
-        })
-}
-
 fn reason_text(resource: &Value) -> Option<String> {
     let reason = resource.get("statusReason")?;
     reason
@@ -137,7 +127,7 @@ fn check<T>(resource: &Value, resource_type: &str) -> Result<(), Vec<Issue>>
 where
     T: serde::de::DeserializeOwned + serde::Serialize,
 {
-    linkwork_fhir::parse::typed::<T>(resource, resource_type).map(|_| ())
+    crate::parse::typed::<T>(resource, resource_type).map(|_| ())
 }
 
 /// Reads `resource` sent by `provider`. `task_id` is the id in the URL of a PUT (the
@@ -149,7 +139,7 @@ pub fn parse(
     canonical_base: &str,
     now: DateTime<Utc>,
 ) -> Result<Submission, Vec<Issue>> {
-    let resource_type = linkwork_fhir::parse::resource_type(resource).unwrap_or("");
+    let resource_type = crate::parse::resource_type(resource).unwrap_or("");
     match resource_type {
         "Task" => {
             check::<resources::Task>(resource, "Task")?;
@@ -261,7 +251,7 @@ fn task(
 }
 
 fn instrument_of(code: &Value, canonical_base: &str) -> Result<Instrument, Issue> {
-    let system = format!("{canonical_base}/CodeSystem/outcome-instrument");
+    let system = crate::systems::outcome_instrument(canonical_base);
     let codings = code
         .get("coding")
         .and_then(Value::as_array)
@@ -280,7 +270,7 @@ fn instrument_of(code: &Value, canonical_base: &str) -> Result<Instrument, Issue
                     .at("Observation.code")
             });
         }
-        if coding_system == "http://snomed.info/sct" {
+        if coding_system == crate::systems::SNOMED_CT {
             if let Some(instrument) = Instrument::ALL.into_iter().find(|instrument| {
                 instrument
                     .snomed_code()
@@ -414,7 +404,7 @@ fn ons4(resource: &Value, canonical_base: &str) -> Result<OutcomeMeasure, Issue>
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let system = format!("{canonical_base}/CodeSystem/outcome-instrument");
+    let system = crate::systems::outcome_instrument(canonical_base);
     let item = |code: &str| -> Result<i64, Issue> {
         let found = components.iter().position(|component| {
             component
