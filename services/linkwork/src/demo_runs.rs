@@ -20,7 +20,7 @@ use linkwork_bus::topics::{consumers, REFERRAL_EVENTS};
 use linkwork_store::sqlx::{self, PgPool};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::borough::{self, Chapter};
+use linkwork_borough::{self as borough, Chapter};
 
 /// One earlier run, as the record holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]

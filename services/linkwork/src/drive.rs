@@ -23,8 +23,8 @@ use secrecy::SecretString;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::borough::{Borough, Channel, Chapter, Fate, Referral, Support};
 use crate::settings::Settings;
+use linkwork_borough::{Borough, Channel, Chapter, Fate, Referral, Support};
 
 /// The borough's provider directory (the example one; LW postcodes).
 pub const DIRECTORY: &str = include_str!("../../../directory.example.yaml");
@@ -91,7 +91,7 @@ fn referral_id(referral: &Referral) -> anyhow::Result<ReferralId> {
     let source = Source::parse(&referral.source)?;
     Ok(ReferralId::derive(
         &source,
-        &crate::borough::reference_system(&referral.source),
+        &linkwork_borough::reference_system(&referral.source),
         &referral.reference,
     ))
 }
@@ -243,7 +243,7 @@ pub async fn drive(
         .map(SecretString::from)
         .map_err(|_| anyhow::anyhow!("LINKWORK_AUTH_DEV_SECRET is not set (make demo sets one)"))?;
     let canonical_base = linkwork_fhir::IntakeRules::default().canonical_base;
-    let borough = Arc::new(crate::borough::chapter(
+    let borough = Arc::new(linkwork_borough::chapter(
         options.seed,
         options.people,
         options.days,

@@ -1,7 +1,6 @@
 //! The `linkwork` command: every service and tool behind one binary.
 
 pub mod admin;
-pub mod borough;
 pub mod demo;
 pub mod demo_runs;
 pub mod directory_command;
@@ -9,5 +8,4 @@ pub mod drive;
 pub mod serve;
 pub mod settings;
 pub mod shutdown;
-pub mod synthetic;
 pub mod topics_command;
