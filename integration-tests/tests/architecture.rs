@@ -3,7 +3,7 @@
 //! Read from `cargo metadata` and the sources, so a new dependency or query that breaks
 //! the shape fails here, not in review.
 
-#![allow(clippy::unwrap_used, reason = "a test panics with the failing value")]
+#![expect(clippy::unwrap_used, reason = "a test panics with the failing value")]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,9 @@
 //! Integration tests against the local stack: the real broker and real Postgres.
 
-// Tests and their helpers panic on failure, with the failing value in the message.
-#![allow(clippy::unwrap_used)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "tests and their helpers panic with the failing value"
+)]
 
 mod broker_killed;
 mod consumer;

@@ -197,7 +197,6 @@ pub async fn mark_unconfirmed(
 
 /// Records that the referral's event is on the log (inserting the receipt if another
 /// submission released the claim meanwhile).
-#[allow(clippy::too_many_arguments)]
 pub async fn mark_published(
     connection: &mut PgConnection,
     referral_id: ReferralId,

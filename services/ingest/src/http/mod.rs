@@ -104,7 +104,6 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         intake: Intake,
         verifier: Verifier,

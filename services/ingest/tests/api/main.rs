@@ -1,8 +1,10 @@
 //! Ingest's API against the local stack: the real service on a random port, a real
 //! broker, a fresh database per test.
 
-// Tests and their helpers panic on failure, with the failing value in the message.
-#![allow(clippy::unwrap_used)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "tests and their helpers panic with the failing value"
+)]
 
 mod bars;
 mod broker_down;

@@ -1,8 +1,10 @@
 //! What the `linkwork` binary's test files share: running the binary, a fresh
 //! database, a free port, and reading figures from its output.
 
-// Each test binary compiles this module and uses a part of it.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary compiles this module and uses a part of it (expect would fail in the binaries that use it all)"
+)]
 
 use std::net::TcpListener;
 use std::process::Command;
