@@ -125,9 +125,10 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Runs `work` in a transaction: commits when it returns `Ok`, rolls back on `Err`.
-/// Every write path goes through here (or the consumer runner, which does the same),
-/// so no write is ever half-applied.
+/// Runs `work` in a transaction: commits when it returns `Ok`, rolls back on `Err`
+/// (dropping an uncommitted sqlx transaction rolls it back). A convenience for writes
+/// outside a consumer; the consumer runner, the router's sweeper and ingest's intake
+/// open their own transactions, with the same all-or-nothing rule.
 pub async fn in_transaction<T, E, F>(pool: &PgPool, work: F) -> Result<T, E>
 where
     F: AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
