@@ -101,11 +101,9 @@ pub enum ProjectorError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Bus(#[from] linkwork_bus::BusError),
-    #[error(
-        "the read models in schema {schema} were built by another version of the projector; \
-         run `linkwork replay` to rebuild them"
-    )]
-    Outdated { schema: String },
+    /// The live read models were built by another DDL (or the schema lookup failed).
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
     #[error("{0}")]
     Replay(String),
 }
@@ -114,11 +112,10 @@ pub enum ProjectorError {
 /// is created empty and the projector's offsets reset, so it projects from offset 0.
 pub async fn ensure_schema(pool: &PgPool, config: &ProjectorConfig) -> Result<(), ProjectorError> {
     let mut transaction = pool.begin().await?;
-    match linkwork_projection::ensure_schema(&mut transaction, &config.schema).await {
-        Ok(SchemaState::Current) => return Ok(()),
-        Ok(SchemaState::Created) => {}
-        Err(SchemaError::Database(error)) => return Err(error.into()),
-        Err(SchemaError::Outdated { schema }) => return Err(ProjectorError::Outdated { schema }),
+    if linkwork_projection::ensure_schema(&mut transaction, &config.schema).await?
+        == SchemaState::Current
+    {
+        return Ok(());
     }
     reset_consumer(&mut transaction, &config.consumer).await?;
     transaction.commit().await?;
