@@ -11,3 +11,4 @@ pub mod settings;
 pub mod shutdown;
 pub mod synthetic;
 pub mod topics_command;
+pub mod topology;
