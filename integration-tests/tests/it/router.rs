@@ -464,6 +464,7 @@ async fn rejection_then_deadline_reroute_and_end_in_triage_when_nobody_is_left()
     // Two working days from the rejection (Monday 12:00): Wednesday 12:00. Not yet.
     rig.clock
         .set(Utc.with_ymd_and_hms(2026, 11, 18, 11, 59, 0).unwrap());
+    // A negative check: a few sweeps' time in which nothing may fire.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         rig.route_of(id).await.2,
@@ -552,7 +553,8 @@ async fn a_restart_between_deadline_set_and_deadline_due_still_fires_it_once() {
         .set(Utc.with_ymd_and_hms(2026, 11, 19, 9, 0, 0).unwrap());
     let router = rig.start_router();
     rig.wait_for_route(id, "unroutable", 1).await;
-    // More sweeps and a second restart change nothing.
+    // More sweeps and a second restart change nothing (negative checks: the pauses
+    // are sweeps' time in which nothing may happen).
     tokio::time::sleep(Duration::from_millis(600)).await;
     router.abort();
     let _ = router.await;
