@@ -1,14 +1,15 @@
 //! The local stack for tests: a fresh database and fresh topics per test.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use linkwork_bus::headers::HeaderList;
-use linkwork_bus::KafkaSettings;
-use linkwork_domain::{AscCaseId, CallLogEvent, CaseOpened};
+use linkwork_bus::{KafkaSettings, Names};
+use linkwork_domain::{AscCaseId, CallLogEvent, CaseOpened, ProviderId};
 use linkwork_store::sqlx::{self, Connection, PgConnection, PgPool};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
@@ -83,6 +84,21 @@ impl Stack {
         pool
     }
 
+    /// Every topic of the built-in declaration, named by `names`, as `linkwork topics
+    /// apply` creates them (the queues of `providers` too): what a whole topology reads
+    /// and writes.
+    pub async fn apply_topics(&self, names: &Names, providers: &[ProviderId]) {
+        let declaration = linkwork::topics_command::load(None).expect("the built-in topics.yaml");
+        let report = linkwork_bus::topics::apply(
+            &self.kafka,
+            &names.declaration(&declaration),
+            providers,
+        )
+        .await
+        .expect("broker is reachable (LINKWORK_TEST_KAFKA_BROKERS); start it with `make broker`");
+        assert!(report.refused.is_empty(), "{report}");
+    }
+
     /// A new topic with a unique name.
     pub async fn topic(&self, prefix: &str, partitions: i32) -> String {
         let name = unique(prefix);
@@ -108,57 +124,119 @@ impl Stack {
         }
     }
 
-    /// Reads `topic` from the beginning until `expected` messages arrived or `within`
-    /// passed, then keeps reading for `settle` to catch anything extra.
-    pub fn read_topic(
+    /// Reads `topic` from the beginning until `expected` messages have arrived and every
+    /// partition has been read to the end the log had then, so nothing already on the
+    /// log is missed (an extra copy among them is counted); gives up after `within`.
+    pub async fn read_topic(
         &self,
         topic: &str,
         expected: usize,
         within: Duration,
-        settle: Duration,
     ) -> Vec<ReadMessage> {
-        let consumer: BaseConsumer = self
+        let deadline = tokio::time::Instant::now() + within;
+        let consumer: StreamConsumer = self
             .kafka
             .client_config()
             .set("group.id", unique("reader"))
             .set("enable.auto.commit", "false")
             .create()
             .expect("reader");
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("metadata");
-        let partitions = metadata.topics()[0].partitions().len() as i32;
         let mut assignment = TopicPartitionList::new();
-        for partition in 0..partitions {
+        for (partition, _, _) in self.log_ends(topic).await {
             assignment
                 .add_partition_offset(topic, partition, Offset::Beginning)
                 .expect("partition");
         }
         consumer.assign(&assignment).expect("assign");
         let mut messages = Vec::new();
-        let deadline = Instant::now() + within;
-        let mut settle_until: Option<Instant> = None;
+        // The next offset to read, per partition read from.
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        let mut ends: Option<Vec<(i32, i64, i64)>> = None;
         loop {
-            let now = Instant::now();
-            if messages.len() >= expected && settle_until.is_none() {
-                settle_until = Some(now + settle);
-            }
-            if settle_until.is_some_and(|until| now >= until) || now >= deadline {
-                break;
-            }
-            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-                messages.push(ReadMessage {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message
-                        .key()
-                        .map(|key| String::from_utf8_lossy(key).into_owned()),
-                    payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    headers: HeaderList::from_kafka(message.headers()),
+            if messages.len() >= expected {
+                if ends.is_none() {
+                    ends = Some(self.log_ends(topic).await);
+                }
+                let read_to_the_end = ends.iter().flatten().all(|(partition, low, high)| {
+                    low >= high || next.get(partition).is_some_and(|offset| offset >= high)
                 });
+                if read_to_the_end {
+                    break;
+                }
             }
+            let message = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Err(_) => break,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, topic, "reading the topic");
+                    continue;
+                }
+                Ok(Ok(message)) => message,
+            };
+            next.insert(message.partition(), message.offset() + 1);
+            messages.push(ReadMessage {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message
+                    .key()
+                    .map(|key| String::from_utf8_lossy(key).into_owned()),
+                payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                headers: HeaderList::from_kafka(message.headers()),
+            });
         }
         messages
+    }
+
+    /// Each partition of `topic` with its low and high watermarks. The client calls
+    /// block, so they run on the blocking pool.
+    pub async fn log_ends(&self, topic: &str) -> Vec<(i32, i64, i64)> {
+        let kafka = self.kafka.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let client: BaseConsumer = kafka.client_config().create().expect("metadata client");
+            let metadata = client
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .expect("metadata");
+            let partitions = metadata.topics()[0].partitions().len() as i32;
+            (0..partitions)
+                .map(|partition| {
+                    let (low, high) = client
+                        .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+                        .expect("watermarks");
+                    (partition, low, high)
+                })
+                .collect()
+        })
+        .await
+        .expect("watermarks task")
+    }
+
+    /// Waits until the consumer named `consumer` has stored, in Postgres, offsets at the
+    /// end `topic` has now: everything on the log is applied, so anything applied twice
+    /// or skipped would already show.
+    pub async fn caught_up(&self, pool: &PgPool, consumer: &str, topic: &str) {
+        let ends = self.log_ends(topic).await;
+        eventually(
+            Duration::from_secs(60),
+            &format!("{consumer} to reach the end of {topic}"),
+            || async {
+                let stored: Vec<(i32, i64)> = sqlx::query_as(
+                    "SELECT partition, next_offset FROM consumer_offsets \
+                     WHERE consumer = $1 AND topic = $2",
+                )
+                .bind(consumer)
+                .bind(topic)
+                .fetch_all(pool)
+                .await
+                .unwrap_or_default();
+                ends.iter().all(|(partition, low, high)| {
+                    low >= high
+                        || stored.iter().any(|(stored_partition, next)| {
+                            stored_partition == partition && next >= high
+                        })
+                })
+            },
+        )
+        .await;
     }
 }
 

@@ -545,19 +545,11 @@ async fn the_call_log_falls_from_920_to_576_a_reduction_of_344_or_37_4_percent_w
     .await
     .unwrap();
     assert_eq!(again, 0, "a day is published once");
-    let messages = tokio::task::spawn_blocking({
-        let stack = crate::helpers::stack();
-        move || {
-            stack.read_topic(
-                &topic,
-                days,
-                Duration::from_secs(60),
-                Duration::from_secs(1),
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let messages = fixture
+        .rig
+        .stack
+        .read_topic(&topic, days, Duration::from_secs(60))
+        .await;
     assert_eq!(messages.len(), days);
     let records: BTreeMap<String, Value> = messages
         .iter()

@@ -155,13 +155,26 @@ impl Rig {
         dump
     }
 
-    fn read(&self, topic: &str, expected: usize) -> Vec<ReadMessage> {
-        self.stack.read_topic(
-            topic,
-            expected,
-            Duration::from_secs(60),
-            Duration::from_millis(1500),
-        )
+    /// Waits until the relay has published every row of the outbox.
+    pub(crate) async fn outbox_drained(&self) {
+        eventually(Duration::from_secs(60), "the outbox to drain", || async {
+            let pending: Option<i64> =
+                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                    .fetch_one(&self.pool)
+                    .await
+                    .ok();
+            pending == Some(0)
+        })
+        .await;
+    }
+
+    /// Everything on `topic` once the projector's output is all out of the outbox (at
+    /// least `expected` messages).
+    async fn read(&self, topic: &str, expected: usize) -> Vec<ReadMessage> {
+        self.outbox_drained().await;
+        self.stack
+            .read_topic(topic, expected, Duration::from_secs(60))
+            .await
     }
 }
 
@@ -382,7 +395,7 @@ async fn a_referral_life_projects_and_its_outcomes_go_out_identified_and_only_wi
     );
 
     // Identified: 4 Observations per referral and a summary per closed referral.
-    let identified = rig.read(&rig.config.topics.observations, 10);
+    let identified = rig.read(&rig.config.topics.observations, 10).await;
     let observations: Vec<Value> = identified
         .iter()
         .filter(|message| message.header("ce_type") == Some("linkwork.outcomes.observation.v1"))
@@ -427,7 +440,7 @@ async fn a_referral_life_projects_and_its_outcomes_go_out_identified_and_only_wi
     assert!(outputs.contains("first contact"), "{outputs}");
 
     // Pseudonymised: only the consenting person's four, with nothing identifying.
-    let pseudonymised = rig.read(&rig.config.topics.pseudonymised, 4);
+    let pseudonymised = rig.read(&rig.config.topics.pseudonymised, 4).await;
     assert_eq!(pseudonymised.len(), 4);
     let consenting_nhs = consenting.subject.nhs_number.as_ref().unwrap().to_string();
     let declining_nhs = declining.subject.nhs_number.as_ref().unwrap().to_string();
@@ -583,12 +596,7 @@ async fn killing_the_projector_mid_stream_leaves_the_read_models_as_without_the_
         );
     }
     // Each Observation went out once, however the batches fell around the kill.
-    rig.stack.read_topic(
-        &rig.config.topics.observations,
-        0,
-        Duration::from_secs(1),
-        Duration::from_millis(10),
-    );
+    rig.outbox_drained().await;
     let published: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM outbox WHERE ce_type = 'linkwork.outcomes.observation.v1'",
     )

@@ -5,17 +5,17 @@
 
 use std::time::Duration;
 
+use linkwork::topology::{HttpSettings, Services, Topology, TopologySettings};
 use linkwork_auth::{Role, Verifier};
 use linkwork_bus::headers::HeaderList;
-use linkwork_bus::{
-    dlq, ConsumerConfig, ConsumerRunner, Outbound, OutboxRelay, Producer, RelayConfig,
+use linkwork_bus::topics::{
+    consumers, OUTCOMES_OBSERVATIONS, OUTCOMES_OBSERVATIONS_PSEUDONYMISED, PROVIDER_RESPONSES,
 };
+use linkwork_bus::{dlq, Names, Outbound, Producer};
 use linkwork_domain::ReferralId;
-use linkwork_ingest::responses::{ProviderResponsesHandler, PROVIDER_HEADER};
-use linkwork_ingest::{Application, IngestSettings};
-use linkwork_projector::{Projector, ProjectorConfig, ProjectorTopics, PseudonymKey};
+use linkwork_ingest::responses::PROVIDER_HEADER;
+use linkwork_projector::PseudonymKey;
 use linkwork_router::directory::{self, DirectoryDocument};
-use linkwork_router::{Router, RouterConfig, RouterTopics};
 use linkwork_store::sqlx::PgPool;
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -51,10 +51,8 @@ struct Loop {
     pool: PgPool,
     address: String,
     client: reqwest::Client,
-    projector: ProjectorConfig,
-    /// ingest's `provider.responses` consumer reads this topic, dead-letters to `dlq`.
-    responses: String,
-    responses_dlq: String,
+    /// This run's topics and groups.
+    names: Names,
     shutdown: CancellationToken,
 }
 
@@ -84,126 +82,71 @@ fn provider(id: &str) -> String {
 }
 
 impl Loop {
+    /// Ingest, the router and the projector as `serve` assembles them, on topics of
+    /// this run's own, with the directory above.
     async fn start() -> Loop {
         let stack = stack();
         let pool = stack.database().await;
-        linkwork_ingest::migrate(&pool).await.unwrap();
-        linkwork_router::migrate(&pool).await.unwrap();
-        linkwork_projector::migrate(&pool).await.unwrap();
-        let prefix = unique("pl");
-        let events = format!("{prefix}.referral.events");
-        let router_topics = RouterTopics {
-            events: events.clone(),
-            triage: format!("{prefix}.triage.referrals"),
-            dlq: format!("{prefix}.router.dlq"),
-            queue_prefix: format!("{prefix}."),
-        };
-        let mut projector = ProjectorConfig::new(PseudonymKey::new(&[7u8; 32]).unwrap());
-        projector.topics = ProjectorTopics {
-            events: events.clone(),
-            observations: format!("{prefix}.outcomes.observations"),
-            pseudonymised: format!("{prefix}.outcomes.observations.pseudonymised"),
-        };
-        projector.dlq_topic = format!("{prefix}.projector.dlq");
-        projector.group_id = unique("projector");
-        for (topic, partitions) in [
-            (events.as_str(), 3),
-            (router_topics.triage.as_str(), 1),
-            (router_topics.dlq.as_str(), 1),
-            (projector.topics.observations.as_str(), 2),
-            (projector.topics.pseudonymised.as_str(), 2),
-            (projector.dlq_topic.as_str(), 1),
-        ] {
-            stack.create_topic(topic, partitions).await;
-        }
+        let names = Names::isolated(&unique("pl"));
         let document = DirectoryDocument::parse(DIRECTORY).unwrap();
-        for id in document.provider_ids() {
-            stack
-                .create_topic(&router_topics.provider_queue(&id), 1)
-                .await;
-        }
+        stack.apply_topics(&names, &document.provider_ids()).await;
+        linkwork_router::migrate(&pool).await.unwrap();
         let mut transaction = pool.begin().await.unwrap();
         directory::store(&mut transaction, &document, "test")
             .await
             .unwrap();
         transaction.commit().await.unwrap();
 
-        let shutdown = CancellationToken::new();
-        let relay = OutboxRelay::new(pool.clone(), &stack.kafka, RelayConfig::default()).unwrap();
-        let notify = relay.notifier();
-        tokio::spawn(relay.run(shutdown.clone()));
-        let router = Router::new(
-            RouterConfig {
-                topics: router_topics,
-                group_id: unique("router"),
-                ..RouterConfig::default()
+        let mut http = HttpSettings::new("127.0.0.1:0".parse().unwrap());
+        http.verifier = Some(Verifier::dev(SecretString::from(DEV_SECRET)).unwrap());
+        let mut settings = TopologySettings::new(
+            stack.kafka.clone(),
+            names.clone(),
+            Services {
+                ingest: true,
+                router: true,
+                projector: true,
+                metrics: false,
             },
-            stack.kafka.clone(),
-            pool.clone(),
-            Some(notify.clone()),
-        );
-        tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move { router.run(shutdown).await.expect("router runs") }
-        });
-        let projector_run = Projector::new(
-            projector.clone(),
-            stack.kafka.clone(),
-            pool.clone(),
-            Some(notify.clone()),
-        );
-        tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move { projector_run.run(shutdown).await.expect("projector runs") }
-        });
-        let responses = format!("{prefix}.provider.responses");
-        let responses_dlq = format!("{prefix}.provider.responses.dlq");
-        stack.create_topic(&responses, 2).await;
-        stack.create_topic(&responses_dlq, 1).await;
-        let mut consumer = ConsumerConfig::new(&unique("responses"), &[&responses]);
-        consumer.dlq_topic = responses_dlq.clone();
-        let responses_consumer = ConsumerRunner::new(
-            consumer,
-            stack.kafka.clone(),
-            pool.clone(),
-            ProviderResponsesHandler::new(BASE).with_events_topic(&events),
+            http,
         )
-        .with_outbox_notify(notify.clone());
-        tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                responses_consumer
-                    .run(shutdown)
-                    .await
-                    .expect("provider.responses consumer runs")
-            }
-        });
-        let mut settings = IngestSettings::new("127.0.0.1:0".parse().unwrap());
-        settings.http.events_topic = events;
-        let verifier = Verifier::dev(SecretString::from(DEV_SECRET)).unwrap();
-        let application = Application::build(settings, &stack.kafka, pool.clone(), verifier)
-            .await
-            .unwrap();
-        let address = format!("http://127.0.0.1:{}", application.port());
-        tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                application
-                    .run_until_stopped(shutdown)
-                    .await
-                    .expect("ingest runs")
-            }
-        });
+        .unwrap();
+        settings.pseudonym_key = Some(PseudonymKey::new(&[7u8; 32]).unwrap());
+        let topology = Topology::build(settings, pool.clone()).await.unwrap();
+        let address = format!("http://{}", topology.http_addr().expect("ingest listens"));
+        let shutdown = CancellationToken::new();
+        tokio::spawn(topology.run(shutdown.clone()));
         Loop {
             stack,
             pool,
             address,
             client: reqwest::Client::new(),
-            projector,
-            responses,
-            responses_dlq,
+            names,
             shutdown,
         }
+    }
+
+    /// Waits until ingest's `provider.responses` consumer has stored offsets at the
+    /// topic's end and the outbox has drained: every response is judged and every
+    /// refusal is on the dead-letter topic.
+    async fn responses_settled(&self) {
+        self.stack
+            .caught_up(
+                &self.pool,
+                consumers::PROVIDER_RESPONSES,
+                &self.names.topic(PROVIDER_RESPONSES),
+            )
+            .await;
+        eventually(Duration::from_secs(60), "the outbox to drain", || async {
+            let pending: Option<i64> = linkwork_store::sqlx::query_scalar(
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .ok();
+            pending == Some(0)
+        })
+        .await;
     }
 
     /// Puts `body` on `provider.responses` as `provider` (no header when `None`), keyed
@@ -217,7 +160,7 @@ impl Loop {
         let key = referral.to_string();
         producer
             .send(Outbound {
-                topic: &self.responses,
+                topic: &self.names.topic(PROVIDER_RESPONSES),
                 key: Some(key.as_bytes()),
                 partition: None,
                 payload: body,
@@ -574,12 +517,14 @@ async fn a_gp_referral_is_routed_accepted_scored_completed_and_reads_back() {
     );
 
     // Both outcome topics carry the Observations; the referrer's summary comes too.
-    let identified = run.stack.read_topic(
-        &run.projector.topics.observations,
-        5,
-        Duration::from_secs(60),
-        Duration::from_secs(1),
-    );
+    let identified = run
+        .stack
+        .read_topic(
+            &run.names.topic(OUTCOMES_OBSERVATIONS),
+            5,
+            Duration::from_secs(60),
+        )
+        .await;
     let types: Vec<&str> = identified
         .iter()
         .filter_map(|m| m.header("ce_type"))
@@ -598,12 +543,14 @@ async fn a_gp_referral_is_routed_accepted_scored_completed_and_reads_back() {
             .count(),
         1
     );
-    let pseudonymised = run.stack.read_topic(
-        &run.projector.topics.pseudonymised,
-        4,
-        Duration::from_secs(60),
-        Duration::from_secs(1),
-    );
+    let pseudonymised = run
+        .stack
+        .read_topic(
+            &run.names.topic(OUTCOMES_OBSERVATIONS_PSEUDONYMISED),
+            4,
+            Duration::from_secs(60),
+        )
+        .await;
     assert_eq!(pseudonymised.len(), 4);
     for message in &pseudonymised {
         let text = String::from_utf8_lossy(&message.payload);
@@ -922,21 +869,15 @@ async fn on_provider_responses_the_same_transitions_are_refused_to_the_dlq_and_r
         .collect();
 
     run.wait_for_status(referral, "completed").await;
-    let dead = tokio::task::spawn_blocking({
-        let stack = crate::helpers::stack();
-        let topic = run.responses_dlq.clone();
-        let expected = refusals.len();
-        move || {
-            stack.read_topic(
-                &topic,
-                expected,
-                Duration::from_secs(60),
-                Duration::from_secs(2),
-            )
-        }
-    })
-    .await
-    .unwrap();
+    run.responses_settled().await;
+    let dead = run
+        .stack
+        .read_topic(
+            &run.names.dlq(consumers::PROVIDER_RESPONSES),
+            refusals.len(),
+            Duration::from_secs(60),
+        )
+        .await;
     assert_eq!(
         dead.len(),
         refusals.len(),

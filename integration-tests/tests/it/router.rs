@@ -252,27 +252,29 @@ impl Rig {
         .await;
     }
 
-    fn read(&self, topic: &str, expected: usize) -> Vec<ReadMessage> {
-        self.stack.read_topic(
-            topic,
-            expected,
-            Duration::from_secs(30),
-            Duration::from_millis(1500),
-        )
+    /// Everything on `topic` once the router's output is all out of the outbox (at
+    /// least `expected` messages).
+    async fn read(&self, topic: &str, expected: usize) -> Vec<ReadMessage> {
+        self.outbox_drained().await;
+        self.stack
+            .read_topic(topic, expected, Duration::from_secs(30))
+            .await
     }
 
-    fn queue(&self, provider: &str, expected: usize) -> Vec<ReadMessage> {
+    async fn queue(&self, provider: &str, expected: usize) -> Vec<ReadMessage> {
         self.read(
             &self
                 .topics
                 .provider_queue(&ProviderId::parse(provider).unwrap()),
             expected,
         )
+        .await
     }
 
     /// The router's own events on the event topic, decoded.
-    fn decisions(&self, expected: usize) -> Vec<ReferralEvent> {
+    async fn decisions(&self, expected: usize) -> Vec<ReferralEvent> {
         self.read(&self.topics.events, expected)
+            .await
             .into_iter()
             .filter_map(|message| {
                 let event_type = message.header("ce_type")?.to_owned();
@@ -384,11 +386,11 @@ async fn capacity_holds(instances: usize, count: usize) {
     assert_eq!(loads["money-advice"], 5, "{loads:?}");
     assert_eq!(loads["connectors"] as usize, count - 5, "{loads:?}");
     let money = keys(
-        &rig.queue("money-advice", 5),
+        &rig.queue("money-advice", 5).await,
         linkwork_router::engine::PROVIDER_REQUEST_TYPE,
     );
     let connectors = keys(
-        &rig.queue("connectors", count - 5),
+        &rig.queue("connectors", count - 5).await,
         linkwork_router::engine::PROVIDER_REQUEST_TYPE,
     );
     assert_eq!(money.len(), 5, "the need service gets exactly its capacity");
@@ -400,7 +402,7 @@ async fn capacity_holds(instances: usize, count: usize) {
     let all: HashSet<&String> = money.iter().chain(&connectors).collect();
     assert_eq!(all.len(), count, "each referral on exactly one queue");
     // Those that overflowed say why the need service was passed over.
-    for decision in rig.decisions(count) {
+    for decision in rig.decisions(count).await {
         let ReferralEvent::Routed(routed) = decision else {
             panic!("every referral is routable here")
         };
@@ -462,6 +464,7 @@ async fn rejection_then_deadline_reroute_and_end_in_triage_when_nobody_is_left()
     // Two working days from the rejection (Monday 12:00): Wednesday 12:00. Not yet.
     rig.clock
         .set(Utc.with_ymd_and_hms(2026, 11, 18, 11, 59, 0).unwrap());
+    // A negative check: a few sweeps' time in which nothing may fire.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         rig.route_of(id).await.2,
@@ -478,7 +481,7 @@ async fn rejection_then_deadline_reroute_and_end_in_triage_when_nobody_is_left()
     );
     rig.outbox_drained().await;
 
-    let decisions = rig.decisions(3);
+    let decisions = rig.decisions(3).await;
     assert_eq!(decisions.len(), 3, "{decisions:?}");
     let ReferralEvent::Unroutable(unroutable) = &decisions[2] else {
         panic!("the last decision sends it to triage: {decisions:?}")
@@ -506,7 +509,7 @@ async fn rejection_then_deadline_reroute_and_end_in_triage_when_nobody_is_left()
             ),
         ]
     );
-    let triage = rig.read(&rig.topics.triage, 1);
+    let triage = rig.read(&rig.topics.triage, 1).await;
     assert_eq!(triage.len(), 1);
     let bundle: Value = serde_json::from_slice(&triage[0].payload).unwrap();
     let task = &bundle["entry"][2]["resource"];
@@ -517,7 +520,7 @@ async fn rejection_then_deadline_reroute_and_end_in_triage_when_nobody_is_left()
         .starts_with("no provider is eligible"));
     // The activity's queue got the request and then its withdrawal, so the referral
     // is active on no queue.
-    let queue = rig.queue("connectors", 2);
+    let queue = rig.queue("connectors", 2).await;
     let types: Vec<_> = queue
         .iter()
         .map(|message| message.header("ce_type").unwrap())
@@ -550,14 +553,15 @@ async fn a_restart_between_deadline_set_and_deadline_due_still_fires_it_once() {
         .set(Utc.with_ymd_and_hms(2026, 11, 19, 9, 0, 0).unwrap());
     let router = rig.start_router();
     rig.wait_for_route(id, "unroutable", 1).await;
-    // More sweeps and a second restart change nothing.
+    // More sweeps and a second restart change nothing (negative checks: the pauses
+    // are sweeps' time in which nothing may happen).
     tokio::time::sleep(Duration::from_millis(600)).await;
     router.abort();
     let _ = router.await;
     let router = rig.start_router();
     tokio::time::sleep(Duration::from_millis(600)).await;
     rig.outbox_drained().await;
-    let decisions = rig.decisions(2);
+    let decisions = rig.decisions(2).await;
     let kinds: Vec<_> = decisions.iter().map(DomainEvent::event_type).collect();
     assert_eq!(
         kinds,
@@ -568,7 +572,7 @@ async fn a_restart_between_deadline_set_and_deadline_due_still_fires_it_once() {
         "the deadline fired exactly once"
     );
     let withdrawals = keys(
-        &rig.queue("connectors", 2),
+        &rig.queue("connectors", 2).await,
         linkwork_router::engine::PROVIDER_WITHDRAWAL_TYPE,
     );
     assert_eq!(withdrawals, [id.to_string()]);
@@ -612,7 +616,7 @@ async fn an_acceptance_that_reaches_the_log_before_the_escalation_wins() {
         "{loads:?}"
     );
     rig.outbox_drained().await;
-    let connectors = rig.queue("connectors", 2);
+    let connectors = rig.queue("connectors", 2).await;
     let types: Vec<_> = connectors
         .iter()
         .map(|message| message.header("ce_type").unwrap())
@@ -678,7 +682,7 @@ async fn killed_mid_stream_of_5000_and_restarted_routes_every_referral_exactly_o
     rig.outbox_drained().await;
 
     let mut decisions: HashMap<ReferralId, usize> = HashMap::new();
-    for decision in rig.decisions(TOTAL) {
+    for decision in rig.decisions(TOTAL).await {
         *decisions.entry(decision.referral_id()).or_default() += 1;
     }
     assert_eq!(decisions.len(), TOTAL, "every referral has a decision");
@@ -688,7 +692,7 @@ async fn killed_mid_stream_of_5000_and_restarted_routes_every_referral_exactly_o
     let mut queued = 0;
     for provider in ["money-advice", "connectors"] {
         let keys = keys(
-            &rig.queue(provider, 1),
+            &rig.queue(provider, 1).await,
             linkwork_router::engine::PROVIDER_REQUEST_TYPE,
         );
         let distinct: HashSet<_> = keys.iter().collect();
@@ -701,7 +705,10 @@ async fn killed_mid_stream_of_5000_and_restarted_routes_every_referral_exactly_o
     }
     let unroutable = TOTAL.div_ceil(3);
     assert_eq!(queued, TOTAL - unroutable);
-    assert_eq!(rig.read(&rig.topics.triage, unroutable).len(), unroutable);
+    assert_eq!(
+        rig.read(&rig.topics.triage, unroutable).await.len(),
+        unroutable
+    );
     let loads = rig.loads().await;
     assert_eq!(loads["money-advice"], 5);
     assert_eq!(
@@ -745,7 +752,7 @@ async fn a_directory_change_mid_stream_is_used_from_the_next_decision_and_record
     rig.wait_for_route(after.referral_id, "requested", 1).await;
     rig.outbox_drained().await;
 
-    let decisions = rig.decisions(2);
+    let decisions = rig.decisions(2).await;
     let routed: HashMap<ReferralId, (String, String)> = decisions
         .into_iter()
         .filter_map(|decision| match decision {
@@ -773,7 +780,7 @@ async fn the_provider_queue_message_is_a_bundle_of_service_request_patient_and_t
     let (router, person) = rig.route_one(30, &[Need::Loneliness]).await;
     let id = person.referral_id;
     rig.outbox_drained().await;
-    let queue = rig.queue("connectors", 1);
+    let queue = rig.queue("connectors", 1).await;
     assert_eq!(queue.len(), 1);
     let message = &queue[0];
     assert_eq!(message.key.as_deref(), Some(id.to_string().as_str()));

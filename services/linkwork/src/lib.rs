@@ -9,3 +9,4 @@ pub mod serve;
 pub mod settings;
 pub mod shutdown;
 pub mod topics_command;
+pub mod topology;

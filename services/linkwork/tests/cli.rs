@@ -367,8 +367,8 @@ fn serve_all_takes_referrals_and_provider_responses_and_replay_rebuilds_the_same
         .text()
         .unwrap()
         .contains("data-chart=\"providers\""));
-    // Let the projector settle anything else on the log before taking the dump.
-    std::thread::sleep(Duration::from_secs(2));
+    // Nothing in flight before taking the dump.
+    deployment.wait_until_settled();
     let live = dump_projection(&deployment.url, &referrals);
     for id in &referrals {
         assert!(live.contains(id.as_str()), "{id} is in the read models");
@@ -428,6 +428,73 @@ impl ServeAll {
             directory,
             port: free_port(),
             client: reqwest::blocking::Client::new(),
+        }
+    }
+
+    /// Waits until nothing is in flight: the outbox is empty and the router and the
+    /// projector have stored offsets at the end of `referral.events`, at one look.
+    fn wait_until_settled(&self) {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let topic = self.names.topic(linkwork_bus::topics::REFERRAL_EVENTS);
+        let client: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", common::test_brokers())
+            .create()
+            .expect("a client");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let metadata = client
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .expect("metadata");
+            let ends: Vec<(i32, i64, i64)> = metadata.topics()[0]
+                .partitions()
+                .iter()
+                .map(|partition| {
+                    let (low, high) = client
+                        .fetch_watermarks(&topic, partition.id(), Duration::from_secs(10))
+                        .expect("watermarks");
+                    (partition.id(), low, high)
+                })
+                .collect();
+            let pending = common::count(
+                &self.url,
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+            );
+            let stored = psql(
+                &self.url,
+                &format!(
+                    "SELECT consumer, partition, next_offset FROM consumer_offsets WHERE topic = '{topic}'"
+                ),
+            );
+            let stored: Vec<(String, i32, i64)> = stored
+                .lines()
+                .filter_map(|line| {
+                    let mut fields = line.split(' ');
+                    Some((
+                        fields.next()?.to_owned(),
+                        fields.next()?.parse().ok()?,
+                        fields.next()?.parse().ok()?,
+                    ))
+                })
+                .collect();
+            let caught_up = |consumer: &str| {
+                ends.iter().all(|(partition, low, high)| {
+                    low >= high
+                        || stored.iter().any(|(name, stored_partition, next)| {
+                            name == consumer && stored_partition == partition && next >= high
+                        })
+                })
+            };
+            if pending == 0
+                && caught_up(linkwork_bus::topics::consumers::ROUTER)
+                && caught_up(linkwork_bus::topics::consumers::PROJECTOR)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still in flight after 60 s: {pending} outbox rows, offsets {stored:?}, log ends {ends:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -623,8 +690,8 @@ fn serve_all_killed_with_sigkill_mid_stream_and_restarted_loses_nothing_and_deci
         .chain(&after)
         .cloned()
         .collect();
-    // Let anything still in flight land before counting what was applied.
-    std::thread::sleep(Duration::from_secs(2));
+    // Nothing in flight before counting what was applied.
+    deployment.wait_until_settled();
     let applied = applied_events(&deployment.url, &all);
     for id in &all {
         let expected = if accepted.contains(id) {

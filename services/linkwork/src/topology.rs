@@ -1,0 +1,430 @@
+//! The running topology of a `linkwork` process, assembled in one place: the outbox
+//! relay, every consumer of the chosen services and their HTTP routes. `serve` (and so
+//! the demo) and the integration tests' rigs build it here, from explicit inputs, so a
+//! test runs the same wiring production does, on topics and groups of its own
+//! ([`Names::isolated`]).
+//!
+//! Building does the fallible, one-off work (migrations, the provider directory,
+//! binding the HTTP listener); [`Topology::run`] then starts every task at once and
+//! returns when the shutdown token is cancelled or the first task fails.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use anyhow::Context;
+use linkwork_auth::Verifier;
+use linkwork_bus::topics::{
+    consumers, TopicsFile, ASC_CALL_LOG, METRICS_CALL_LOG, OUTCOMES_OBSERVATIONS,
+    OUTCOMES_OBSERVATIONS_PSEUDONYMISED, PROVIDER_RESPONSES, REFERRALS_INBOUND, REFERRAL_EVENTS,
+    TRIAGE_REFERRALS,
+};
+use linkwork_bus::{
+    ConsumerRunner, ConsumerStatus, KafkaSettings, Names, OutboxRelay, RelayConfig,
+};
+use linkwork_domain::Clock;
+use linkwork_ingest::{Application, IngestSettings};
+use linkwork_projector::{ProjectorConfig, PseudonymKey};
+use linkwork_store::sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::serve::Service;
+
+/// Which services a process runs. A set rather than one [`Service`], so a test can run,
+/// say, ingest, the router and the projector without the metrics service's daily
+/// publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Services {
+    pub ingest: bool,
+    pub router: bool,
+    pub projector: bool,
+    pub metrics: bool,
+}
+
+impl From<Service> for Services {
+    fn from(service: Service) -> Self {
+        let all = service == Service::All;
+        Self {
+            ingest: all || service == Service::Ingest,
+            router: all || service == Service::Router,
+            projector: all || service == Service::Projector,
+            metrics: all || service == Service::Metrics,
+        }
+    }
+}
+
+/// The process's HTTP side: ingest's API, with the metrics routes beside it when both
+/// run; the metrics routes alone when only metrics runs.
+#[derive(Debug)]
+pub struct HttpSettings {
+    /// Where to listen; port 0 picks a free one ([`Topology::http_addr`] reports it).
+    pub addr: SocketAddr,
+    /// Base of absolute URLs in responses; empty for the listening address.
+    pub public_base_url: String,
+    /// Who may call ingest. Needed only when ingest runs, so `serve metrics` starts
+    /// without the token settings.
+    pub verifier: Option<Verifier>,
+    /// How long ingest waits for the broker's acknowledgement before answering 503.
+    pub delivery_timeout: Duration,
+}
+
+impl HttpSettings {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            public_base_url: String::new(),
+            verifier: None,
+            delivery_timeout: IngestSettings::new(addr).delivery_timeout,
+        }
+    }
+}
+
+/// Everything a topology is built from; nothing is read from the environment here.
+#[derive(Debug)]
+pub struct TopologySettings {
+    pub kafka: KafkaSettings,
+    /// How this deployment names its topics and consumer groups.
+    pub names: Names,
+    pub services: Services,
+    /// The time every service goes by (a manual clock in the demo).
+    pub clock: Clock,
+    /// The projector's pseudonym secret; needed only when the projector runs.
+    pub pseudonym_key: Option<PseudonymKey>,
+    pub http: HttpSettings,
+    /// A provider directory (YAML) the router stores at start when it differs from the
+    /// newest.
+    pub directory_file: Option<PathBuf>,
+    /// The topics declaration the router creates providers' queue topics from (before
+    /// naming by [`Self::names`]).
+    pub topics: TopicsFile,
+    /// The date the call-log reduction is measured from; the first case's day when unset.
+    pub call_log_baseline: Option<chrono::NaiveDate>,
+    /// How often the metrics service publishes finished days to `metrics.call-log`.
+    pub daily_records_every: Duration,
+}
+
+impl TopologySettings {
+    /// `services` with production's defaults: the system clock, no directory file, the
+    /// built-in topics declaration, daily records every 15 minutes.
+    pub fn new(
+        kafka: KafkaSettings,
+        names: Names,
+        services: Services,
+        http: HttpSettings,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            kafka,
+            names,
+            services,
+            clock: Clock::system(),
+            pseudonym_key: None,
+            http,
+            directory_file: None,
+            topics: crate::topics_command::load(None)?,
+            call_log_baseline: None,
+            daily_records_every: Duration::from_secs(15 * 60),
+        })
+    }
+}
+
+/// The projector's settings named by `names`: `serve` and `replay` agree.
+pub fn projector_config(names: &Names, key: PseudonymKey) -> ProjectorConfig {
+    let mut config = ProjectorConfig::new(key);
+    config.topics = linkwork_projector::ProjectorTopics {
+        events: names.topic(REFERRAL_EVENTS),
+        observations: names.topic(OUTCOMES_OBSERVATIONS),
+        pseudonymised: names.topic(OUTCOMES_OBSERVATIONS_PSEUDONYMISED),
+    };
+    config.group_id = names.group(consumers::PROJECTOR);
+    config.dlq_topic = names.dlq(consumers::PROJECTOR);
+    config
+}
+
+type TaskFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+type StartTask = Box<dyn FnOnce(CancellationToken) -> TaskFuture + Send>;
+
+/// A process's tasks, built and not yet started.
+pub struct Topology {
+    tasks: Vec<(&'static str, StartTask)>,
+    consumers: Vec<ConsumerStatus>,
+    http_addr: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tasks: Vec<&str> = self.tasks.iter().map(|(name, _)| *name).collect();
+        formatter
+            .debug_struct("Topology")
+            .field("tasks", &tasks)
+            .field("consumers", &self.consumers.len())
+            .field("http_addr", &self.http_addr)
+            .finish()
+    }
+}
+
+impl Topology {
+    /// Migrates `pool` for the chosen services (the store's own migrations are the
+    /// pool's maker's: `serve` runs them on connecting, test databases come with them),
+    /// stores the directory file, binds the
+    /// HTTP listener and assembles the relay, the consumers and the routes.
+    pub async fn build(settings: TopologySettings, pool: PgPool) -> anyhow::Result<Topology> {
+        let TopologySettings {
+            kafka,
+            names,
+            services,
+            clock,
+            pseudonym_key,
+            http,
+            directory_file,
+            topics,
+            call_log_baseline,
+            daily_records_every,
+        } = settings;
+        let events_topic = names.topic(REFERRAL_EVENTS);
+        let projector_config = if services.projector {
+            let key = pseudonym_key.context("the projector needs a pseudonym key")?;
+            Some(projector_config(&names, key))
+        } else {
+            None
+        };
+        if services.projector {
+            linkwork_projector::migrate(&pool).await?;
+        }
+        if services.ingest {
+            linkwork_ingest::migrate(&pool).await?;
+        }
+        if services.router {
+            linkwork_router::migrate(&pool).await?;
+            if let Some(path) = &directory_file {
+                let stored =
+                    crate::directory_command::apply_file(&pool, kafka.clone(), &names, path)
+                        .await?;
+                tracing::info!(directory = %stored, "provider directory from LINKWORK_DIRECTORY");
+            }
+        }
+        if services.metrics {
+            linkwork_metrics::migrate(&pool).await?;
+        }
+
+        let mut topology = Topology {
+            tasks: Vec::new(),
+            consumers: Vec::new(),
+            http_addr: None,
+        };
+        // One relay per process publishes everything its consumers put in the outbox.
+        let relay = OutboxRelay::new(pool.clone(), &kafka, RelayConfig::default())?;
+        let outbox = relay.notifier();
+        topology.spawn("outbox relay", move |token| async move {
+            relay.run(token).await?;
+            Ok(())
+        });
+
+        let metrics_routes = services.metrics.then(|| {
+            linkwork_metrics::http::router(
+                pool.clone(),
+                linkwork_metrics::http::MetricsConfig {
+                    baseline: call_log_baseline,
+                    ..linkwork_metrics::http::MetricsConfig::default()
+                },
+            )
+        });
+        if services.ingest {
+            let verifier = http.verifier.context("ingest needs a token verifier")?;
+            let mut ingest = IngestSettings::new(http.addr);
+            ingest.http.public_base_url = http.public_base_url.clone();
+            ingest.http.clock = clock.clone();
+            ingest.http.events_topic = events_topic.clone();
+            ingest.http.call_log_topic = names.topic(ASC_CALL_LOG);
+            ingest.delivery_timeout = http.delivery_timeout;
+            let mut application =
+                Application::build(ingest, &kafka, pool.clone(), verifier).await?;
+            topology.http_addr = Some(application.local_addr()?);
+            // One listener in one process: the metrics routes sit beside ingest's.
+            if let Some(routes) = metrics_routes.clone() {
+                application = application.with_routes(routes);
+            }
+            topology.spawn("ingest http", move |token| async move {
+                application.run_until_stopped(token).await?;
+                Ok(())
+            });
+            let rules = linkwork_fhir::IntakeRules::default();
+            let responses = ConsumerRunner::new(
+                names.consumer(consumers::PROVIDER_RESPONSES, &[PROVIDER_RESPONSES]),
+                kafka.clone(),
+                pool.clone(),
+                linkwork_ingest::responses::ProviderResponsesHandler::new(&rules.canonical_base)
+                    .with_clock(clock.clone())
+                    .with_events_topic(events_topic.clone()),
+            )
+            .with_outbox_notify(outbox.clone());
+            topology.consumers.push(responses.status());
+            topology.spawn("provider.responses consumer", move |token| async move {
+                responses.run(token).await?;
+                Ok(())
+            });
+            let inbound = ConsumerRunner::new(
+                names.consumer(consumers::INBOUND, &[REFERRALS_INBOUND]),
+                kafka.clone(),
+                pool.clone(),
+                linkwork_ingest::inbound::InboundHandler {
+                    rules,
+                    clock: clock.clone(),
+                    events_topic: events_topic.clone(),
+                },
+            )
+            .with_outbox_notify(outbox.clone());
+            topology.consumers.push(inbound.status());
+            topology.spawn("referrals.inbound consumer", move |token| async move {
+                inbound.run(token).await?;
+                Ok(())
+            });
+        }
+        if services.router {
+            let config = linkwork_router::RouterConfig {
+                topics: linkwork_router::RouterTopics {
+                    events: events_topic.clone(),
+                    triage: names.topic(TRIAGE_REFERRALS),
+                    dlq: names.dlq(consumers::ROUTER),
+                    queue_prefix: names.topic_prefix().to_owned(),
+                },
+                group_id: names.group(consumers::ROUTER),
+                ensure_queue_topics: Some((kafka.clone(), names.declaration(&topics))),
+                clock: clock.clone(),
+                ..linkwork_router::RouterConfig::default()
+            };
+            let router = linkwork_router::Router::new(
+                config,
+                kafka.clone(),
+                pool.clone(),
+                Some(outbox.clone()),
+            );
+            topology.consumers.push(router.consumer.status());
+            topology.spawn("router", move |token| async move {
+                router.run(token).await?;
+                Ok(())
+            });
+        }
+        if let Some(config) = projector_config {
+            let projector = linkwork_projector::Projector::new(
+                config,
+                kafka.clone(),
+                pool.clone(),
+                Some(outbox.clone()),
+            );
+            topology.consumers.push(projector.status());
+            topology.spawn("projector", move |token| async move {
+                projector.run(token).await?;
+                Ok(())
+            });
+        }
+        if services.metrics {
+            if !services.ingest {
+                if let Some(routes) = metrics_routes {
+                    let listener = tokio::net::TcpListener::bind(http.addr)
+                        .await
+                        .with_context(|| format!("binding {}", http.addr))?;
+                    let address = listener.local_addr()?;
+                    tracing::info!(%address, "metrics listening");
+                    topology.http_addr = Some(address);
+                    topology.spawn("metrics http", move |token| async move {
+                        axum::serve(listener, routes)
+                            .with_graceful_shutdown(async move { token.cancelled().await })
+                            .await?;
+                        Ok(())
+                    });
+                }
+            }
+            let (pool_for_days, daily_topic) = (pool.clone(), names.topic(METRICS_CALL_LOG));
+            topology.spawn("daily call-log records", move |token| async move {
+                linkwork_metrics::daily::run(
+                    pool_for_days,
+                    daily_topic,
+                    call_log_baseline,
+                    daily_records_every,
+                    token,
+                )
+                .await?;
+                Ok(())
+            });
+            let runner = ConsumerRunner::new(
+                names.consumer(consumers::METRICS, &[ASC_CALL_LOG]),
+                kafka.clone(),
+                pool.clone(),
+                linkwork_metrics::call_log::CallLogProjection,
+            )
+            .with_outbox_notify(outbox.clone());
+            topology.consumers.push(runner.status());
+            topology.spawn("metrics consumer", move |token| async move {
+                runner.run(token).await?;
+                Ok(())
+            });
+        }
+        Ok(topology)
+    }
+
+    /// Every consumer of the topology, for readiness and per-consumer metrics.
+    pub fn consumers(&self) -> &[ConsumerStatus] {
+        &self.consumers
+    }
+
+    /// Where the HTTP routes listen (ingest's, or the metrics service's alone); `None`
+    /// when neither runs.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Adds a task that runs beside the others (the admin listener): it is given the
+    /// topology's own token, and its failure, or its stopping before shutdown, stops
+    /// the rest like any other task's.
+    pub fn spawn<F, Fut>(&mut self, name: &'static str, start: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.tasks
+            .push((name, Box::new(move |token| Box::pin(start(token)))));
+    }
+
+    /// Starts every task and runs until `shutdown` is cancelled or one task fails,
+    /// stops, or panics; that cancels the others. Returns the first failure once all
+    /// have stopped.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let work = shutdown.child_token();
+        let mut tasks: JoinSet<anyhow::Result<&'static str>> = JoinSet::new();
+        for (name, start) in self.tasks {
+            let task = start(work.clone());
+            tasks.spawn(async move {
+                task.await?;
+                Ok(name)
+            });
+        }
+        let mut failure = None;
+        while let Some(finished) = tasks.join_next().await {
+            match finished {
+                Ok(Ok(name)) if work.is_cancelled() => tracing::info!(task = name, "stopped"),
+                Ok(Ok(name)) => {
+                    tracing::error!(task = name, "stopped unexpectedly; stopping the others");
+                    failure.get_or_insert(anyhow::anyhow!("{name} stopped unexpectedly"));
+                    work.cancel();
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(error = %format!("{error:#}"), "a task failed; stopping the others");
+                    failure.get_or_insert(error);
+                    work.cancel();
+                }
+                Err(panic) => {
+                    tracing::error!(error = %panic, "a task panicked; stopping the others");
+                    failure.get_or_insert(anyhow::anyhow!("a task panicked: {panic}"));
+                    work.cancel();
+                }
+            }
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
