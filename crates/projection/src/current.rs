@@ -24,6 +24,21 @@ pub async fn states(
     referrals: &[ReferralId],
 ) -> Result<HashMap<ReferralId, Referral>, ReadError> {
     let ids: Vec<Uuid> = referrals.iter().map(|id| *id.as_uuid()).collect();
+    // The pending events first, the read model second. Each statement sees the
+    // database as of its own start, and the projector deletes a pending row in the same
+    // transaction that applies its event: read in this order, an event the projector
+    // commits in between is seen in both, never in neither. Seen in both, a status
+    // change or an outcome folds as a repeat; a contact or activity is counted twice
+    // in the judged state, whose counts no rule of `decide` reads.
+    // (Read the other way round, a referral accepted a moment ago could look as if
+    // the acceptance had never happened.)
+    let pending: Vec<(Uuid, String, Vec<u8>)> = sqlx::query_as(
+        "SELECT referral_id, event_type, body FROM public.pending_provider_events
+         WHERE referral_id = ANY($1) ORDER BY seq",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *connection)
+    .await?;
     // The read models resolve through search_path; put it back afterwards so the rest
     // of the caller's transaction sees what it saw before.
     let saved: String = sqlx::query_scalar("SELECT current_setting('search_path')")
@@ -46,13 +61,6 @@ pub async fn states(
         .into_iter()
         .map(|(id, projected)| (id, projected.state))
         .collect();
-    let pending: Vec<(Uuid, String, Vec<u8>)> = sqlx::query_as(
-        "SELECT referral_id, event_type, body FROM public.pending_provider_events
-         WHERE referral_id = ANY($1) ORDER BY seq",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *connection)
-    .await?;
     for (referral, event_type, body) in pending {
         let referral = ReferralId::from_uuid(referral);
         let Ok(event) = ReferralEvent::decode(&event_type, &body) else {

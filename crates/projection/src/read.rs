@@ -10,8 +10,7 @@ use uuid::Uuid;
 
 use crate::model::ObservationRow;
 
-/// The schema holding the live read models.
-pub const LIVE_SCHEMA: &str = "projection";
+pub use crate::LIVE_SCHEMA;
 
 /// A referral as the read API needs it.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -1,6 +1,7 @@
 //! The `linkwork` command: every service and tool behind one binary.
 
 pub mod admin;
+pub mod commands;
 pub mod demo;
 pub mod demo_runs;
 pub mod directory_command;

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use linkwork::commands;
 use linkwork::demo::DemoOptions;
 use linkwork::settings::Settings;
 use tracing::Instrument;
@@ -201,21 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Topics {
             action: TopicsAction::Apply { file, providers },
-        } => {
-            let report =
-                linkwork::topics_command::apply_report(&settings, file.as_deref(), &providers)
-                    .await?;
-            println!("{report}");
-            if report.refused.is_empty() {
-                return Ok(());
-            }
-            let refusals: Vec<String> = report.refused.iter().map(ToString::to_string).collect();
-            anyhow::bail!(
-                "refused to add partitions to {} topic(s) ordered by key (everything else was applied):\n{}",
-                refusals.len(),
-                refusals.join("\n")
-            )
-        }
+        } => commands::topics_apply(&settings, file.as_deref(), &providers).await,
         Command::Demo(args) => {
             let options = DemoOptions {
                 seed: args.seed,
@@ -227,64 +213,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             linkwork::demo::run(&settings, options, shutdown).await
         }
         Command::Serve { service } => linkwork::serve::run(&settings, service, shutdown).await,
-        Command::Replay => {
-            let pool = linkwork_store::connect(&settings.database()?).await?;
-            linkwork_store::migrate(&pool).await?;
-            linkwork_projector::migrate(&pool).await?;
-            let config = linkwork::serve::projector_config(&settings)?;
-            let report =
-                linkwork_projector::replay::replay(&pool, settings.kafka()?, &config, true).await?;
-            println!(
-                "replayed {} events into {} referrals in {:.1}s ({:.0} events/s); the rebuilt read models are live",
-                report.events,
-                report.referrals,
-                report.elapsed.as_secs_f64(),
-                report.events as f64 / report.elapsed.as_secs_f64().max(0.001),
-            );
-            Ok(())
-        }
-        Command::Report(args) => {
-            if args.from > args.to {
-                anyhow::bail!("--from {} is after --to {}", args.from, args.to);
-            }
-            let pool = linkwork_store::connect(&settings.database()?).await?;
-            linkwork_store::migrate(&pool).await?;
-            linkwork_metrics::migrate(&pool).await?;
-            let period = linkwork_metrics::referrals::Period {
-                start: args.from,
-                end: args.to,
-            };
-            let snapshot = linkwork_metrics::http::snapshot(&pool, period).await?;
-            let (markdown, html) = linkwork_metrics::report::write(&snapshot, &args.out)?;
-            let log = &snapshot.call_log;
-            println!(
-                "open ASC cases {} -> {} ({} fewer), {} referrals, {} completed",
-                log.open_at_baseline,
-                log.open_at_end,
-                log.reduction,
-                snapshot.referrals.referrals,
-                snapshot.referrals.completions
-            );
-            println!("{}\n{}", markdown.display(), html.display());
-            Ok(())
-        }
+        Command::Replay => commands::replay(&settings).await,
+        Command::Report(args) => commands::report(&settings, args.from, args.to, &args.out).await,
         Command::DevToken(args) => {
-            let secret = std::env::var("LINKWORK_AUTH_DEV_SECRET")
-                .map_err(|_| anyhow::anyhow!("LINKWORK_AUTH_DEV_SECRET is not set"))?;
-            let secret = secrecy::SecretString::from(secret);
-            // Refuse what the server would refuse, here rather than at first use.
-            linkwork_auth::Verifier::dev(secret.clone())?;
-            let scopes: Vec<&str> = if args.scopes.is_empty() {
-                args.role.default_scopes(&args.client)
-            } else {
-                args.scopes.iter().map(String::as_str).collect()
-            };
-            let token =
-                linkwork_auth::dev_token(&secret, args.role, &args.client, &scopes, args.ttl)?;
-            let verified = linkwork_auth::Verifier::dev(secret)?.verify(&token)?;
-            tracing::debug!(client = %verified.client, "token minted");
-            println!("{token}");
-            Ok(())
+            commands::dev_token(args.role, &args.client, &args.scopes, args.ttl)
         }
         Command::Directory { action } => {
             let pool = linkwork_store::connect(&settings.database()?).await?;
@@ -328,22 +260,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Asc {
             action: AscAction::Import { file },
-        } => {
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let pool = linkwork_store::connect(&settings.database()?).await?;
-            linkwork_store::migrate(&pool).await?;
-            linkwork_ingest::migrate(&pool).await?;
-            let producer = linkwork_bus::Producer::new(settings.kafka()?)?;
-            let report = linkwork_ingest::call_log::import(
-                &pool,
-                &producer,
-                &settings.names.topic(linkwork_bus::topics::ASC_CALL_LOG),
-                &bytes,
-            )
-            .await?;
-            println!("{report}");
-            Ok(())
-        }
+        } => commands::asc_import(&settings, &file).await,
     }
 }

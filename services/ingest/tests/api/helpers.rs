@@ -34,7 +34,7 @@ impl Drop for TestApp {
 
 pub fn kafka() -> KafkaSettings {
     KafkaSettings::new(
-        std::env::var("LINKWORK_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into()),
+        std::env::var("LINKWORK_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19192".into()),
     )
 }
 

@@ -1,0 +1,123 @@
+//! The one-shot commands of the `linkwork` binary (everything but `serve` and `demo`):
+//! each connects to what it needs, does its work and says what it did.
+
+use std::path::Path;
+
+use anyhow::Context;
+use chrono::NaiveDate;
+
+use crate::settings::Settings;
+
+/// `linkwork topics apply`: applies the declaration and prints the report. Refusals
+/// (partitions a topic ordered by key must not gain) make the command fail after the
+/// rest was applied.
+pub async fn topics_apply(
+    settings: &Settings,
+    file: Option<&Path>,
+    providers: &[String],
+) -> anyhow::Result<()> {
+    let report = crate::topics_command::apply_report(settings, file, providers).await?;
+    println!("{report}");
+    if report.refused.is_empty() {
+        return Ok(());
+    }
+    let refusals: Vec<String> = report.refused.iter().map(ToString::to_string).collect();
+    anyhow::bail!(
+        "refused to add partitions to {} topic(s) ordered by key (everything else was applied):\n{}",
+        refusals.len(),
+        refusals.join("\n")
+    )
+}
+
+/// `linkwork replay`: rebuilds every read model from offset 0 beside the live ones and
+/// swaps them in.
+pub async fn replay(settings: &Settings) -> anyhow::Result<()> {
+    let pool = linkwork_store::connect(&settings.database()?).await?;
+    linkwork_store::migrate(&pool).await?;
+    linkwork_projector::migrate(&pool).await?;
+    let config = crate::serve::projector_config(settings)?;
+    let report =
+        linkwork_projector::replay::replay(&pool, settings.kafka()?, &config, true).await?;
+    println!(
+        "replayed {} events into {} referrals in {:.1}s ({:.0} events/s); the rebuilt read models are live",
+        report.events,
+        report.referrals,
+        report.elapsed.as_secs_f64(),
+        report.events as f64 / report.elapsed.as_secs_f64().max(0.001),
+    );
+    Ok(())
+}
+
+/// `linkwork report`: the evaluation report for a period, as Markdown and HTML.
+pub async fn report(
+    settings: &Settings,
+    from: NaiveDate,
+    to: NaiveDate,
+    out: &Path,
+) -> anyhow::Result<()> {
+    if from > to {
+        anyhow::bail!("--from {from} is after --to {to}");
+    }
+    let pool = linkwork_store::connect(&settings.database()?).await?;
+    linkwork_store::migrate(&pool).await?;
+    linkwork_metrics::migrate(&pool).await?;
+    let period = linkwork_metrics::referrals::Period {
+        start: from,
+        end: to,
+    };
+    let snapshot = linkwork_metrics::http::snapshot(&pool, period).await?;
+    let (markdown, html) = linkwork_metrics::report::write(&snapshot, out)?;
+    let log = &snapshot.call_log;
+    println!(
+        "open ASC cases {} -> {} ({} fewer), {} referrals, {} completed",
+        log.open_at_baseline,
+        log.open_at_end,
+        log.reduction,
+        snapshot.referrals.referrals,
+        snapshot.referrals.completions
+    );
+    println!("{}\n{}", markdown.display(), html.display());
+    Ok(())
+}
+
+/// `linkwork dev-token`: a development token, refused here if the server would refuse
+/// it.
+pub fn dev_token(
+    role: linkwork_auth::Role,
+    client: &str,
+    scopes: &[String],
+    ttl: u64,
+) -> anyhow::Result<()> {
+    let secret = std::env::var("LINKWORK_AUTH_DEV_SECRET")
+        .map_err(|_| anyhow::anyhow!("LINKWORK_AUTH_DEV_SECRET is not set"))?;
+    let secret = secrecy::SecretString::from(secret);
+    linkwork_auth::Verifier::dev(secret.clone())?;
+    let scopes: Vec<&str> = if scopes.is_empty() {
+        role.default_scopes(client)
+    } else {
+        scopes.iter().map(String::as_str).collect()
+    };
+    let token = linkwork_auth::dev_token(&secret, role, client, &scopes, ttl)?;
+    let verified = linkwork_auth::Verifier::dev(secret)?.verify(&token)?;
+    tracing::debug!(client = %verified.client, "token minted");
+    println!("{token}");
+    Ok(())
+}
+
+/// `linkwork asc import`: an ASC call-log export (CSV) onto `asc.call-log`.
+pub async fn asc_import(settings: &Settings, file: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let pool = linkwork_store::connect(&settings.database()?).await?;
+    linkwork_store::migrate(&pool).await?;
+    linkwork_ingest::migrate(&pool).await?;
+    let producer = linkwork_bus::Producer::new(settings.kafka()?)?;
+    let report = linkwork_ingest::call_log::import(
+        &pool,
+        &producer,
+        &settings.names.topic(linkwork_bus::topics::ASC_CALL_LOG),
+        &bytes,
+    )
+    .await?;
+    println!("{report}");
+    Ok(())
+}
