@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use linkwork_bus::headers::{TRACEPARENT, TRACESTATE};
 use linkwork_bus::topics::REFERRAL_EVENTS;
 use linkwork_bus::{
@@ -94,6 +94,13 @@ impl InboundHandler {
     }
 }
 
+impl InboundHandler {
+    /// A referral event of this handler's, for the outbox.
+    fn event(&self, id: EventId, at: DateTime<Utc>, event: &ReferralEvent) -> OutboxEvent {
+        OutboxEvent::new(&self.events_topic, id, EVENT_SOURCE, at, event)
+    }
+}
+
 impl Handler for InboundHandler {
     type Message = RawFhir;
 
@@ -174,16 +181,7 @@ impl Handler for InboundHandler {
                         ]);
                         published.push(PublishedReceipt::from(&referral));
                         let event = ReferralEvent::Received(Box::new(referral.into_event(now)));
-                        effects.publish(
-                            incoming,
-                            OutboxEvent::new(
-                                &self.events_topic,
-                                event_id,
-                                EVENT_SOURCE,
-                                now,
-                                &event,
-                            ),
-                        );
+                        effects.publish(incoming, self.event(event_id, now, &event));
                     }
                 }
                 Request::Withdraw {
@@ -213,16 +211,7 @@ impl Handler for InboundHandler {
                             };
                             let event_id =
                                 EventId::derive(&["referral", &referral_id.to_string(), kind]);
-                            effects.publish(
-                                incoming,
-                                OutboxEvent::new(
-                                    &self.events_topic,
-                                    event_id,
-                                    EVENT_SOURCE,
-                                    now,
-                                    &event,
-                                ),
-                            );
+                            effects.publish(incoming, self.event(event_id, now, &event));
                         }
                         _ => {
                             let issue = Issue::error(

@@ -283,17 +283,11 @@ pub async fn report(pool: &PgPool, period: Period) -> Result<ReferralReport, sql
 }
 
 fn provider_response(offers: ProviderOffers) -> ProviderResponse {
-    let ProviderOffers {
-        provider_id,
-        offered,
-        accepted,
-        rejected,
-        unanswered,
-        awaiting,
-        median_days,
-    } = offers;
-    let acceptance_percent = stats::percent(accepted, accepted + rejected + unanswered);
-    let median_days_to_accept = median_days.map(|days| stats::round(days, 1));
+    let acceptance_percent = stats::percent(
+        offers.accepted,
+        offers.accepted + offers.rejected + offers.unanswered,
+    );
+    let median_days_to_accept = offers.median_days.map(|days| stats::round(days, 1));
     let summary = match (median_days_to_accept, acceptance_percent) {
         (Some(days), Some(percent)) => {
             format!("usually replies in {days} days, {percent}% accepted")
@@ -302,12 +296,12 @@ fn provider_response(offers: ProviderOffers) -> ProviderResponse {
         _ => "no answers yet".to_owned(),
     };
     ProviderResponse {
-        provider_id,
-        offered,
-        accepted,
-        rejected,
-        unanswered,
-        awaiting,
+        provider_id: offers.provider_id,
+        offered: offers.offered,
+        accepted: offers.accepted,
+        rejected: offers.rejected,
+        unanswered: offers.unanswered,
+        awaiting: offers.awaiting,
         acceptance_percent,
         median_days_to_accept,
         summary,
