@@ -1,17 +1,23 @@
 //! The local stack for tests: a fresh database and fresh topics per test.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use linkwork::topology::{HttpSettings, Services, Topology, TopologySettings};
 use linkwork_bus::headers::HeaderList;
+use linkwork_bus::topics::TopicsFile;
 use linkwork_bus::{KafkaSettings, Names};
 use linkwork_domain::{AscCaseId, CallLogEvent, CaseOpened, ProviderId};
+use linkwork_router::SweeperStatus;
 use linkwork_store::sqlx::{self, Connection, PgConnection, PgPool};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Broker and database of the local stack (`make broker`, the machine's Postgres).
@@ -89,13 +95,31 @@ impl Stack {
     /// and writes.
     pub async fn apply_topics(&self, names: &Names, providers: &[ProviderId]) {
         let declaration = linkwork::topics_command::load(None).expect("the built-in topics.yaml");
-        let report = linkwork_bus::topics::apply(
-            &self.kafka,
-            &names.declaration(&declaration),
-            providers,
-        )
-        .await
-        .expect("broker is reachable (LINKWORK_TEST_KAFKA_BROKERS); start it with `make broker`");
+        self.apply_declaration(&names.declaration(&declaration), providers)
+            .await;
+    }
+
+    /// The built-in declaration with at most three partitions a topic: the same topics
+    /// for a rig that runs many processes' worth of them on one test broker. A rig that
+    /// uses it gives it to its topology too (`TopologySettings::topics`), so the
+    /// router finds its topics as declared.
+    pub fn small_declaration() -> TopicsFile {
+        let mut declaration =
+            linkwork::topics_command::load(None).expect("the built-in topics.yaml");
+        for topic in &mut declaration.topics {
+            topic.partitions = topic.partitions.min(3);
+        }
+        declaration
+    }
+
+    /// Creates every topic of `declaration` (already named) and the queues of
+    /// `providers`, as `linkwork topics apply` does.
+    pub async fn apply_declaration(&self, declaration: &TopicsFile, providers: &[ProviderId]) {
+        let report = linkwork_bus::topics::apply(&self.kafka, declaration, providers)
+            .await
+            .expect(
+                "broker is reachable (LINKWORK_TEST_KAFKA_BROKERS); start it with `make broker`",
+            );
         assert!(report.refused.is_empty(), "{report}");
     }
 
@@ -280,5 +304,82 @@ where
             "timed out after {within:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `linkwork serve` process's worth of tasks, assembled by `linkwork::topology` as
+/// `serve` assembles them, running in this test's runtime. [`Process::kill`] (or
+/// dropping it) stops every task at once, as SIGKILL would.
+pub struct Process {
+    task: JoinHandle<()>,
+    sweeper: Option<SweeperStatus>,
+    http_addr: Option<SocketAddr>,
+}
+
+impl Process {
+    /// Builds and starts `services` on `names`, with the small topics declaration and
+    /// what `configure` changes in the settings (a clock, a pseudonym key, ...).
+    pub async fn start(
+        stack: &Stack,
+        pool: &PgPool,
+        names: &Names,
+        services: Services,
+        configure: impl FnOnce(&mut TopologySettings),
+    ) -> Process {
+        let mut settings = TopologySettings::new(
+            stack.kafka.clone(),
+            names.clone(),
+            services,
+            HttpSettings::new("127.0.0.1:0".parse().expect("an address")),
+        )
+        .expect("the built-in topics declaration");
+        settings.topics = Stack::small_declaration();
+        configure(&mut settings);
+        let topology = Topology::build(settings, pool.clone())
+            .await
+            .expect("the topology builds");
+        let sweeper = topology.sweeper().cloned();
+        let http_addr = topology.http_addr();
+        let task = tokio::spawn(async move {
+            topology
+                .run(CancellationToken::new())
+                .await
+                .expect("the process runs");
+        });
+        Process {
+            task,
+            sweeper,
+            http_addr,
+        }
+    }
+
+    /// Where its HTTP routes listen.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr.expect("the process serves HTTP")
+    }
+
+    /// Aborts every task of the process at once.
+    pub async fn kill(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
+    /// Waits until `count` more deadline sweeps have finished: the time in which a
+    /// negative check says nothing may fire.
+    pub async fn sweeps_pass(&self, count: u64) {
+        let sweeper = self.sweeper.as_ref().expect("the process routes");
+        let target = sweeper.sweeps() + count;
+        eventually(
+            Duration::from_secs(30),
+            &format!("{count} more deadline sweeps"),
+            || async { sweeper.sweeps() >= target },
+        )
+        .await;
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

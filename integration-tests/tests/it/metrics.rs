@@ -1,6 +1,7 @@
 //! The metrics service on hand-made event sets whose answers are worked out here, in
 //! the comments beside them: the ASC call log through the real call-log consumer,
-//! referrals through the real projector, both from real topics into real Postgres.
+//! referrals through the real projector, both from real topics into real Postgres, in
+//! one process as `serve` assembles it.
 //! Then the same figures as FHIR R4 MeasureReports, and the dashboard in headless
 //! Chromium against the JSON API.
 
@@ -8,7 +9,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Duration as Span, NaiveDate, TimeZone, Utc};
-use linkwork_bus::{ConsumerConfig, ConsumerRunner};
+use linkwork::topology::Services;
+use linkwork_bus::topics::ASC_CALL_LOG;
 use linkwork_domain::event::{
     ActivityAttended, ActivityKind, ConsentChange, ConsentScope, ContactMode, ContactRecorded,
     ReferralReceived, ReferralRouted,
@@ -18,13 +20,11 @@ use linkwork_domain::{
     DomainEvent, EventId, Instrument, Need, OutcomeMeasure, ProviderId, ReferralEvent, Source,
     Timepoint,
 };
-use linkwork_metrics::call_log::CallLogProjection;
-use linkwork_metrics::http::MetricsConfig;
 use linkwork_metrics::referrals::Period;
 use linkwork_store::sqlx;
 use serde_json::Value;
 
-use crate::helpers::{eventually, unique};
+use crate::helpers::{eventually, unique, Process};
 use crate::projector::{change, outcome, Rig};
 use crate::router::referral;
 
@@ -413,18 +413,17 @@ fn referral_events() -> Vec<(EventId, ReferralEvent)> {
 
 // ---------------------------------------------------------------------------------
 
-/// A database holding both hand-made sets, projected by the real consumers.
+/// A database holding both hand-made sets, projected by a process of the projector and
+/// the metrics service as `serve` assembles them; its HTTP routes serve the figures.
 struct Fixture {
     rig: Rig,
+    process: Process,
 }
 
 impl Fixture {
     async fn new() -> Fixture {
         let rig = Rig::new().await;
-        linkwork_metrics::migrate(&rig.pool).await.unwrap();
-
-        let calls = unique("asc.call-log");
-        rig.stack.create_topic(&calls, 3).await;
+        let calls = rig.names.topic(ASC_CALL_LOG);
         let call_log = call_log_events();
         for event in &call_log {
             let kind = event.event_type();
@@ -439,20 +438,29 @@ impl Fixture {
                 .await
                 .unwrap();
         }
-        let mut consumer = ConsumerConfig::new(&unique("metrics"), &[&calls]);
-        consumer.dlq_topic = unique("metrics.dlq");
-        rig.stack.create_topic(&consumer.dlq_topic, 1).await;
-        let runner = ConsumerRunner::new(
-            consumer,
-            rig.stack.kafka.clone(),
-            rig.pool.clone(),
-            CallLogProjection,
-        );
-        tokio::spawn(runner.run(rig.shutdown_token()));
-
         let referrals = referral_events();
         rig.publish_all(&referrals).await;
-        let _projector = rig.start_projector();
+        let services = Services {
+            projector: true,
+            metrics: true,
+            ..Services::default()
+        };
+        let process = rig
+            .start_with(services, |settings| {
+                settings.call_log_baseline = Some(baseline());
+                // The day after the sets end.
+                settings.clock = linkwork_domain::Clock::manual(
+                    end()
+                        .succ_opt()
+                        .unwrap()
+                        .and_hms_opt(12, 0, 0)
+                        .unwrap()
+                        .and_utc(),
+                );
+                // The daily records are the call-log test's to publish and count.
+                settings.daily_records_every = None;
+            })
+            .await;
         rig.projected(referrals.len() as i64).await;
         eventually(
             Duration::from_secs(60),
@@ -467,26 +475,12 @@ impl Fixture {
             },
         )
         .await;
-        Fixture { rig }
+        Fixture { rig, process }
     }
 
-    /// The metrics routes on a free port: their base URL.
-    async fn serve(&self) -> String {
-        let config = MetricsConfig {
-            baseline: Some(baseline()),
-            ..MetricsConfig::default()
-        };
-        let router = linkwork_metrics::http::router(self.rig.pool.clone(), config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let shutdown = self.rig.shutdown_token();
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-                .unwrap();
-        });
-        format!("http://{address}")
+    /// The base URL of the process's metrics routes.
+    fn serve(&self) -> String {
+        format!("http://{}", self.process.http_addr())
     }
 }
 
@@ -746,7 +740,7 @@ fn fhir_parse(resource: &Value) {
 #[tokio::test]
 async fn measure_reports_parse_as_fhir_r4_and_carry_the_figures() {
     let fixture = Fixture::new().await;
-    let base = fixture.serve().await;
+    let base = fixture.serve();
     let client = reqwest::Client::new();
     let get = |query: String| {
         let client = client.clone();
@@ -911,7 +905,7 @@ fn headless(args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_in_headless_chromium_shows_every_chart_and_the_json_apis_numbers() {
     let fixture = Fixture::new().await;
-    let base = fixture.serve().await;
+    let base = fixture.serve();
     let query = format!("?period-start={}&period-end={}", baseline(), end());
     let api: Value = reqwest::get(format!("{base}/api/metrics{query}"))
         .await

@@ -2,14 +2,16 @@
 //! the read models, outcome Observations out (identified, and pseudonymised only with
 //! consent), replay equivalence, and a kill mid-stream.
 //!
-//! Events are published straight onto a per-test event topic, so each test controls
-//! exactly what the log holds.
+//! Events are published straight onto the test's own event topic (`Names::isolated`),
+//! so each test controls exactly what the log holds; the projector runs as `serve
+//! projector` assembles it (`linkwork::topology`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Duration as Span, Utc};
-use linkwork_bus::{OutboxRelay, Producer, RelayConfig};
+use linkwork::topology::{projector_config, Services, TopologySettings};
+use linkwork_bus::{Names, Producer};
 use linkwork_domain::event::{
     ActivityAttended, ActivityKind, ConsentChange, ConsentScope, ContactMode, ContactRecorded,
     OutcomeRecorded, ProviderStatusChange, ReferralReceived, ReferralRouted,
@@ -17,14 +19,12 @@ use linkwork_domain::event::{
 use linkwork_domain::{
     Actor, EventId, Need, NhsNumber, OutcomeMeasure, ProviderId, ReferralEvent, Timepoint,
 };
-use linkwork_projector::{Projector, ProjectorConfig, ProjectorTopics, PseudonymKey};
+use linkwork_projector::{ProjectorConfig, PseudonymKey};
 use linkwork_store::sqlx::{self, PgPool};
 use serde_json::Value;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{eventually, stack, unique, ReadMessage, Stack};
+use crate::helpers::{eventually, stack, unique, Process, ReadMessage, Stack};
 use crate::router::referral;
 
 const TABLES: [&str; 9] = [
@@ -48,67 +48,63 @@ fn start() -> DateTime<Utc> {
 pub(crate) struct Rig {
     pub(crate) stack: Stack,
     pub(crate) pool: PgPool,
+    pub(crate) names: Names,
+    /// The projector's settings as `serve projector` derives them from the names.
     pub(crate) config: ProjectorConfig,
     pub(crate) producer: Producer,
-    shutdown: CancellationToken,
-    relay: std::sync::Arc<tokio::sync::Notify>,
 }
 
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+fn key() -> PseudonymKey {
+    PseudonymKey::new(&[42u8; 32]).unwrap()
 }
 
 impl Rig {
+    /// A database and topics of this test's own; nothing runs yet.
     pub(crate) async fn new() -> Rig {
         let stack = stack();
         let pool = stack.database().await;
         linkwork_projector::migrate(&pool).await.unwrap();
-        let prefix = unique("pj");
-        let topics = ProjectorTopics {
-            events: format!("{prefix}.referral.events"),
-            observations: format!("{prefix}.outcomes.observations"),
-            pseudonymised: format!("{prefix}.outcomes.observations.pseudonymised"),
-        };
-        stack.create_topic(&topics.events, 3).await;
-        stack.create_topic(&topics.observations, 2).await;
-        stack.create_topic(&topics.pseudonymised, 2).await;
-        let mut config = ProjectorConfig::new(PseudonymKey::new(&[42u8; 32]).unwrap());
-        config.dlq_topic = format!("{prefix}.projector.dlq");
-        stack.create_topic(&config.dlq_topic, 1).await;
-        config.topics = topics;
-        config.group_id = unique("projector");
+        let names = Names::isolated(&unique("pj"));
+        stack
+            .apply_declaration(&names.declaration(&Stack::small_declaration()), &[])
+            .await;
+        let config = projector_config(&names, key());
         let producer = Producer::new(&stack.kafka).unwrap();
-        let shutdown = CancellationToken::new();
-        let relay = OutboxRelay::new(pool.clone(), &stack.kafka, RelayConfig::default()).unwrap();
-        let notify = relay.notifier();
-        tokio::spawn(relay.run(shutdown.clone()));
         Rig {
             stack,
             pool,
+            names,
             config,
             producer,
-            shutdown,
-            relay: notify,
         }
     }
 
-    pub(crate) fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+    /// Starts a projector process (the projector and its outbox relay, as `serve
+    /// projector` assembles them).
+    pub(crate) async fn start_projector(&self) -> Process {
+        self.start(Services {
+            projector: true,
+            ..Services::default()
+        })
+        .await
     }
 
-    pub(crate) fn start_projector(&self) -> JoinHandle<()> {
-        let projector = Projector::new(
-            self.config.clone(),
-            self.stack.kafka.clone(),
-            self.pool.clone(),
-            Some(self.relay.clone()),
-        );
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            projector.run(shutdown).await.expect("projector runs");
+    /// Starts a process of `services` on this rig's names, with its pseudonym key.
+    pub(crate) async fn start(&self, services: Services) -> Process {
+        self.start_with(services, |_| {}).await
+    }
+
+    /// As [`Rig::start`], with what `configure` changes in the settings.
+    pub(crate) async fn start_with(
+        &self,
+        services: Services,
+        configure: impl FnOnce(&mut TopologySettings),
+    ) -> Process {
+        Process::start(&self.stack, &self.pool, &self.names, services, |settings| {
+            settings.pseudonym_key = Some(key());
+            configure(settings);
         })
+        .await
     }
 
     pub(crate) async fn publish_all(&self, events: &[(EventId, ReferralEvent)]) {
@@ -342,7 +338,7 @@ async fn a_referral_life_projects_and_its_outcomes_go_out_identified_and_only_wi
     ));
     let total = events.len() as i64;
     rig.publish_all(&events).await;
-    let _projector = rig.start_projector();
+    let _projector = rig.start_projector().await;
     rig.projected(total).await;
 
     let (status, version, contacts, activities): (String, i64, i32, i32) = sqlx::query_as(
@@ -514,11 +510,10 @@ async fn replay_rebuilds_read_models_equal_to_the_live_projection() {
     }
     let total = events.len() as i64;
     rig.publish_all(&events).await;
-    let projector = rig.start_projector();
+    let projector = rig.start_projector().await;
     rig.projected(total).await;
     let live = rig.dump().await;
-    projector.abort();
-    let _ = projector.await;
+    projector.kill().await;
     assert!(live["history"].len() > 1000);
 
     let report =
@@ -533,7 +528,7 @@ async fn replay_rebuilds_read_models_equal_to_the_live_projection() {
     }
 
     // The live projector carries on from where the replay stopped.
-    let _projector = rig.start_projector();
+    let _projector = rig.start_projector().await;
     let late = referral(999, &[Need::Loneliness], start());
     let more = life(&late, "connectors", false);
     rig.publish_all(&more).await;
@@ -558,7 +553,7 @@ async fn killing_the_projector_mid_stream_leaves_the_read_models_as_without_the_
     }
     let total = events.len() as i64;
     rig.publish_all(&events).await;
-    let projector = rig.start_projector();
+    let projector = rig.start_projector().await;
     eventually(
         Duration::from_secs(60),
         "the projector to be part way",
@@ -571,8 +566,7 @@ async fn killing_the_projector_mid_stream_leaves_the_read_models_as_without_the_
         },
     )
     .await;
-    projector.abort();
-    let _ = projector.await;
+    projector.kill().await;
     let at_kill: i64 = sqlx::query_scalar("SELECT count(*) FROM projection.history")
         .fetch_one(&rig.pool)
         .await
@@ -582,7 +576,7 @@ async fn killing_the_projector_mid_stream_leaves_the_read_models_as_without_the_
         "killed before the end ({at_kill} of {total})"
     );
 
-    let _restarted = rig.start_projector();
+    let _restarted = rig.start_projector().await;
     rig.projected(total).await;
     let after_kill = rig.dump().await;
     linkwork_projector::replay::replay(&rig.pool, &rig.stack.kafka, &rig.config, false)

@@ -1,8 +1,9 @@
 //! The router against the real broker and Postgres: capacity under scale-out,
 //! re-routing on rejection and deadline, a kill mid-stream, directory changes.
 //!
-//! Each test has its own database, event topic, triage topic and provider queues (a
-//! unique prefix), and runs the real outbox relay, so what it reads back is what
+//! Each test has its own database, topics and consumer group (`Names::isolated`), and
+//! runs router processes as `serve router` assembles them (`linkwork::topology`: the
+//! consumer, the deadline sweeper and the outbox relay), so what it reads back is what
 //! providers would see.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -10,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use linkwork_bus::{OutboxRelay, Producer, RelayConfig};
+use linkwork::topology::Services;
+use linkwork_bus::topics::{consumers, TopicsFile, REFERRAL_EVENTS, TRIAGE_REFERRALS};
+use linkwork_bus::{Names, Producer};
 use linkwork_domain::event::{
     Identifier, PersonName, Priority, ProviderStatusChange, ReferralReceived, Subject,
 };
@@ -18,13 +21,11 @@ use linkwork_domain::{
     DomainEvent, EventId, Need, NhsNumber, Postcode, ProviderId, ReferralEvent, ReferralId, Source,
 };
 use linkwork_router::directory::{self, DirectoryDocument};
-use linkwork_router::{Clock, Router, RouterConfig, RouterTopics};
+use linkwork_router::{Clock, RouterConfig, RouterTopics};
 use linkwork_store::sqlx::{self, PgPool};
 use serde_json::Value;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{eventually, stack, unique, ReadMessage, Stack};
+use crate::helpers::{eventually, stack, unique, Process, ReadMessage, Stack};
 
 /// A need service with little room, and a want activity; both serve LW1.
 const DIRECTORY: &str = r#"
@@ -53,19 +54,13 @@ fn monday() -> DateTime<Utc> {
 struct Rig {
     stack: Stack,
     pool: PgPool,
+    names: Names,
+    /// The built-in topics declaration with few partitions, for a light broker.
+    declaration: TopicsFile,
     topics: RouterTopics,
     producer: Producer,
     clock: Clock,
-    group: String,
     providers: Vec<ProviderId>,
-    shutdown: CancellationToken,
-    relay: Arc<tokio::sync::Notify>,
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
 }
 
 impl Rig {
@@ -73,31 +68,27 @@ impl Rig {
         let stack = stack();
         let pool = stack.database().await;
         linkwork_router::migrate(&pool).await.unwrap();
-        let prefix = unique("rt");
+        let names = Names::isolated(&unique("rt"));
         let topics = RouterTopics {
-            events: format!("{prefix}.referral.events"),
-            triage: format!("{prefix}.triage.referrals"),
-            dlq: format!("{prefix}.router.dlq"),
-            queue_prefix: format!("{prefix}."),
+            events: names.topic(REFERRAL_EVENTS),
+            triage: names.topic(TRIAGE_REFERRALS),
+            dlq: names.dlq(consumers::ROUTER),
+            queue_prefix: names.topic_prefix().to_owned(),
         };
-        stack.create_topic(&topics.events, 3).await;
-        stack.create_topic(&topics.triage, 1).await;
-        stack.create_topic(&topics.dlq, 1).await;
+        let declaration = Stack::small_declaration();
+        stack
+            .apply_declaration(&names.declaration(&declaration), &[])
+            .await;
         let producer = Producer::new(&stack.kafka).unwrap();
-        let shutdown = CancellationToken::new();
-        let relay = OutboxRelay::new(pool.clone(), &stack.kafka, RelayConfig::default()).unwrap();
-        let notify = relay.notifier();
-        tokio::spawn(relay.run(shutdown.clone()));
         let mut rig = Rig {
             stack,
             pool,
+            names,
+            declaration,
             topics,
             producer,
             clock: Clock::manual(monday()),
-            group: unique("router"),
             providers: Vec::new(),
-            shutdown,
-            relay: notify,
         };
         rig.apply_directory(directory_yaml).await;
         rig
@@ -106,14 +97,15 @@ impl Rig {
     /// Stores a directory version and creates its queues; returns its label.
     async fn apply_directory(&mut self, yaml: &str) -> String {
         let document = DirectoryDocument::parse(yaml).unwrap();
-        for provider in document.provider_ids() {
-            if !self.providers.contains(&provider) {
-                self.stack
-                    .create_topic(&self.topics.provider_queue(&provider), 1)
-                    .await;
-                self.providers.push(provider);
-            }
-        }
+        let new: Vec<ProviderId> = document
+            .provider_ids()
+            .into_iter()
+            .filter(|provider| !self.providers.contains(provider))
+            .collect();
+        self.stack
+            .apply_declaration(&self.names.declaration(&self.declaration), &new)
+            .await;
+        self.providers.extend(new);
         let mut transaction = self.pool.begin().await.unwrap();
         let stored = directory::store(&mut transaction, &document, "test")
             .await
@@ -122,25 +114,24 @@ impl Rig {
         stored.directory.label()
     }
 
-    /// Starts a router instance; abort the handle to kill it without ceremony.
-    fn start_router(&self) -> JoinHandle<()> {
-        let config = RouterConfig {
-            topics: self.topics.clone(),
-            clock: self.clock.clone(),
-            deadline_poll: Duration::from_millis(100),
-            group_id: self.group.clone(),
-            ..RouterConfig::default()
-        };
-        let router = Router::new(
-            config,
-            self.stack.kafka.clone(),
-            self.pool.clone(),
-            Some(self.relay.clone()),
-        );
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            router.run(shutdown).await.expect("router runs");
-        })
+    /// Starts a router process on this rig's topics, group and clock, sweeping for
+    /// deadlines every 100 ms.
+    async fn start_router(&self) -> Process {
+        Process::start(
+            &self.stack,
+            &self.pool,
+            &self.names,
+            Services {
+                router: true,
+                ..Services::default()
+            },
+            |settings| {
+                settings.clock = self.clock.clone();
+                settings.topics = self.declaration.clone();
+                settings.deadline_poll = Duration::from_millis(100);
+            },
+        )
+        .await
     }
 
     async fn publish(&self, event: ReferralEvent, id: &str) {
@@ -183,8 +174,8 @@ impl Rig {
     }
 
     /// Starts a router and sends it one referral; returns once it is on a queue.
-    async fn route_one(&self, number: u32, needs: &[Need]) -> (JoinHandle<()>, ReferralReceived) {
-        let router = self.start_router();
+    async fn route_one(&self, number: u32, needs: &[Need]) -> (Process, ReferralReceived) {
+        let router = self.start_router().await;
         let person = referral(number, needs, monday());
         self.receive(&person).await;
         self.wait_for_route(person.referral_id, "requested", 1)
@@ -360,7 +351,10 @@ fn keys(messages: &[ReadMessage], of_type: &str) -> Vec<String> {
 /// `count` referrals for a need service of capacity 5 and an activity with room.
 async fn capacity_holds(instances: usize, count: usize) {
     let rig = Rig::new(DIRECTORY).await;
-    let routers: Vec<_> = (0..instances).map(|_| rig.start_router()).collect();
+    let mut routers = Vec::new();
+    for _ in 0..instances {
+        routers.push(rig.start_router().await);
+    }
     let referrals: Vec<(EventId, ReferralEvent)> = (0..count as u32)
         .map(|number| {
             let received = referral(number, &money_and_loneliness(), monday());
@@ -419,7 +413,7 @@ async fn capacity_holds(instances: usize, count: usize) {
         }
     }
     for router in routers {
-        router.abort();
+        router.kill().await;
     }
 }
 
@@ -464,8 +458,8 @@ async fn rejection_then_deadline_reroute_and_end_in_triage_when_nobody_is_left()
     // Two working days from the rejection (Monday 12:00): Wednesday 12:00. Not yet.
     rig.clock
         .set(Utc.with_ymd_and_hms(2026, 11, 18, 11, 59, 0).unwrap());
-    // A negative check: a few sweeps' time in which nothing may fire.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A negative check: sweeps that run at this time must leave it alone.
+    router.sweeps_pass(3).await;
     assert_eq!(
         rig.route_of(id).await.2,
         2,
@@ -536,7 +530,7 @@ async fn rejection_then_deadline_reroute_and_end_in_triage_when_nobody_is_left()
     let task = &withdrawal["entry"][0]["resource"];
     assert_eq!(task["status"], "cancelled");
     assert_eq!(task["id"], id.task_id(2).to_string());
-    router.abort();
+    router.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,21 +539,19 @@ async fn a_restart_between_deadline_set_and_deadline_due_still_fires_it_once() {
     let (router, person) = rig.route_one(2, &[Need::Loneliness]).await;
     let id = person.referral_id;
     assert_eq!(rig.route_of(id).await.1.as_deref(), Some("connectors"));
-    router.abort();
-    let _ = router.await;
+    router.kill().await;
 
     // Down over the deadline (Wednesday 09:00), then back.
     rig.clock
         .set(Utc.with_ymd_and_hms(2026, 11, 19, 9, 0, 0).unwrap());
-    let router = rig.start_router();
+    let router = rig.start_router().await;
     rig.wait_for_route(id, "unroutable", 1).await;
-    // More sweeps and a second restart change nothing (negative checks: the pauses
-    // are sweeps' time in which nothing may happen).
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    router.abort();
-    let _ = router.await;
-    let router = rig.start_router();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // More sweeps and a second restart change nothing (negative checks: sweeps that
+    // run now must find nothing due).
+    router.sweeps_pass(3).await;
+    router.kill().await;
+    let router = rig.start_router().await;
+    router.sweeps_pass(3).await;
     rig.outbox_drained().await;
     let decisions = rig.decisions(2).await;
     let kinds: Vec<_> = decisions.iter().map(DomainEvent::event_type).collect();
@@ -576,7 +568,7 @@ async fn a_restart_between_deadline_set_and_deadline_due_still_fires_it_once() {
         linkwork_router::engine::PROVIDER_WITHDRAWAL_TYPE,
     );
     assert_eq!(withdrawals, [id.to_string()]);
-    router.abort();
+    router.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -586,8 +578,7 @@ async fn an_acceptance_that_reaches_the_log_before_the_escalation_wins() {
     let id = person.referral_id;
     // Stop the relay's effect: kill the router, pass the deadline, and let the sweeper
     // escalate while the provider's acceptance is already on the log.
-    router.abort();
-    let _ = router.await;
+    router.kill().await;
     rig.provider_says(ReferralEvent::Accepted, id, "money-advice", monday())
         .await;
     rig.clock
@@ -606,7 +597,7 @@ async fn an_acceptance_that_reaches_the_log_before_the_escalation_wins() {
         ("requested".into(), Some("connectors".into()), 2)
     );
     // The consumer now reads the acceptance before its own re-routing: it stands.
-    let router = rig.start_router();
+    let router = rig.start_router().await;
     rig.wait_for_route(id, "accepted", 1).await;
     assert_eq!(rig.route_of(id).await.1.as_deref(), Some("money-advice"));
     let loads = rig.loads().await;
@@ -629,7 +620,7 @@ async fn an_acceptance_that_reaches_the_log_before_the_escalation_wins() {
         ],
         "the newer request is withdrawn"
     );
-    router.abort();
+    router.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -659,22 +650,21 @@ async fn killed_mid_stream_of_5000_and_restarted_routes_every_referral_exactly_o
             result.unwrap();
         }
     }
-    let router = rig.start_router();
+    let router = rig.start_router().await;
     eventually(
         Duration::from_secs(120),
         "part of the stream routed",
         || async { rig.routed_count().await >= 1000 },
     )
     .await;
-    router.abort();
-    let _ = router.await;
+    router.kill().await;
     let at_kill = rig.routed_count().await;
     assert!(
         at_kill < TOTAL as i64,
         "killed mid-stream ({at_kill} routed)"
     );
 
-    let router = rig.start_router();
+    let router = rig.start_router().await;
     eventually(Duration::from_secs(180), "all 5000 routed", || async {
         rig.routed_count().await == TOTAL as i64
     })
@@ -716,7 +706,7 @@ async fn killed_mid_stream_of_5000_and_restarted_routes_every_referral_exactly_o
         TOTAL - unroutable - 5,
         "caseloads count each referral once"
     );
-    router.abort();
+    router.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -728,7 +718,7 @@ async fn a_directory_change_mid_stream_is_used_from_the_next_decision_and_record
     .fetch_one(&rig.pool)
     .await
     .unwrap();
-    let router = rig.start_router();
+    let router = rig.start_router().await;
     let before = referral(20, &[Need::Loneliness], monday());
     rig.receive(&before).await;
     rig.wait_for_route(before.referral_id, "requested", 1).await;
@@ -771,7 +761,7 @@ async fn a_directory_change_mid_stream_is_used_from_the_next_decision_and_record
         routed[&after.referral_id],
         ("befrienders".to_owned(), second_version)
     );
-    router.abort();
+    router.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -827,5 +817,5 @@ async fn the_provider_queue_message_is_a_bundle_of_service_request_patient_and_t
     assert_eq!(task["focus"]["reference"], format!("urn:uuid:{id}"));
     // Two working days from Monday 09:00.
     assert_eq!(task["restriction"]["period"]["end"], "2026-11-18T09:00:00Z");
-    router.abort();
+    router.kill().await;
 }

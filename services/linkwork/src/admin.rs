@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use linkwork_bus::health::BrokerProbe;
 use linkwork_bus::ConsumerStatus;
+use linkwork_router::SweeperStatus;
 use linkwork_store::sqlx::{self, PgPool};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -41,6 +42,8 @@ pub struct Admin {
     pub pool: PgPool,
     pub broker: BrokerProbe,
     pub consumers: Vec<ConsumerStatus>,
+    /// The router's deadline sweeper, when this process routes.
+    pub sweeper: Option<SweeperStatus>,
 }
 
 pub fn router(admin: Admin) -> axum::Router {
@@ -167,8 +170,12 @@ fn process_figures() -> ProcessFigures {
     }
 }
 
-/// The Prometheus text for the process and its consumers.
-pub fn metrics_text(service: &str, consumers: &[ConsumerStatus]) -> String {
+/// The Prometheus text for the process, its consumers and its deadline sweeper.
+pub fn metrics_text(
+    service: &str,
+    consumers: &[ConsumerStatus],
+    sweeper: Option<&SweeperStatus>,
+) -> String {
     let mut registry = Registry::default();
     let figures = process_figures();
     let gauge = |registry: &mut Registry, name: &str, help: &str, value: Option<i64>| {
@@ -251,6 +258,31 @@ pub fn metrics_text(service: &str, consumers: &[ConsumerStatus]) -> String {
         "Records sent to the consumer's dead-letter topic",
         dead_letters,
     );
+    if let Some(sweeper) = sweeper {
+        let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
+            let counter: Counter = Counter::default();
+            counter.inc_by(value);
+            registry.register(name, help, counter);
+        };
+        counter(
+            &mut registry,
+            "linkwork_router_deadline_sweeps",
+            "Deadline sweeps finished",
+            sweeper.sweeps(),
+        );
+        counter(
+            &mut registry,
+            "linkwork_router_deadline_escalations",
+            "Referrals escalated past their acceptance deadline",
+            sweeper.escalations(),
+        );
+        counter(
+            &mut registry,
+            "linkwork_router_deadline_sweep_failures",
+            "Deadline sweeps that failed and were retried",
+            sweeper.failures(),
+        );
+    }
     let mut text = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut text, &registry);
@@ -263,7 +295,7 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        metrics_text(admin.service, &admin.consumers),
+        metrics_text(admin.service, &admin.consumers, admin.sweeper.as_ref()),
     )
         .into_response()
 }

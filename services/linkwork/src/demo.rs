@@ -183,7 +183,7 @@ pub async fn run(
     let end = drove
         .end
         .map(|end| end.date_naive())
-        .unwrap_or_else(linkwork_metrics::http::today);
+        .unwrap_or_else(|| linkwork_metrics::http::today(&linkwork_domain::Clock::system()));
     let summary = summary(&pool, baseline(), end).await?;
     print_summary(&summary, &base_url, end);
     println!("   took {:.0} s", started.elapsed().as_secs_f64());

@@ -91,6 +91,7 @@ pub async fn run_with_clock(
         pool,
         broker: linkwork_bus::health::BrokerProbe::new(&kafka)?,
         consumers: topology.consumers().to_vec(),
+        sweeper: topology.sweeper().cloned(),
     });
     let listener = tokio::net::TcpListener::bind(settings.admin_addr)
         .await

@@ -27,6 +27,7 @@ use linkwork_bus::{
 use linkwork_domain::Clock;
 use linkwork_ingest::{Application, IngestSettings};
 use linkwork_projector::{ProjectorConfig, PseudonymKey};
+use linkwork_router::SweeperStatus;
 use linkwork_store::sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -102,13 +103,18 @@ pub struct TopologySettings {
     pub topics: TopicsFile,
     /// The date the call-log reduction is measured from; the first case's day when unset.
     pub call_log_baseline: Option<chrono::NaiveDate>,
-    /// How often the metrics service publishes finished days to `metrics.call-log`.
-    pub daily_records_every: Duration,
+    /// How often the metrics service publishes finished days to `metrics.call-log`;
+    /// `None`: this process does not publish them (another metrics process does: the
+    /// records are published once whichever publishes them).
+    pub daily_records_every: Option<Duration>,
+    /// How often the router's sweeper looks for referrals past their acceptance deadline.
+    pub deadline_poll: Duration,
 }
 
 impl TopologySettings {
     /// `services` with production's defaults: the system clock, no directory file, the
-    /// built-in topics declaration, daily records every 15 minutes.
+    /// built-in topics declaration, daily records every 15 minutes, a deadline sweep
+    /// every 5 seconds.
     pub fn new(
         kafka: KafkaSettings,
         names: Names,
@@ -125,7 +131,8 @@ impl TopologySettings {
             directory_file: None,
             topics: crate::topics_command::load(None)?,
             call_log_baseline: None,
-            daily_records_every: Duration::from_secs(15 * 60),
+            daily_records_every: Some(Duration::from_secs(15 * 60)),
+            deadline_poll: linkwork_router::RouterConfig::default().deadline_poll,
         })
     }
 }
@@ -150,6 +157,7 @@ type StartTask = Box<dyn FnOnce(CancellationToken) -> TaskFuture + Send>;
 pub struct Topology {
     tasks: Vec<(&'static str, StartTask)>,
     consumers: Vec<ConsumerStatus>,
+    sweeper: Option<SweeperStatus>,
     http_addr: Option<SocketAddr>,
 }
 
@@ -160,6 +168,7 @@ impl std::fmt::Debug for Topology {
             .debug_struct("Topology")
             .field("tasks", &tasks)
             .field("consumers", &self.consumers.len())
+            .field("sweeper", &self.sweeper.is_some())
             .field("http_addr", &self.http_addr)
             .finish()
     }
@@ -182,6 +191,7 @@ impl Topology {
             topics,
             call_log_baseline,
             daily_records_every,
+            deadline_poll,
         } = settings;
         let events_topic = names.topic(REFERRAL_EVENTS);
         let projector_config = if services.projector {
@@ -212,6 +222,7 @@ impl Topology {
         let mut topology = Topology {
             tasks: Vec::new(),
             consumers: Vec::new(),
+            sweeper: None,
             http_addr: None,
         };
         // One relay per process publishes everything its consumers put in the outbox.
@@ -227,6 +238,7 @@ impl Topology {
                 pool.clone(),
                 linkwork_metrics::http::MetricsConfig {
                     baseline: call_log_baseline,
+                    clock: clock.clone(),
                     ..linkwork_metrics::http::MetricsConfig::default()
                 },
             )
@@ -293,6 +305,7 @@ impl Topology {
                 group_id: names.group(consumers::ROUTER),
                 ensure_queue_topics: Some((kafka.clone(), names.declaration(&topics))),
                 clock: clock.clone(),
+                deadline_poll,
                 ..linkwork_router::RouterConfig::default()
             };
             let router = linkwork_router::Router::new(
@@ -302,6 +315,7 @@ impl Topology {
                 Some(outbox.clone()),
             );
             topology.consumers.push(router.consumer.status());
+            topology.sweeper = Some(router.sweeper.status());
             topology.spawn("router", move |token| async move {
                 router.run(token).await?;
                 Ok(())
@@ -337,18 +351,22 @@ impl Topology {
                     });
                 }
             }
-            let (pool_for_days, daily_topic) = (pool.clone(), names.topic(METRICS_CALL_LOG));
-            topology.spawn("daily call-log records", move |token| async move {
-                linkwork_metrics::daily::run(
-                    pool_for_days,
-                    daily_topic,
-                    call_log_baseline,
-                    daily_records_every,
-                    token,
-                )
-                .await?;
-                Ok(())
-            });
+            if let Some(every) = daily_records_every {
+                let (pool_for_days, daily_topic) = (pool.clone(), names.topic(METRICS_CALL_LOG));
+                let clock_for_days = clock.clone();
+                topology.spawn("daily call-log records", move |token| async move {
+                    linkwork_metrics::daily::run(
+                        pool_for_days,
+                        daily_topic,
+                        call_log_baseline,
+                        clock_for_days,
+                        every,
+                        token,
+                    )
+                    .await?;
+                    Ok(())
+                });
+            }
             let runner = ConsumerRunner::new(
                 names.consumer(consumers::METRICS, &[ASC_CALL_LOG]),
                 kafka.clone(),
@@ -368,6 +386,11 @@ impl Topology {
     /// Every consumer of the topology, for readiness and per-consumer metrics.
     pub fn consumers(&self) -> &[ConsumerStatus] {
         &self.consumers
+    }
+
+    /// The router's deadline sweeper, when the router runs.
+    pub fn sweeper(&self) -> Option<&SweeperStatus> {
+        self.sweeper.as_ref()
     }
 
     /// Where the HTTP routes listen (ingest's, or the metrics service's alone); `None`

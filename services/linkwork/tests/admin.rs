@@ -152,6 +152,13 @@ fn answers_on_its_admin_listener(service: &str, consumers: &[&str]) {
         let records = format!("linkwork_consumer_records_total{{consumer=\"{consumer}\"}}");
         assert!(metrics.contains(&records), "{records} in\n{metrics}");
     }
+    // The deadline sweeper's figures, where the router runs and nowhere else.
+    let sweeps = "# TYPE linkwork_router_deadline_sweeps counter";
+    assert_eq!(
+        metrics.contains(sweeps),
+        consumers.contains(&"router"),
+        "{sweeps} in\n{metrics}"
+    );
     assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
     let resident: f64 = metrics
         .lines()

@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use linkwork_bus::topics::METRICS_CALL_LOG;
 use linkwork_bus::OutboxEvent;
-use linkwork_domain::{CallLogDay, EventId};
+use linkwork_domain::{CallLogDay, Clock, EventId};
 use linkwork_store::outbox;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -137,16 +137,18 @@ pub async fn publish_finished_days(
     Ok(days.len())
 }
 
-/// Publishes finished days now and then every `every` until `shutdown`.
+/// Publishes the days finished by `clock` now and then every `every` until `shutdown`.
 pub async fn run(
     pool: PgPool,
     topic: String,
     baseline: Option<NaiveDate>,
+    clock: Clock,
     every: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), linkwork_store::StoreError> {
     loop {
-        match publish_finished_days(&pool, &topic, baseline, crate::http::today()).await {
+        let today = crate::http::today(&clock);
+        match publish_finished_days(&pool, &topic, baseline, today).await {
             Ok(0) => {}
             Ok(days) => tracing::info!(days, topic, "published daily call-log records"),
             Err(error) if error.is_transient() => {

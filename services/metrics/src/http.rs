@@ -16,6 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{NaiveDate, Utc};
 use chrono_tz::Europe::London;
+use linkwork_domain::Clock;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -36,6 +37,8 @@ pub struct MetricsConfig {
     pub baseline: Option<NaiveDate>,
     /// The canonical base of linkwork's CodeSystems (`Measure/...` lives under it).
     pub canonical_base: String,
+    /// What "today" is, for periods that do not say where they end.
+    pub clock: Clock,
 }
 
 impl Default for MetricsConfig {
@@ -43,6 +46,7 @@ impl Default for MetricsConfig {
         Self {
             baseline: None,
             canonical_base: linkwork_fhir::systems::DEFAULT_CANONICAL_BASE.into(),
+            clock: Clock::system(),
         }
     }
 }
@@ -74,8 +78,9 @@ pub struct Snapshot {
 }
 
 /// Today in UK local time.
-pub fn today() -> NaiveDate {
-    Utc::now().with_timezone(&London).date_naive()
+/// The day it is in England by `clock`.
+pub fn today(clock: &Clock) -> NaiveDate {
+    clock.now().with_timezone(&London).date_naive()
 }
 
 /// A problem with the request or the database, answered as JSON or FHIR.
@@ -163,7 +168,8 @@ async fn period(
     state: &AppState,
     params: &HashMap<String, String>,
 ) -> Result<Period, MetricsError> {
-    let end = date(params, &["period-end", "to", "end"])?.unwrap_or_else(today);
+    let end =
+        date(params, &["period-end", "to", "end"])?.unwrap_or_else(|| today(&state.config.clock));
     let start = match date(params, &["period-start", "from", "baseline"])? {
         Some(start) => start,
         None => match state.config.baseline {

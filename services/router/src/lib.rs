@@ -14,6 +14,7 @@ pub mod decision;
 pub mod directory;
 pub mod engine;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -215,6 +216,37 @@ impl Handler for RouterHandler {
     }
 }
 
+/// What a deadline sweeper has done, shared with whoever watches it (the admin
+/// listener's `/metrics`, a test waiting for sweeps to pass).
+#[derive(Debug, Clone, Default)]
+pub struct SweeperStatus {
+    figures: Arc<SweeperFigures>,
+}
+
+#[derive(Debug, Default)]
+struct SweeperFigures {
+    sweeps: AtomicU64,
+    escalations: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl SweeperStatus {
+    /// Sweeps finished, whether or not anything was due.
+    pub fn sweeps(&self) -> u64 {
+        self.figures.sweeps.load(Ordering::Acquire)
+    }
+
+    /// Referrals escalated past their acceptance deadline.
+    pub fn escalations(&self) -> u64 {
+        self.figures.escalations.load(Ordering::Acquire)
+    }
+
+    /// Sweeps that failed and will be retried.
+    pub fn failures(&self) -> u64 {
+        self.figures.failures.load(Ordering::Acquire)
+    }
+}
+
 /// Escalates referrals whose acceptance deadline has passed, in batches, until
 /// `shutdown`.
 #[derive(Debug)]
@@ -223,6 +255,7 @@ pub struct DeadlineSweeper {
     config: Arc<RouterConfig>,
     directories: DirectoryCache,
     outbox_notify: Option<Arc<Notify>>,
+    status: SweeperStatus,
 }
 
 impl DeadlineSweeper {
@@ -232,6 +265,7 @@ impl DeadlineSweeper {
             config,
             directories: DirectoryCache::default(),
             outbox_notify: None,
+            status: SweeperStatus::default(),
         }
     }
 
@@ -240,10 +274,28 @@ impl DeadlineSweeper {
         self
     }
 
+    /// A handle on this sweeper's figures.
+    pub fn status(&self) -> SweeperStatus {
+        self.status.clone()
+    }
+
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), BusError> {
         let mut failures = 0u32;
         loop {
-            match self.sweep_once().await {
+            let swept = self.sweep_once().await;
+            let figures = &self.status.figures;
+            match &swept {
+                Ok(escalated) => {
+                    figures
+                        .escalations
+                        .fetch_add(*escalated as u64, Ordering::AcqRel);
+                    figures.sweeps.fetch_add(1, Ordering::AcqRel);
+                }
+                Err(_) => {
+                    figures.failures.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            match swept {
                 Ok(escalated) if escalated as i64 >= self.config.deadline_batch => {
                     failures = 0;
                     continue; // more are due
