@@ -1,9 +1,11 @@
-//! Test support: where the conformance corpus is, and synthetic referrals.
+//! Test support: where the conformance corpus is, synthetic referrals, a broker of a
+//! test's own ([`broker`]) and async topic reads ([`topic`]).
 //!
 //! All people here are invented; NHS numbers come from the 999 range, which the NHS
 //! never issues, and pass the Modulus 11 check.
 
 pub mod broker;
+pub mod topic;
 
 use std::path::PathBuf;
 

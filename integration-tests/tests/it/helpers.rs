@@ -1,11 +1,9 @@
 //! The local stack for tests: a fresh database and fresh topics per test.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use linkwork::topology::{HttpSettings, Services, Topology, TopologySettings};
-use linkwork_bus::headers::HeaderList;
 use linkwork_bus::topics::TopicsFile;
 use linkwork_bus::{KafkaSettings, Names};
 use linkwork_domain::{AscCaseId, CallLogEvent, CaseOpened, ProviderId};
@@ -13,9 +11,6 @@ use linkwork_router::SweeperStatus;
 use linkwork_store::sqlx::{self, Connection, PgConnection, PgPool};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -99,28 +94,15 @@ impl Stack {
             .await;
     }
 
-    /// The built-in declaration with at most three partitions a topic: the same topics
-    /// for a rig that runs many processes' worth of them on one test broker. A rig that
-    /// uses it gives it to its topology too (`TopologySettings::topics`), so the
-    /// router finds its topics as declared.
+    /// The built-in declaration with at most three partitions a topic.
     pub fn small_declaration() -> TopicsFile {
-        let mut declaration =
-            linkwork::topics_command::load(None).expect("the built-in topics.yaml");
-        for topic in &mut declaration.topics {
-            topic.partitions = topic.partitions.min(3);
-        }
-        declaration
+        linkwork_testkit::topic::small_declaration()
     }
 
     /// Creates every topic of `declaration` (already named) and the queues of
     /// `providers`, as `linkwork topics apply` does.
     pub async fn apply_declaration(&self, declaration: &TopicsFile, providers: &[ProviderId]) {
-        let report = linkwork_bus::topics::apply(&self.kafka, declaration, providers)
-            .await
-            .expect(
-                "broker is reachable (LINKWORK_TEST_KAFKA_BROKERS); start it with `make broker`",
-            );
-        assert!(report.refused.is_empty(), "{report}");
+        linkwork_testkit::topic::apply(&self.kafka, declaration, providers).await;
     }
 
     /// A new topic with a unique name.
@@ -157,81 +139,12 @@ impl Stack {
         expected: usize,
         within: Duration,
     ) -> Vec<ReadMessage> {
-        let deadline = tokio::time::Instant::now() + within;
-        let consumer: StreamConsumer = self
-            .kafka
-            .client_config()
-            .set("group.id", unique("reader"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("reader");
-        let mut assignment = TopicPartitionList::new();
-        for (partition, _, _) in self.log_ends(topic).await {
-            assignment
-                .add_partition_offset(topic, partition, Offset::Beginning)
-                .expect("partition");
-        }
-        consumer.assign(&assignment).expect("assign");
-        let mut messages = Vec::new();
-        // The next offset to read, per partition read from.
-        let mut next: HashMap<i32, i64> = HashMap::new();
-        let mut ends: Option<Vec<(i32, i64, i64)>> = None;
-        loop {
-            if messages.len() >= expected {
-                if ends.is_none() {
-                    ends = Some(self.log_ends(topic).await);
-                }
-                let read_to_the_end = ends.iter().flatten().all(|(partition, low, high)| {
-                    low >= high || next.get(partition).is_some_and(|offset| offset >= high)
-                });
-                if read_to_the_end {
-                    break;
-                }
-            }
-            let message = match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Err(_) => break,
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, topic, "reading the topic");
-                    continue;
-                }
-                Ok(Ok(message)) => message,
-            };
-            next.insert(message.partition(), message.offset() + 1);
-            messages.push(ReadMessage {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message
-                    .key()
-                    .map(|key| String::from_utf8_lossy(key).into_owned()),
-                payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                headers: HeaderList::from_kafka(message.headers()),
-            });
-        }
-        messages
+        linkwork_testkit::topic::read(&self.kafka, topic, expected, within).await
     }
 
-    /// Each partition of `topic` with its low and high watermarks. The client calls
-    /// block, so they run on the blocking pool.
+    /// Each partition of `topic` with its low and high watermarks.
     pub async fn log_ends(&self, topic: &str) -> Vec<(i32, i64, i64)> {
-        let kafka = self.kafka.clone();
-        let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let client: BaseConsumer = kafka.client_config().create().expect("metadata client");
-            let metadata = client
-                .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                .expect("metadata");
-            let partitions = metadata.topics()[0].partitions().len() as i32;
-            (0..partitions)
-                .map(|partition| {
-                    let (low, high) = client
-                        .fetch_watermarks(&topic, partition, Duration::from_secs(10))
-                        .expect("watermarks");
-                    (partition, low, high)
-                })
-                .collect()
-        })
-        .await
-        .expect("watermarks task")
+        linkwork_testkit::topic::log_ends(&self.kafka, topic).await
     }
 
     /// Waits until the consumer named `consumer` has stored, in Postgres, offsets at the
@@ -264,20 +177,7 @@ impl Stack {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct ReadMessage {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<String>,
-    pub payload: Vec<u8>,
-    pub headers: HeaderList,
-}
-
-impl ReadMessage {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get_str(name)
-    }
-}
+pub use linkwork_testkit::topic::ReadMessage;
 
 /// A synthetic call-log case opening; case ids are invented (`SYN-000001`).
 pub fn case_opened(number: usize) -> CallLogEvent {

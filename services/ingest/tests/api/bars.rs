@@ -1,14 +1,10 @@
 //! `POST /fhir/$process-message`: BaRS messages.
 
-use std::time::Duration;
-
 use base64::Engine;
 use linkwork_testkit::{bars_message, conformance};
 use serde_json::{json, Value};
 
-use crate::helpers::{
-    diagnostics, events_for, expressions, gp_token, spawn_app, topics, unique_reference, TestApp,
-};
+use crate::helpers::{diagnostics, expressions, gp_token, spawn_app, unique_reference, TestApp};
 
 fn target(system: &str, value: &str) -> String {
     base64::engine::general_purpose::STANDARD
@@ -59,7 +55,6 @@ fn detail_code(body: &Value) -> Option<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_bars_referral_is_taken_and_its_headers_echoed() {
     let app = spawn_app().await;
-    topics(&app.kafka).await;
     let message = bars_message(&unique_reference(), "new", "active");
     let headers = bars_headers();
     let sent = send(&app, &headers, &message).await;
@@ -86,7 +81,6 @@ async fn a_new_bars_referral_is_taken_and_its_headers_echoed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_revoking_the_referral_cancels_it() {
     let app = spawn_app().await;
-    topics(&app.kafka).await;
     let reference = unique_reference();
     assert_eq!(
         send(
@@ -124,12 +118,7 @@ async fn an_update_revoking_the_referral_cancels_it() {
         &reference,
     )
     .to_string();
-    let kafka = app.kafka.clone();
-    let events = tokio::task::spawn_blocking(move || {
-        events_for(&kafka, &referral_id, Duration::from_secs(3))
-    })
-    .await
-    .unwrap();
+    let events = app.events_for(&referral_id, 2).await;
     let types: Vec<&str> = events
         .iter()
         .filter_map(|(_, _, headers)| headers.get_str("ce_type"))
@@ -160,7 +149,6 @@ async fn an_update_for_a_referral_never_sent_is_not_found() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_changing_content_is_not_taken_in_place() {
     let app = spawn_app().await;
-    topics(&app.kafka).await;
     let reference = unique_reference();
     assert_eq!(
         send(

@@ -2,15 +2,14 @@
 
 use std::time::Duration;
 
-use linkwork_bus::KafkaSettings;
 use linkwork_testkit::gp_referral;
 
-use crate::helpers::{gp_token, spawn_app_with, unique_reference};
+use crate::helpers::{gp_token, spawn_app_without_broker, unique_reference};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_means_503_with_retry_after_and_nothing_written() {
     // Nothing listens on port 1.
-    let app = spawn_app_with(KafkaSettings::new("127.0.0.1:1"), |settings| {
+    let app = spawn_app_without_broker(|settings| {
         settings.delivery_timeout = Duration::from_secs(2);
     })
     .await;

@@ -3,7 +3,7 @@
 use linkwork_testkit::gp_referral;
 use serde_json::{json, Value};
 
-use crate::helpers::{events_for, expressions, gp_token, spawn_app, topics, unique_reference};
+use crate::helpers::{expressions, gp_token, spawn_app, unique_reference};
 
 fn entry(resource: Value) -> Value {
     let resource_type = resource["resourceType"].as_str().unwrap().to_owned();
@@ -14,7 +14,6 @@ fn entry(resource: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_takes_each_valid_entry_and_answers_each_entry() {
     let app = spawn_app().await;
-    topics(&app.kafka).await;
     let mut broken = gp_referral(&unique_reference());
     broken["status"] = json!("draft");
     let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
@@ -49,7 +48,6 @@ async fn a_batch_takes_each_valid_entry_and_answers_each_entry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_is_all_or_nothing() {
     let app = spawn_app().await;
-    topics(&app.kafka).await;
     let mut broken = gp_referral(&unique_reference());
     broken.as_object_mut().unwrap().remove("authoredOn");
     let refused = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
@@ -94,7 +92,6 @@ async fn a_transaction_is_all_or_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_with_a_conflicting_entry_takes_none() {
     let app = spawn_app().await;
-    topics(&app.kafka).await;
     let reference = unique_reference();
     let (status, _, _) = app
         .post_fhir(
@@ -127,7 +124,6 @@ async fn a_transaction_with_a_conflicting_entry_takes_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_referral_twice_in_one_bundle_is_taken_once() {
     let app = spawn_app().await;
-    topics(&app.kafka).await;
     let reference = unique_reference();
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
         entry(gp_referral(&reference)),
@@ -162,12 +158,7 @@ async fn a_referral_twice_in_one_bundle_is_taken_once() {
         "the same referral"
     );
     assert_eq!(app.receipts().await, 1);
-    let kafka = app.kafka.clone();
-    let events = tokio::task::spawn_blocking(move || {
-        events_for(&kafka, &referral_id, std::time::Duration::from_secs(3))
-    })
-    .await
-    .unwrap();
+    let events = app.events_for(&referral_id, 1).await;
     assert_eq!(events.len(), 1, "one ReferralReceived on the log");
 
     let reference = unique_reference();

@@ -1,12 +1,10 @@
 //! The ASC call-log feed over HTTP: rows become events, bad rows are reported by
 //! line, and importing the same file twice adds nothing.
 
-use std::time::Duration;
-
 use linkwork_auth::Role;
 use serde_json::Value;
 
-use crate::helpers::{gp_token, read_topic, spawn_app, token, topics, TestApp};
+use crate::helpers::{gp_token, spawn_app, token, TestApp};
 
 async fn upload(app: &TestApp, token: &str, csv: &str) -> (u16, Value) {
     let response = app
@@ -27,7 +25,6 @@ async fn upload(app: &TestApp, token: &str, csv: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_log_imports_reports_bad_rows_by_line_and_a_reimport_adds_nothing() {
     let app = spawn_app().await;
-    topics(&app.kafka).await;
     let prefix = format!("SYN{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let csv = format!(
         "case_id,opened_at,closed_at,closure_reason\n\
@@ -59,20 +56,12 @@ async fn a_call_log_imports_reports_bad_rows_by_line_and_a_reimport_adds_nothing
             .contains("0 events published, 3 already on the log"),
         "{again}"
     );
-    let kafka = app.kafka.clone();
-    let prefix_for_read = prefix.clone();
-    let events = tokio::task::spawn_blocking(move || {
-        read_topic(
-            &kafka,
-            linkwork_bus::topics::ASC_CALL_LOG,
-            Duration::from_secs(3),
-        )
+    let events = app
+        .read_topic(linkwork_bus::topics::ASC_CALL_LOG, 3)
+        .await
         .into_iter()
-        .filter(|(key, _, _)| key.starts_with(&prefix_for_read))
-        .count()
-    })
-    .await
-    .unwrap();
+        .filter(|(key, _, _)| key.starts_with(&prefix))
+        .count();
     assert_eq!(
         events, 3,
         "opened and closed for case 1, opened for case 3: once each"

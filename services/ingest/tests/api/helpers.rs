@@ -1,15 +1,13 @@
 //! The real ingest on a random port, with a fresh database, the local broker and
 //! development tokens.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use linkwork_auth::{Role, Verifier};
 use linkwork_bus::headers::HeaderList;
-use linkwork_bus::KafkaSettings;
+use linkwork_bus::topics::{ASC_CALL_LOG, REFERRAL_EVENTS};
+use linkwork_bus::{KafkaSettings, Names};
 use linkwork_ingest::{Application, IngestSettings};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -22,6 +20,8 @@ pub struct TestApp {
     pub address: String,
     pub pool: PgPool,
     pub kafka: KafkaSettings,
+    /// This app's own topics and groups.
+    pub names: Names,
     pub client: reqwest::Client,
     shutdown: CancellationToken,
 }
@@ -72,29 +72,49 @@ pub async fn database() -> PgPool {
     pool
 }
 
-/// The declared topics exist on the local broker (idempotent).
-pub async fn topics(kafka: &KafkaSettings) {
-    let declaration = linkwork_bus::topics::TopicsFile::load(
-        &linkwork_testkit::workspace_root().join("topics.yaml"),
-    )
-    .expect("topics.yaml");
-    linkwork_bus::topics::apply(kafka, &declaration, &[])
-        .await
-        .expect("broker is reachable; run `make broker`");
+/// Topic and group names of a test's own.
+pub fn isolated_names() -> Names {
+    Names::isolated(&format!(
+        "ing-{}",
+        &Uuid::new_v4().simple().to_string()[..12]
+    ))
 }
 
+/// The declared topics named by `names` exist on the local broker, with few partitions.
+pub async fn topics(kafka: &KafkaSettings, names: &Names) {
+    let declaration = names.declaration(&linkwork_testkit::topic::small_declaration());
+    linkwork_testkit::topic::apply(kafka, &declaration, &[]).await;
+}
+
+/// Ingest on the local broker, on topics of its own.
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(kafka(), |_| {}).await
+    spawn_app_with(|_| {}).await
 }
 
-/// Starts ingest against `kafka`, with `adjust` applied to its settings.
-pub async fn spawn_app_with(
+/// Ingest on the local broker, on topics of its own, with `adjust` applied to its
+/// settings.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut IngestSettings)) -> TestApp {
+    let kafka = kafka();
+    let names = isolated_names();
+    topics(&kafka, &names).await;
+    start(kafka, names, adjust).await
+}
+
+/// Ingest whose broker does not answer (nothing listens on its port).
+pub async fn spawn_app_without_broker(adjust: impl FnOnce(&mut IngestSettings)) -> TestApp {
+    start(KafkaSettings::new("127.0.0.1:1"), isolated_names(), adjust).await
+}
+
+async fn start(
     kafka: KafkaSettings,
+    names: Names,
     adjust: impl FnOnce(&mut IngestSettings),
 ) -> TestApp {
     let pool = database().await;
     let mut settings = IngestSettings::new("127.0.0.1:0".parse().expect("address"));
     settings.delivery_timeout = Duration::from_secs(3);
+    settings.http.events_topic = names.topic(REFERRAL_EVENTS);
+    settings.http.call_log_topic = names.topic(ASC_CALL_LOG);
     adjust(&mut settings);
     let verifier = Verifier::dev(SecretString::from(DEV_SECRET)).expect("verifier");
     let application = Application::build(settings, &kafka, pool.clone(), verifier)
@@ -107,6 +127,7 @@ pub async fn spawn_app_with(
         address,
         pool,
         kafka,
+        names,
         client: reqwest::Client::new(),
         shutdown,
     }
@@ -161,56 +182,50 @@ impl TestApp {
     }
 }
 
-/// Events on `referral.events` whose key is `referral_id`, read from the start for
-/// `within` (counting what arrives: the broker's end-of-partition is not trusted).
-pub fn events_for(
+/// How long a read waits for what it expects before it returns what it has.
+const READ_WITHIN: Duration = Duration::from_secs(30);
+
+impl TestApp {
+    /// The events keyed `referral_id` on this app's `referral.events`, once `expected`
+    /// events (of any referral) are there and the topic is read to its end.
+    pub async fn events_for(&self, referral_id: &str, expected: usize) -> Vec<Read> {
+        events_for(&self.kafka, &self.names, referral_id, expected).await
+    }
+
+    /// Every message of this app's `topic` (a name of the declaration), once `expected`
+    /// are there and the topic is read to its end.
+    pub async fn read_topic(&self, topic: &str, expected: usize) -> Vec<Read> {
+        read_topic(&self.kafka, &self.names.topic(topic), expected).await
+    }
+}
+
+/// A message read back: key, the JSON body (or its text as a JSON string) and headers.
+pub type Read = (String, Value, HeaderList);
+
+/// The events keyed `referral_id` on `referral.events` as `names` names it.
+pub async fn events_for(
     kafka: &KafkaSettings,
+    names: &Names,
     referral_id: &str,
-    within: Duration,
-) -> Vec<(String, Value, HeaderList)> {
-    read_topic(kafka, linkwork_bus::topics::REFERRAL_EVENTS, within)
+    expected: usize,
+) -> Vec<Read> {
+    read_topic(kafka, &names.topic(REFERRAL_EVENTS), expected)
+        .await
         .into_iter()
         .filter(|(key, _, _)| key == referral_id)
         .collect()
 }
 
-/// Every message of a topic: (key, JSON body or the raw text as a string, headers).
-pub fn read_topic(
-    kafka: &KafkaSettings,
-    topic: &str,
-    within: Duration,
-) -> Vec<(String, Value, HeaderList)> {
-    let consumer: BaseConsumer = kafka
-        .client_config()
-        .set("group.id", format!("reader-{}", Uuid::new_v4().simple()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("reader");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..metadata.topics()[0].partitions().len() as i32 {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .expect("partition");
-    }
-    consumer.assign(&assignment).expect("assign");
-    let deadline = Instant::now() + within;
-    let mut messages = Vec::new();
-    while Instant::now() < deadline {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-            let key = message
-                .key()
-                .map(|key| String::from_utf8_lossy(key).into_owned())
-                .unwrap_or_default();
-            let payload = message.payload().unwrap_or_default();
-            let body = serde_json::from_slice(payload)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()));
-            messages.push((key, body, HeaderList::from_kafka(message.headers())));
-        }
-    }
-    messages
+/// Every message of `topic`, once `expected` are there and it is read to its end.
+pub async fn read_topic(kafka: &KafkaSettings, topic: &str, expected: usize) -> Vec<Read> {
+    linkwork_testkit::topic::read(kafka, topic, expected, READ_WITHIN)
+        .await
+        .into_iter()
+        .map(|message| {
+            let body = message.json();
+            (message.key.unwrap_or_default(), body, message.headers)
+        })
+        .collect()
 }
 
 /// Every expression in an OperationOutcome.
@@ -233,4 +248,20 @@ pub fn diagnostics(outcome: &Value) -> String {
         .filter_map(|issue| issue["diagnostics"].as_str())
         .collect::<Vec<_>>()
         .join(" | ")
+}
+
+/// Waits until `check` holds, polling every 50 ms; panics with `what` after 60 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -1,31 +1,19 @@
-//! Kafka-native intake on `referrals.inbound` (a test topic here): accepted referrals
+//! Kafka-native intake on `referrals.inbound` (the test's own): accepted referrals
 //! reach `referral.events` once; refused messages reach the dead-letter topic with the
 //! OperationOutcome as their reason.
 
-use std::time::Duration;
-
 use linkwork_bus::headers::HeaderList;
-use linkwork_bus::{ConsumerConfig, ConsumerRunner, Outbound, OutboxRelay, Producer, RelayConfig};
+use linkwork_bus::topics::{consumers, REFERRALS_INBOUND, REFERRAL_EVENTS};
+use linkwork_bus::{ConsumerRunner, Outbound, OutboxRelay, Producer, RelayConfig};
 use linkwork_fhir::IntakeRules;
 use linkwork_ingest::inbound::{InboundHandler, SOURCE_HEADER};
 use linkwork_testkit::gp_referral;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{database, events_for, kafka, read_topic, topics, unique_reference};
-
-async fn topic(name: &str) {
-    let admin: AdminClient<DefaultClientContext> = kafka().client_config().create().unwrap();
-    admin
-        .create_topics(
-            &[NewTopic::new(name, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-}
+use crate::helpers::{
+    database, events_for, eventually, isolated_names, kafka, read_topic, topics, unique_reference,
+};
 
 async fn send(producer: &Producer, topic: &str, source: Option<&str>, body: &[u8]) {
     let mut headers = HeaderList::default();
@@ -48,12 +36,10 @@ async fn send(producer: &Producer, topic: &str, source: Option<&str>, body: &[u8
 async fn raw_fhir_from_an_integration_engine_is_taken_once_or_dead_lettered_with_an_operation_outcome(
 ) {
     let kafka = kafka();
-    topics(&kafka).await;
-    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
-    let inbound = format!("it-inbound-{suffix}");
-    let dead_letters = format!("it-inbound-dlq-{suffix}");
-    topic(&inbound).await;
-    topic(&dead_letters).await;
+    let names = isolated_names();
+    topics(&kafka, &names).await;
+    let inbound = names.topic(REFERRALS_INBOUND);
+    let dead_letters = names.dlq(consumers::INBOUND);
     let pool = database().await;
 
     let reference = unique_reference();
@@ -75,15 +61,11 @@ async fn raw_fhir_from_an_integration_engine_is_taken_once_or_dead_lettered_with
 
     let shutdown = CancellationToken::new();
     let relay = OutboxRelay::new(pool.clone(), &kafka, RelayConfig::default()).unwrap();
-    let mut config = ConsumerConfig::new(&format!("inbound-{suffix}"), &[&inbound]);
-    config.dlq_topic = dead_letters.clone();
-    let runner = ConsumerRunner::new(
-        config,
-        kafka.clone(),
-        pool.clone(),
-        InboundHandler::new(IntakeRules::default()),
-    )
-    .with_outbox_notify(relay.notifier());
+    let config = names.consumer(consumers::INBOUND, &[REFERRALS_INBOUND]);
+    let mut handler = InboundHandler::new(IntakeRules::default());
+    handler.events_topic = names.topic(REFERRAL_EVENTS);
+    let runner = ConsumerRunner::new(config, kafka.clone(), pool.clone(), handler)
+        .with_outbox_notify(relay.notifier());
     let relay_task = tokio::spawn(relay.run(shutdown.clone()));
     let consumer_task = tokio::spawn(runner.run(shutdown.clone()));
 
@@ -93,24 +75,29 @@ async fn raw_fhir_from_an_integration_engine_is_taken_once_or_dead_lettered_with
         &reference,
     )
     .to_string();
-    let reader = kafka.clone();
-    let (events, letters) = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let events = events_for(&reader, &referral_id, Duration::from_secs(2));
-            let letters = read_topic(&reader, &dead_letters, Duration::from_secs(1));
-            if (!events.is_empty() && letters.len() >= 3) || std::time::Instant::now() > deadline {
-                // Give any duplicate a moment to show.
-                std::thread::sleep(Duration::from_secs(1));
-                return (
-                    events_for(&reader, &referral_id, Duration::from_secs(2)),
-                    letters,
-                );
-            }
-        }
-    })
-    .await
-    .unwrap();
+    // Once the consumer has stored offsets past all five messages and the relay has
+    // published what it put in the outbox, a second copy would already be on the log.
+    eventually(
+        "the five messages consumed and the outbox drained",
+        || async {
+            let consumed: Option<i64> = sqlx::query_scalar(
+                "SELECT sum(next_offset)::bigint FROM consumer_offsets WHERE topic = $1",
+            )
+            .bind(&inbound)
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(None);
+            let pending: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or(1);
+            consumed == Some(5) && pending == 0
+        },
+    )
+    .await;
+    let events = events_for(&kafka, &names, &referral_id, 1).await;
+    let letters = read_topic(&kafka, &dead_letters, 3).await;
     assert_eq!(events.len(), 1, "taken exactly once, although sent twice");
     assert_eq!(
         events[0].1["source"], "hospital:RVY",

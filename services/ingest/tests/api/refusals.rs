@@ -322,7 +322,7 @@ fn cases() -> Vec<Case> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_bad_input_gets_its_status_and_names_the_problem() {
-    let app = spawn_app_with(crate::helpers::kafka(), |_| {}).await;
+    let app = spawn_app_with(|_| {}).await;
     let cases = cases();
     assert!(
         cases.len() >= 30,
@@ -383,10 +383,7 @@ async fn every_kind_of_bad_input_gets_its_status_and_names_the_problem() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_its_rate_limit_is_told_when_to_come_back() {
-    let app = spawn_app_with(crate::helpers::kafka(), |settings| {
-        settings.http.requests_per_minute = 20
-    })
-    .await;
+    let app = spawn_app_with(|settings| settings.http.requests_per_minute = 20).await;
     let token = gp_token();
     let mut statuses = Vec::new();
     let mut retry_after = None;

@@ -1,16 +1,13 @@
 //! `POST /fhir/ServiceRequest`: creation, resubmission, conflicts.
 
-use std::time::Duration;
-
 use linkwork_testkit::gp_referral;
 
-use crate::helpers::{events_for, gp_token, spawn_app, topics, unique_reference};
+use crate::helpers::{gp_token, spawn_app, unique_reference};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_referral_is_created_once_and_a_resubmission_returns_the_same_id_without_an_event()
 {
     let app = spawn_app().await;
-    topics(&app.kafka).await;
     let referral = gp_referral(&unique_reference());
     let token = gp_token();
 
@@ -39,13 +36,7 @@ async fn a_valid_referral_is_created_once_and_a_resubmission_returns_the_same_id
     assert_eq!(again["id"], id.as_str());
     assert_eq!(again["meta"]["lastUpdated"], created["meta"]["lastUpdated"]);
 
-    let kafka = app.kafka.clone();
-    let id_for_read = id.clone();
-    let events = tokio::task::spawn_blocking(move || {
-        events_for(&kafka, &id_for_read, Duration::from_secs(3))
-    })
-    .await
-    .unwrap();
+    let events = app.events_for(&id, 1).await;
     assert_eq!(events.len(), 1, "exactly one ReferralReceived on the log");
     let (_, body, headers) = &events[0];
     assert_eq!(
@@ -61,7 +52,6 @@ async fn a_valid_referral_is_created_once_and_a_resubmission_returns_the_same_id
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_identifier_with_different_content_is_a_conflict() {
     let app = spawn_app().await;
-    topics(&app.kafka).await;
     let reference = unique_reference();
     let token = gp_token();
     let (status, _, _) = app
@@ -88,7 +78,6 @@ async fn the_same_identifier_with_different_content_is_a_conflict() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_identifier_from_another_source_is_another_referral() {
     let app = spawn_app().await;
-    topics(&app.kafka).await;
     let referral = gp_referral(&unique_reference());
     let (_, _, first) = app
         .post_fhir("/fhir/ServiceRequest", Some(&gp_token()), &referral)
@@ -138,11 +127,10 @@ async fn events_are_stamped_by_the_configured_clock() {
     let at = chrono::DateTime::parse_from_rfc3339("2026-03-02T10:30:00Z")
         .unwrap()
         .with_timezone(&chrono::Utc);
-    let app = crate::helpers::spawn_app_with(crate::helpers::kafka(), |settings| {
+    let app = crate::helpers::spawn_app_with(|settings| {
         settings.http.clock = linkwork_domain::Clock::manual(at);
     })
     .await;
-    topics(&app.kafka).await;
     let (status, _, created) = app
         .post_fhir(
             "/fhir/ServiceRequest",
@@ -152,11 +140,7 @@ async fn events_are_stamped_by_the_configured_clock() {
         .await;
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
-    let kafka = app.kafka.clone();
-    let events =
-        tokio::task::spawn_blocking(move || events_for(&kafka, &id, Duration::from_secs(3)))
-            .await
-            .unwrap();
+    let events = app.events_for(&id, 1).await;
     assert_eq!(events.len(), 1);
     let (_, body, headers) = &events[0];
     assert_eq!(body["occurred_at"], "2026-03-02T10:30:00Z");
