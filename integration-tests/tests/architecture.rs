@@ -133,6 +133,33 @@ fn only_the_composition_root_depends_on_every_service() {
     }
 }
 
+#[test]
+fn the_production_binary_carries_no_demo_and_no_synthetic_borough() {
+    let (_, packages) = workspace();
+    let root = packages
+        .iter()
+        .find(|package| package.name == COMPOSITION_ROOT)
+        .expect("the linkwork binary crate");
+    let demo = packages
+        .iter()
+        .find(|package| package.name == "linkwork-demo")
+        .expect("the demo crate");
+    assert!(
+        demo.dependencies.iter().any(|name| name == "linkwork-borough"),
+        "the demo tells the synthetic borough's story: {:?}",
+        demo.dependencies
+    );
+    let carried: Vec<&String> = root
+        .dependencies
+        .iter()
+        .filter(|name| ["linkwork-demo", "linkwork-borough"].contains(&name.as_str()))
+        .collect();
+    assert!(
+        carried.is_empty(),
+        "the demo and its borough live beside the production binary, not in it: {carried:?}"
+    );
+}
+
 fn rust_files(dir: &Path, into: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();

@@ -2,10 +2,7 @@
 
 pub mod admin;
 pub mod commands;
-pub mod demo;
-pub mod demo_runs;
 pub mod directory_command;
-pub mod drive;
 pub mod serve;
 pub mod settings;
 pub mod shutdown;

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use linkwork::commands;
-use linkwork::demo::DemoOptions;
 use linkwork::settings::Settings;
 use tracing::Instrument;
 
@@ -25,8 +24,6 @@ enum Command {
         #[command(subcommand)]
         action: TopicsAction,
     },
-    /// Run the pipeline end to end on synthetic data and print a summary.
-    Demo(DemoArgs),
     /// Run a service until SIGTERM or Ctrl-C.
     Serve {
         #[arg(value_enum)]
@@ -138,25 +135,6 @@ enum TopicsAction {
     },
 }
 
-#[derive(Debug, Args)]
-struct DemoArgs {
-    /// Print the summary and exit instead of serving until Ctrl-C.
-    #[arg(long, env = "NO_WAIT", value_parser = clap::builder::FalseyValueParser::new())]
-    no_wait: bool,
-    /// Seed of the synthetic data: the same seed gives the same borough.
-    #[arg(long, default_value_t = 7)]
-    seed: u64,
-    /// People in the borough (about one referral each).
-    #[arg(long, default_value_t = 600)]
-    people: usize,
-    /// Days over which referrals arrive (the story runs 120 days more).
-    #[arg(long, default_value_t = 500)]
-    days: u32,
-    /// Real milliseconds per borough day.
-    #[arg(long, default_value_t = 150)]
-    day_millis: u64,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let telemetry = match linkwork_telemetry::init("linkwork") {
@@ -168,7 +146,6 @@ fn main() -> ExitCode {
     };
     let command = match &cli.command {
         Command::Topics { .. } => "topics",
-        Command::Demo(_) => "demo",
         Command::Serve { .. } => "serve",
         Command::Replay => "replay",
         Command::Report(_) => "report",
@@ -202,16 +179,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topics {
             action: TopicsAction::Apply { file, providers },
         } => commands::topics_apply(&settings, file.as_deref(), &providers).await,
-        Command::Demo(args) => {
-            let options = DemoOptions {
-                seed: args.seed,
-                no_wait: args.no_wait,
-                people: args.people,
-                days: args.days,
-                day_millis: args.day_millis,
-            };
-            linkwork::demo::run(&settings, options, shutdown).await
-        }
         Command::Serve { service } => linkwork::serve::run(&settings, service, shutdown).await,
         Command::Replay => commands::replay(&settings).await,
         Command::Report(args) => commands::report(&settings, args.from, args.to, &args.out).await,

@@ -1,5 +1,5 @@
-//! The demo borough read by the real readers that live in services (the composition
-//! root is where a library and a service meet).
+//! The demo borough read by the real readers that live in services (the demo, like the
+//! composition root, is where a library and a service meet).
 
 #[test]
 fn the_call_log_export_reads_cleanly_and_links_asc_diversions_to_people() {

@@ -23,11 +23,11 @@ use secrecy::SecretString;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::settings::Settings;
+use linkwork::settings::Settings;
 use linkwork_borough::{Borough, Channel, Chapter, Fate, Referral, Support};
 
 /// The borough's provider directory (the example one; LW postcodes).
-pub const DIRECTORY: &str = include_str!("../../../directory.example.yaml");
+pub const DIRECTORY: &str = include_str!("../../directory.example.yaml");
 
 /// Days the story runs on after the last referral can arrive, for follow-ups.
 pub const FOLLOW_UP_DAYS: u32 = 120;

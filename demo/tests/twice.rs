@@ -1,5 +1,5 @@
-//! `linkwork demo` run twice against one broker's log and one database, as `make demo`
-//! runs it, with the broker stopped and started again between the runs: the second run
+//! `linkwork-demo` run twice against one broker's log and one database, as `make demo`
+//! runs it (the demo creates its topics itself), with the broker stopped and started again between the runs: the second run
 //! goes on with the borough's story, and nothing is lost or counted twice.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,9 +18,8 @@ const PEOPLE: i64 = 60;
 
 /// The demo as `make demo` runs it (small and quick), against `brokers` and `url`.
 fn demo(brokers: &str, url: &str) -> String {
-    run(common::linkwork_on(brokers)
+    run(common::demo_on(brokers)
         .args([
-            "demo",
             "--no-wait",
             "--people",
             &PEOPLE.to_string(),
@@ -133,8 +132,6 @@ fn the_demo_run_twice_with_the_broker_restarted_between_continues_the_same_log_a
     let broker = OwnBroker::start();
     let brokers = broker.bootstrap();
     let url = fresh_database();
-    run(common::linkwork_on(&brokers).args(["topics", "apply"]));
-
     // The first run tells the story from the start.
     let first = demo(&brokers, &url);
     assert!(!first.contains("continuing:"), "{first}");

@@ -1,4 +1,6 @@
-//! `linkwork demo`: the whole pipeline on the synthetic borough of Linkwick.
+//! `linkwork-demo` (`make demo`): the whole pipeline on the synthetic borough of
+//! Linkwick. A binary of its own, beside the production `linkwork` binary: the
+//! synthetic borough and its drivers are never part of what is deployed.
 //!
 //! Every service runs in this process (`serve all`) on a manual clock; the borough's
 //! GPs, hospital, contact centre, ASC, an older people's charity and residents refer
@@ -8,7 +10,7 @@
 //! `--no-wait`, everything stops and the command exits).
 //!
 //! A run against a log and read models an earlier run left goes on with the borough's
-//! story (see `demo_runs`): new people from the day the last run stopped, and the
+//! story (see [`runs`]): new people from the day the last run stopped, and the
 //! summary covers every run.
 
 use std::time::{Duration, Instant};
@@ -19,9 +21,12 @@ use linkwork_domain::Clock;
 use linkwork_store::sqlx::{self, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::demo_runs;
-use crate::drive::{self, DriveOptions};
-use crate::settings::Settings;
+use linkwork::settings::Settings;
+
+use crate::drive::DriveOptions;
+
+pub mod drive;
+pub mod runs;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -76,7 +81,7 @@ pub async fn run(
     settings.call_log_baseline.get_or_insert_with(baseline);
 
     println!("1. Topics ({})", settings.kafka()?.brokers);
-    for line in crate::topics_command::apply(&settings, None, &[])
+    for line in linkwork::topics_command::apply(&settings, None, &[])
         .await?
         .lines()
     {
@@ -85,16 +90,16 @@ pub async fn run(
 
     // Where the story goes on: after any earlier run's people and days.
     let pool = linkwork_store::connect(&settings.database()?).await?;
-    demo_runs::prepare(&pool).await?;
-    let last_run = demo_runs::last_run(&pool).await?;
-    let provisional =
-        demo_runs::next_chapter(last_run.as_ref(), &demo_runs::on_the_log(&pool).await?);
+    runs::prepare(&pool).await?;
+    let last_run = runs::last_run(&pool).await?;
+    let provisional = runs::next_chapter(last_run.as_ref(), &runs::on_the_log(&pool).await?);
     let clock = Clock::manual(provisional.start);
     let services = shutdown.child_token();
     let serving = tokio::spawn({
         let (settings, clock, token) = (settings.clone(), clock.clone(), services.clone());
         async move {
-            crate::serve::run_with_clock(&settings, crate::serve::Service::All, token, clock).await
+            linkwork::serve::run_with_clock(&settings, linkwork::serve::Service::All, token, clock)
+                .await
         }
     });
     let base_url = format!("http://{}", settings.http_addr);
@@ -105,9 +110,9 @@ pub async fn run(
         );
         // The read models know the earlier runs once they hold all that is on the log
         // (at once when they kept up with it; a database built afresh replays it).
-        demo_runs::catch_up(&pool, settings.kafka()?, &settings.names).await?;
-        let on_the_log = demo_runs::on_the_log(&pool).await?;
-        let next = demo_runs::next_chapter(last_run.as_ref(), &on_the_log);
+        runs::catch_up(&pool, settings.kafka()?, &settings.names).await?;
+        let on_the_log = runs::on_the_log(&pool).await?;
+        let next = runs::next_chapter(last_run.as_ref(), &on_the_log);
         if next.number > 1 {
             println!(
                 "   continuing: {} referrals already on the log from earlier runs; run {} of the borough goes on from {} with {} new people",
@@ -141,7 +146,7 @@ pub async fn run(
         chapter,
     };
     let driven = async {
-        demo_runs::record(
+        runs::record(
             &pool,
             options.seed,
             options.people,
@@ -158,7 +163,7 @@ pub async fn run(
             shutdown.clone(),
         )
         .await?;
-        demo_runs::finished(&pool, &chapter).await?;
+        runs::finished(&pool, &chapter).await?;
         anyhow::Ok(drove)
     }
     .await;

@@ -1,0 +1,21 @@
+//! What the demo's test files share: the `linkwork-demo` binary, and the process-test
+//! helpers of `linkwork_testkit::process`.
+
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "each test binary compiles this module and uses a part of it (expect would fail in the binaries that use it all)"
+)]
+
+use std::process::Command;
+
+pub use linkwork_testkit::process::*;
+
+/// The demo binary, pointed at `brokers`, logging warnings only.
+pub fn demo_on(brokers: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_linkwork-demo"));
+    command
+        .env("LINKWORK_KAFKA_BROKERS", brokers)
+        .env("RUST_LOG", "warn,tower_http=off");
+    command
+}
