@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use linkwork::settings::Settings;
 use linkwork_demo::DemoOptions;
-use tracing::Instrument;
 
 /// Runs every linkwork service in this process on a synthetic borough, drives referrals
 /// and providers' answers through the real interfaces, and prints a summary.
@@ -32,30 +31,7 @@ struct DemoArgs {
 
 fn main() -> ExitCode {
     let args = DemoArgs::parse();
-    let telemetry = match linkwork_telemetry::init("linkwork-demo") {
-        Ok(guard) => guard,
-        Err(error) => {
-            eprintln!("linkwork-demo: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let span = tracing::info_span!("linkwork.command", command = "demo");
-    let outcome = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime.block_on(run(args).instrument(span)),
-        Err(error) => Err(error.into()),
-    };
-    // After the runtime is gone: flushing blocks.
-    telemetry.shutdown();
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("linkwork-demo: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    linkwork::process::main("linkwork-demo", "demo", || run(args))
 }
 
 async fn run(args: DemoArgs) -> anyhow::Result<()> {

@@ -145,7 +145,9 @@ fn the_production_binary_carries_no_demo_and_no_synthetic_borough() {
         .find(|package| package.name == "linkwork-demo")
         .expect("the demo crate");
     assert!(
-        demo.dependencies.iter().any(|name| name == "linkwork-borough"),
+        demo.dependencies
+            .iter()
+            .any(|name| name == "linkwork-borough"),
         "the demo tells the synthetic borough's story: {:?}",
         demo.dependencies
     );

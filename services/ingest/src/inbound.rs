@@ -111,16 +111,9 @@ impl Handler for InboundHandler {
         effects: &mut Effects,
     ) -> Result<(), HandlerError> {
         let now = self.clock.now();
-        let mut requests = Vec::with_capacity(batch.len());
-        for incoming in batch {
-            match read(incoming.message, &self.rules, now) {
-                Ok(request) => requests.push((incoming, request)),
-                Err(issues) => effects.reject(
-                    incoming,
-                    OperationOutcome::new(issues).to_json().to_string(),
-                ),
-            }
-        }
+        let requests = effects.read_or_reject(batch, |message| {
+            read(message, &self.rules, now).map_err(outcome_text)
+        });
 
         let ids: Vec<Uuid> = requests
             .iter()
@@ -241,6 +234,11 @@ impl Handler for InboundHandler {
 }
 
 /// Reads and checks one message.
+/// Issues as the text of an OperationOutcome: a dead letter's reason.
+pub(crate) fn outcome_text(issues: Vec<Issue>) -> String {
+    OperationOutcome::new(issues).to_json().to_string()
+}
+
 fn read(
     message: &RawFhir,
     rules: &IntakeRules,

@@ -141,16 +141,9 @@ impl Handler for ProviderResponsesHandler {
         effects: &mut Effects,
     ) -> Result<(), HandlerError> {
         let now = self.clock.now();
-        let mut submissions = Vec::with_capacity(batch.len());
-        for incoming in batch {
-            match read(incoming.message, &self.canonical_base, now) {
-                Ok(submission) => submissions.push((incoming, submission)),
-                Err(issues) => effects.reject(
-                    incoming,
-                    OperationOutcome::new(issues).to_json().to_string(),
-                ),
-            }
-        }
+        let submissions = effects.read_or_reject(batch, |message| {
+            read(message, &self.canonical_base, now).map_err(crate::inbound::outcome_text)
+        });
         let mut referrals: Vec<ReferralId> = submissions
             .iter()
             .map(|(_, submission)| submission.referral)

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use linkwork::commands;
 use linkwork::settings::Settings;
-use tracing::Instrument;
 
 /// linkwork: social-prescribing referrals from GPs, hospitals, the council and ASC to
 /// community providers, and outcomes back.
@@ -137,13 +136,6 @@ enum TopicsAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let telemetry = match linkwork_telemetry::init("linkwork") {
-        Ok(guard) => guard,
-        Err(error) => {
-            eprintln!("linkwork: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
     let command = match &cli.command {
         Command::Topics { .. } => "topics",
         Command::Serve { .. } => "serve",
@@ -153,23 +145,7 @@ fn main() -> ExitCode {
         Command::Asc { .. } => "asc",
         Command::Directory { .. } => "directory",
     };
-    let span = tracing::info_span!("linkwork.command", command);
-    let outcome = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime.block_on(run(cli).instrument(span)),
-        Err(error) => Err(error.into()),
-    };
-    // After the runtime is gone: flushing blocks.
-    telemetry.shutdown();
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("linkwork: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    linkwork::process::main("linkwork", command, || run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

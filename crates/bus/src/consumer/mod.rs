@@ -248,6 +248,23 @@ impl Effects {
     pub fn reject<M>(&mut self, message: &Incoming<'_, M>, reason: impl Into<String>) {
         self.rejected.push((message.index, reason.into()));
     }
+
+    /// Reads each message of `batch` with `read`: what reads is returned beside its
+    /// message, in batch order; what does not is refused with the reason `read` gave.
+    pub fn read_or_reject<'b, 'a, M, T>(
+        &mut self,
+        batch: &'b [Incoming<'a, M>],
+        mut read: impl FnMut(&M) -> Result<T, String>,
+    ) -> Vec<(&'b Incoming<'a, M>, T)> {
+        let mut read_well = Vec::with_capacity(batch.len());
+        for incoming in batch {
+            match read(incoming.message) {
+                Ok(value) => read_well.push((incoming, value)),
+                Err(reason) => self.reject(incoming, reason),
+            }
+        }
+        read_well
+    }
 }
 
 /// How a batch failed.

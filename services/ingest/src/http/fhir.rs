@@ -108,16 +108,19 @@ async fn handle_message(
     }
     let FhirJson(bundle) = body?;
     let message = message::read(&bundle).map_err(FhirError::from_issues)?;
+    let validate = || {
+        referral::validate(
+            &source,
+            &message.service_request,
+            &message.resolver,
+            &state.rules,
+            state.config.clock.now(),
+        )
+        .map_err(FhirError::from_issues)
+    };
     match message.reason {
         MessageReason::New => {
-            let referral = referral::validate(
-                &source,
-                &message.service_request,
-                &message.resolver,
-                &state.rules,
-                state.config.clock.now(),
-            )
-            .map_err(FhirError::from_issues)?;
+            let referral = validate()?;
             let referral_id = referral.referral_id;
             match state.intake.submit(referral).await.map_err(intake_error)? {
                 Taken::Created { .. } => Ok(fhir_response(StatusCode::OK, bundle.clone())),
@@ -132,14 +135,7 @@ async fn handle_message(
                 _ => {
                     // An update that changes nothing is a repeat; anything else is a change
                     // linkwork does not take in place.
-                    let referral = referral::validate(
-                        &source,
-                        &message.service_request,
-                        &message.resolver,
-                        &state.rules,
-                        state.config.clock.now(),
-                    )
-                    .map_err(FhirError::from_issues)?;
+                    let referral = validate()?;
                     return Err(unchanged_or_unsupported(
                         state,
                         referral,
