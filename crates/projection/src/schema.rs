@@ -131,13 +131,25 @@ pub async fn swap_in(
     live: &str,
     rebuilt: &str,
 ) -> Result<(), sqlx::Error> {
+    // A database that never had read models (rebuilt from the log alone) has no live
+    // schema to set aside.
+    let live_exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(live)
+            .fetch_one(&mut *connection)
+            .await?;
     let previous = quote_ident(&format!("{live}_previous"));
     let (live, rebuilt) = (quote_ident(live), quote_ident(rebuilt));
+    let set_aside = if live_exists {
+        format!("ALTER SCHEMA {live} RENAME TO {previous};")
+    } else {
+        String::new()
+    };
     let rename = format!(
         "DROP SCHEMA IF EXISTS {previous} CASCADE;
-         ALTER SCHEMA {live} RENAME TO {previous};
+         {set_aside}
          ALTER SCHEMA {rebuilt} RENAME TO {live};
-         DROP SCHEMA {previous} CASCADE;"
+         DROP SCHEMA IF EXISTS {previous} CASCADE;"
     );
     sqlx::Executor::execute(&mut *connection, rename.as_str()).await?;
     record_built(connection).await

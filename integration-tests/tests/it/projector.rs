@@ -536,6 +536,39 @@ async fn replay_rebuilds_read_models_equal_to_the_live_projection() {
 }
 
 #[tokio::test]
+async fn replay_builds_the_read_models_of_a_database_that_never_had_them() {
+    // A database lost and rebuilt from the log alone: no projector has ever run on it.
+    let rig = Rig::new().await;
+    let mut events = Vec::new();
+    for number in 0..10 {
+        let person = referral(
+            2000 + number,
+            &[Need::Loneliness],
+            start() + Span::minutes(number.into()),
+        );
+        events.extend(life(&person, "connectors", false));
+    }
+    rig.publish_all(&events).await;
+    let report =
+        linkwork_projector::replay::replay(&rig.pool, &rig.stack.kafka, &rig.config, false)
+            .await
+            .expect("replay builds what was never there");
+    assert_eq!(report.referrals, 10);
+    assert_eq!(report.events as usize, events.len());
+    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM projection.history")
+        .fetch_one(&rig.pool)
+        .await
+        .unwrap();
+    assert_eq!(history as usize, events.len());
+    // And the live projector takes over from where the replay stopped.
+    let _projector = rig.start_projector().await;
+    let late = referral(2999, &[Need::Loneliness], start());
+    let more = life(&late, "connectors", false);
+    rig.publish_all(&more).await;
+    rig.projected((events.len() + more.len()) as i64).await;
+}
+
+#[tokio::test]
 async fn killing_the_projector_mid_stream_leaves_the_read_models_as_without_the_kill() {
     let rig = Rig::new().await;
     let mut events = Vec::new();
