@@ -73,6 +73,7 @@ pub async fn run_with_clock(
     let services = Services::from(service);
     let mut http = HttpSettings::new(settings.http_addr);
     http.public_base_url = settings.public_base_url.clone();
+    http.requests_per_minute = settings.requests_per_minute;
     let mut topology_settings =
         TopologySettings::new(kafka.clone(), settings.names.clone(), services, http)?;
     if services.projector {

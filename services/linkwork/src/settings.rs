@@ -32,6 +32,9 @@ pub struct Settings {
     /// How this deployment names its topics and consumer groups
     /// (`LINKWORK_TOPIC_PREFIX`, `LINKWORK_GROUP_PREFIX`).
     pub names: linkwork_bus::Names,
+    /// Requests a minute each client identity may make of ingest's HTTP API
+    /// (`LINKWORK_REQUESTS_PER_MINUTE`, default 6,000; a tenth of it may come at once).
+    pub requests_per_minute: u32,
 }
 
 impl Settings {
@@ -56,8 +59,20 @@ impl Settings {
             ),
             _ => None,
         };
+        let requests_per_minute = match std::env::var("LINKWORK_REQUESTS_PER_MINUTE") {
+            Ok(text) if !text.trim().is_empty() => text
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|limit| *limit > 0)
+                .with_context(|| {
+                    format!("LINKWORK_REQUESTS_PER_MINUTE {text:?} is not a positive whole number")
+                })?,
+            _ => linkwork_ingest::http::HttpConfig::default().requests_per_minute,
+        };
         Ok(Self {
             names: linkwork_bus::Names::from_env(),
+            requests_per_minute,
             call_log_baseline,
             kafka,
             kafka_error,
@@ -165,6 +180,7 @@ mod tests {
             pseudonym_key: Some(secrecy::SecretString::from("a-pseudonym-key-not-to-print")),
             call_log_baseline: None,
             names: linkwork_bus::Names::default(),
+            requests_per_minute: 6_000,
         };
         let printed = format!("{settings:?}");
         assert!(!printed.contains("hunter2"), "{printed}");

@@ -70,6 +70,8 @@ pub struct HttpSettings {
     pub verifier: Option<Verifier>,
     /// How long ingest waits for the broker's acknowledgement before answering 503.
     pub delivery_timeout: Duration,
+    /// Requests a minute each client identity may make of ingest.
+    pub requests_per_minute: u32,
 }
 
 impl HttpSettings {
@@ -79,6 +81,7 @@ impl HttpSettings {
             public_base_url: String::new(),
             verifier: None,
             delivery_timeout: IngestSettings::new(addr).delivery_timeout,
+            requests_per_minute: linkwork_ingest::http::HttpConfig::default().requests_per_minute,
         }
     }
 }
@@ -251,6 +254,7 @@ impl Topology {
             ingest.http.events_topic = events_topic.clone();
             ingest.http.call_log_topic = names.topic(ASC_CALL_LOG);
             ingest.delivery_timeout = http.delivery_timeout;
+            ingest.http.requests_per_minute = http.requests_per_minute;
             let mut application =
                 Application::build(ingest, &kafka, pool.clone(), verifier).await?;
             topology.http_addr = Some(application.local_addr()?);

@@ -522,11 +522,14 @@ impl ServeAll {
 
     /// Starts `serve all` and waits until it answers `/readyz`, failing if it exits.
     fn start(&self) -> Served {
-        let mut served = Served(
-            self.command(&["serve", "all"])
-                .spawn()
-                .expect("linkwork serve all starts"),
-        );
+        self.start_with(&[])
+    }
+
+    /// [`ServeAll::start`] with more environment.
+    fn start_with(&self, environment: &[(&str, &str)]) -> Served {
+        let mut command = self.command(&["serve", "all"]);
+        command.envs(environment.iter().copied());
+        let mut served = Served(command.spawn().expect("linkwork serve all starts"));
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self
             .client
@@ -618,6 +621,40 @@ impl Drop for ServeAll {
 }
 
 /// A referral's first Task, accepted.
+#[test]
+fn serve_takes_the_per_client_request_limit_from_the_environment() {
+    let deployment = ServeAll::new();
+    let refused = deployment
+        .command(&["serve", "all"])
+        .env("LINKWORK_REQUESTS_PER_MINUTE", "lots")
+        .output()
+        .expect("linkwork runs");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("LINKWORK_REQUESTS_PER_MINUTE"), "{stderr}");
+
+    // Ten a minute: one may come at once, the next is told when to come back.
+    let _served = deployment.start_with(&[("LINKWORK_REQUESTS_PER_MINUTE", "10")]);
+    let gp = deployment.token(linkwork_auth::Role::Source, "gp:A81001");
+    let post = || {
+        deployment
+            .client
+            .post(format!("{}/fhir/ServiceRequest", deployment.base()))
+            .bearer_auth(&gp)
+            .header("content-type", "application/fhir+json")
+            .body(
+                linkwork_testkit::gp_referral(&format!("CLI-{}", uuid::Uuid::new_v4().simple()))
+                    .to_string(),
+            )
+            .send()
+            .expect("ingest answers")
+    };
+    assert_eq!(post().status().as_u16(), 201);
+    let limited = post();
+    assert_eq!(limited.status().as_u16(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+}
+
 fn accepted_task(id: &str) -> serde_json::Value {
     serde_json::json!({
         "resourceType": "Task",
