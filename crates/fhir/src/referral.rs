@@ -136,6 +136,26 @@ pub fn identity(source: &Source, request: &Located<'_>) -> Result<(Identifier, R
     Ok((identifier, referral_id))
 }
 
+/// A ServiceRequest sent alone (`POST /fhir/ServiceRequest`, a file, a benchmark): a
+/// resource of that type, its structure read against the R4 model, then every rule.
+pub fn read_service_request(
+    source: &Source,
+    body: &Value,
+    rules: &IntakeRules,
+    now: DateTime<Utc>,
+) -> Result<ValidatedReferral, Vec<Issue>> {
+    const PATH: &str = "ServiceRequest";
+    crate::parse::expect_resource_type(body, PATH, PATH).map_err(|issue| vec![issue])?;
+    crate::parse::typed::<fhir_model::r4b::resources::ServiceRequest>(body, PATH)?;
+    let located = Located {
+        resource: body,
+        path: PATH.into(),
+        fallback_identifier: None,
+    };
+    let resolver = Resolver::new().with_contained(body, PATH);
+    validate(source, &located, &resolver, rules, now)
+}
+
 /// Checks a new referral from `source` against every rule.
 pub fn validate(
     source: &Source,

@@ -5,6 +5,7 @@
 //! never issues, and pass the Modulus 11 check.
 
 pub mod broker;
+pub mod life;
 pub mod process;
 pub mod topic;
 

@@ -7,7 +7,7 @@
 //! nothing. This is the same rule the router applies, so the two always agree on who
 //! holds a referral.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use linkwork_bus::{CloudEvent, Effects, Handler, HandlerError, Incoming, OutboxEvent};
@@ -113,75 +113,23 @@ impl Handler for ProjectorHandler {
         ids.sort_unstable();
         ids.dedup();
         let mut referrals = model::load(transaction, &ids).await.map_err(model_error)?;
-        let mut writes = BatchWrites::default();
-        let mut changed: HashSet<ReferralId> = HashSet::new();
-        let mut outputs: Vec<(usize, Output)> = Vec::new();
-        for (index, incoming) in batch.iter().enumerate() {
-            let event = &incoming.message.event;
-            let event_id = incoming.message.meta.id;
-            writes.seen_event_ids.push(event_id);
-            let referral_id = event.referral_id();
-            let verdict = match referrals.get_mut(&referral_id) {
-                Some(projected) => match referral::fold(Some(&projected.state), event) {
-                    Folded::Applied(state) => {
-                        step(
-                            projected,
-                            state,
-                            event,
-                            event_id,
-                            &mut writes,
-                            &mut outputs,
-                            index,
-                        );
-                        None
-                    }
-                    Folded::Repeat => Some("repeats what is already recorded".to_owned()),
-                    Folded::Superseded(refusal) => Some(refusal.to_string()),
-                },
-                None => match (referral::fold(None, event), event) {
-                    (Folded::Applied(state), ReferralEvent::Received(received)) => {
-                        referrals.insert(referral_id, new_referral(received, state));
-                        None
-                    }
-                    _ => Some("the referral was never received".to_owned()),
-                },
-            };
-            match verdict {
-                Some(reason) => {
-                    tracing::info!(referral = %referral_id, event = incoming.message.meta.event_type, %reason, "event superseded");
-                    writes.superseded.push(SupersededRow {
-                        event_id,
-                        referral_id: *referral_id.as_uuid(),
-                        event_type: incoming.message.meta.event_type.clone(),
-                        occurred_at: event.occurred_at(),
-                        reason,
-                    });
-                }
-                None => {
-                    let projected = &referrals[&referral_id];
-                    changed.insert(referral_id);
-                    writes.history.push(HistoryRow {
-                        referral_id: *referral_id.as_uuid(),
-                        version: projected.state.version,
-                        event_id,
-                        event_type: incoming.message.meta.event_type.clone(),
-                        occurred_at: event.occurred_at(),
-                        status: projected.state.status.code(),
-                        provider_id: projected
-                            .state
-                            .provider
-                            .as_ref()
-                            .map(|p| p.as_str().to_owned()),
-                        body: history_body(event),
-                    });
-                }
-            }
-        }
+        let logged: Vec<LoggedEvent<'_>> = batch
+            .iter()
+            .map(|incoming| LoggedEvent {
+                event_id: incoming.message.meta.id,
+                event_type: &incoming.message.meta.event_type,
+                event: &incoming.message.event,
+            })
+            .collect();
+        let FoldedBatch {
+            mut writes,
+            changed,
+            outputs,
+        } = fold_batch(&mut referrals, &logged);
         if !self.publish {
             writes.seen_event_ids.clear();
         }
-        let mut changed: Vec<&Projected> = changed.iter().map(|id| &referrals[id]).collect();
-        changed.sort_by_key(|projected| projected.state.id);
+        let changed: Vec<&Projected> = changed.iter().map(|id| &referrals[id]).collect();
         model::save(transaction, &changed).await?;
         writes.write(transaction).await?;
         if self.publish && !outputs.is_empty() {
@@ -193,6 +141,112 @@ impl Handler for ProjectorHandler {
             }
         }
         Ok(())
+    }
+}
+
+/// One logged event as the fold sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct LoggedEvent<'a> {
+    pub event_id: Uuid,
+    pub event_type: &'a str,
+    pub event: &'a ReferralEvent,
+}
+
+/// What a batch did, worked out in memory: the rows to write, the referrals that
+/// changed (in id order, the order rows are locked in), and what applied events send
+/// out once the batch is written.
+#[derive(Debug)]
+pub struct FoldedBatch {
+    pub writes: BatchWrites,
+    pub changed: Vec<ReferralId>,
+    outputs: Vec<(usize, Output)>,
+}
+
+impl FoldedBatch {
+    /// How many messages applied events send out.
+    pub fn outputs(&self) -> usize {
+        self.outputs.len()
+    }
+}
+
+/// Folds a batch of logged events, in log order, onto `referrals` (the batch's
+/// referrals as loaded; updated in place): each judged by [`referral::fold`] against
+/// the state the events before it built, losers recorded as superseded. No I/O: the
+/// handler loads before and writes after.
+pub fn fold_batch(
+    referrals: &mut HashMap<ReferralId, Projected>,
+    events: &[LoggedEvent<'_>],
+) -> FoldedBatch {
+    let mut writes = BatchWrites::default();
+    let mut changed: HashSet<ReferralId> = HashSet::new();
+    let mut outputs: Vec<(usize, Output)> = Vec::new();
+    for (index, logged) in events.iter().enumerate() {
+        let event = logged.event;
+        let event_id = logged.event_id;
+        writes.seen_event_ids.push(event_id);
+        let referral_id = event.referral_id();
+        let verdict = match referrals.get_mut(&referral_id) {
+            Some(projected) => match referral::fold(Some(&projected.state), event) {
+                Folded::Applied(state) => {
+                    step(
+                        projected,
+                        state,
+                        event,
+                        event_id,
+                        &mut writes,
+                        &mut outputs,
+                        index,
+                    );
+                    None
+                }
+                Folded::Repeat => Some("repeats what is already recorded".to_owned()),
+                Folded::Superseded(refusal) => Some(refusal.to_string()),
+            },
+            None => match (referral::fold(None, event), event) {
+                (Folded::Applied(state), ReferralEvent::Received(received)) => {
+                    referrals.insert(referral_id, new_referral(received, state));
+                    None
+                }
+                _ => Some("the referral was never received".to_owned()),
+            },
+        };
+        match verdict {
+            Some(reason) => {
+                tracing::info!(referral = %referral_id, event = logged.event_type, %reason, "event superseded");
+                writes.superseded.push(SupersededRow {
+                    event_id,
+                    referral_id: *referral_id.as_uuid(),
+                    event_type: logged.event_type.to_owned(),
+                    occurred_at: event.occurred_at(),
+                    reason,
+                });
+            }
+            None => {
+                let projected = &referrals[&referral_id];
+                changed.insert(referral_id);
+                writes.history.push(HistoryRow {
+                    referral_id: *referral_id.as_uuid(),
+                    version: projected.state.version,
+                    event_id,
+                    event_type: logged.event_type.to_owned(),
+                    occurred_at: event.occurred_at(),
+                    status: projected.state.status.code(),
+                    provider_id: projected
+                        .state
+                        .provider
+                        .as_ref()
+                        .map(|p| p.as_str().to_owned()),
+                    body: history_body(event),
+                });
+            }
+        }
+    }
+    let mut changed: Vec<ReferralId> = changed.into_iter().collect();
+    changed.sort_by_key(|id| *id.as_uuid());
+    FoldedBatch {
+        writes,
+        changed,
+        outputs,
     }
 }
 

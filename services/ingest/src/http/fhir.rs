@@ -9,8 +9,7 @@ use linkwork_domain::Source;
 use linkwork_fhir::fhir_model::r4b::resources::ServiceRequest;
 use linkwork_fhir::message::{self, MessageReason};
 use linkwork_fhir::{
-    batch, parse, referral, Issue, IssueCode, Located, OperationOutcome, Resolver,
-    ValidatedReferral,
+    batch, parse, referral, Issue, IssueCode, OperationOutcome, ValidatedReferral,
 };
 use serde_json::{json, Value};
 
@@ -34,23 +33,9 @@ pub async fn create_service_request(
     FhirJson(body): FhirJson,
 ) -> Result<Response, FhirError> {
     let source = submitting_source(&caller)?;
-    parse::expect_resource_type(&body, "ServiceRequest", "ServiceRequest")
-        .map_err(|issue| FhirError::one(StatusCode::BAD_REQUEST, issue))?;
-    parse::typed::<ServiceRequest>(&body, "ServiceRequest").map_err(FhirError::from_issues)?;
-    let located = Located {
-        resource: &body,
-        path: "ServiceRequest".into(),
-        fallback_identifier: None,
-    };
-    let resolver = Resolver::new().with_contained(&body, "ServiceRequest");
-    let referral = referral::validate(
-        &source,
-        &located,
-        &resolver,
-        &state.rules,
-        state.config.clock.now(),
-    )
-    .map_err(FhirError::from_issues)?;
+    let referral =
+        referral::read_service_request(&source, &body, &state.rules, state.config.clock.now())
+            .map_err(FhirError::from_issues)?;
     let stored = referral.service_request.clone();
     let referral_id = referral.referral_id;
     let taken = state.intake.submit(referral).await.map_err(intake_error)?;

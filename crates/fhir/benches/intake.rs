@@ -1,0 +1,58 @@
+//! Parse + validate, from the bytes a sender posts to a referral ready for the log:
+//! one ServiceRequest (`POST /fhir/ServiceRequest`) and one BaRS message Bundle
+//! (`POST /fhir/$process-message`). `cargo bench -p linkwork-fhir`.
+
+use std::hint::black_box;
+
+use chrono::Utc;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use linkwork_domain::Source;
+use linkwork_fhir::{message, referral, IntakeRules};
+use serde_json::Value;
+
+fn service_request(criterion: &mut Criterion) {
+    let bytes = linkwork_testkit::gp_referral("BENCH-000001")
+        .to_string()
+        .into_bytes();
+    let source = Source::parse("gp:A81001").expect("a source");
+    let rules = IntakeRules::default();
+    let now = Utc::now();
+    let mut group = criterion.benchmark_group("intake");
+    group.throughput(Throughput::Bytes(bytes.len() as u64));
+    group.bench_function("parse + validate one ServiceRequest", |bencher| {
+        bencher.iter(|| {
+            let body: Value = serde_json::from_slice(black_box(&bytes)).expect("JSON");
+            referral::read_service_request(&source, &body, &rules, now).expect("valid")
+        });
+    });
+    group.finish();
+}
+
+fn bars_bundle(criterion: &mut Criterion) {
+    let bytes = linkwork_testkit::bars_message("BENCH-000002", "new", "active")
+        .to_string()
+        .into_bytes();
+    let source = Source::parse("gp:A81001").expect("a source");
+    let rules = IntakeRules::default();
+    let now = Utc::now();
+    let mut group = criterion.benchmark_group("intake");
+    group.throughput(Throughput::Bytes(bytes.len() as u64));
+    group.bench_function("parse + validate one BaRS message Bundle", |bencher| {
+        bencher.iter(|| {
+            let bundle: Value = serde_json::from_slice(black_box(&bytes)).expect("JSON");
+            let message = message::read(&bundle).expect("a BaRS message");
+            referral::validate(
+                &source,
+                &message.service_request,
+                &message.resolver,
+                &rules,
+                now,
+            )
+            .expect("valid")
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, service_request, bars_bundle);
+criterion_main!(benches);
