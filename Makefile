@@ -8,7 +8,7 @@ SQLX_DATABASE ?= postgres://postgres@127.0.0.1:5432/linkwork_sqlx
 LINKWORK_CACHE ?= $(HOME)/.cache/linkwork
 SQLX_CLI := $(LINKWORK_CACHE)/sqlx-cli-0.8.6/bin
 
-.PHONY: help demo test lint fmt broker stop schemas sqlx-prepare sqlx-check install-sqlx-cli build fuzz
+.PHONY: help demo test bench lint fmt broker stop schemas sqlx-prepare sqlx-check install-sqlx-cli build fuzz
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -18,6 +18,9 @@ demo: ## run the pipeline end to end on a synthetic borough (NO_WAIT=1 to exit a
 
 test: ## run every test against a real broker and Postgres (started and stopped here)
 	@scripts/stack test
+
+bench: ## measure every stage beside the raw broker and Postgres (BENCH_ARGS=--quick for a short run); JSON in target/bench/
+	@scripts/stack bench $(BENCH_ARGS)
 
 fuzz: ## run the intake fuzzer for FUZZ_SECONDS (default 60), seeded from the conformance corpus
 	@scripts/stack fuzz $(or $(FUZZ_SECONDS),60)

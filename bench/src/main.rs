@@ -1,0 +1,358 @@
+//! `linkwork-bench` (`make bench`): every stage of linkwork measured in one run beside
+//! the raw speed of the parts it stands on, each figure the median of several runs
+//! with min and max. Prints a table and writes JSON under `target/bench/`.
+//!
+//! `make bench` starts a broker of the bench's own and Postgres and builds this binary
+//! beside `linkwork`; each stage runs `linkwork serve ...` processes on a database and
+//! topics of its own, so what is measured is what is deployed.
+
+mod env;
+mod figures;
+mod payload;
+mod stages;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use figures::{Better, Figure};
+use serde::Serialize;
+
+/// Measure linkwork's stages beside the raw broker and Postgres.
+#[derive(Debug, Parser)]
+#[command(name = "linkwork-bench", version, about)]
+struct Args {
+    /// Small counts and one run each: proves every stage runs (about a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Runs of each stage; the median is reported (default 3, 1 with --quick).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Where to write the JSON (default target/bench/).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// How much each stage does.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Sizes {
+    produce: usize,
+    http: usize,
+    http_clients: usize,
+    inbound: usize,
+    routing: usize,
+    projection: usize,
+    replay: usize,
+    latency_rate: u32,
+    latency_seconds: u32,
+}
+
+impl Sizes {
+    fn for_run(quick: bool) -> Self {
+        if quick {
+            Self {
+                produce: 5_000,
+                http: 1_000,
+                http_clients: 32,
+                inbound: 1_000,
+                routing: 2_000,
+                projection: 5_000,
+                replay: 10_000,
+                latency_rate: 100,
+                latency_seconds: 3,
+            }
+        } else {
+            Self {
+                produce: 100_000,
+                http: 20_000,
+                http_clients: 64,
+                inbound: 20_000,
+                routing: 20_000,
+                projection: 100_000,
+                replay: 1_000_000,
+                latency_rate: 500,
+                latency_seconds: 20,
+            }
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    measured_at: String,
+    machine: String,
+    linkwork_version: &'static str,
+    quick: bool,
+    runs: usize,
+    sizes: Sizes,
+    figures: Vec<Figure>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("linkwork-bench: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("linkwork-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `stage` `runs` times, saying so on stderr.
+async fn repeat<T, F, Fut>(label: &str, runs: usize, mut stage: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut results = Vec::with_capacity(runs);
+    for run in 1..=runs {
+        eprintln!("linkwork-bench: {label} (run {run} of {runs})");
+        results.push(stage().await?);
+    }
+    Ok(results)
+}
+
+fn rates(measured: &[stages::Measured]) -> Vec<f64> {
+    measured.iter().map(|one| one.per_second).collect()
+}
+
+fn peaks(measured: &[stages::Measured]) -> Vec<f64> {
+    measured.iter().filter_map(|one| one.peak_mib).collect()
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let bench = env::Bench::from_env()?;
+    let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
+    let sizes = Sizes::for_run(args.quick);
+    let mut figures = Vec::new();
+    let mut memory: Vec<(&str, Vec<f64>)> = Vec::new();
+
+    // Ingest, beside the raw produce of the same events.
+    let produced = repeat("raw produce", runs, || {
+        stages::raw_produce(&bench, sizes.produce)
+    })
+    .await?;
+    let raw_produce = Figure::new(
+        "ingest",
+        "raw produce (acks=all)",
+        "events/s",
+        rates(&produced),
+    );
+    let http = repeat("ingest over HTTP", runs, || {
+        stages::ingest_http(&bench, sizes.http, sizes.http_clients)
+    })
+    .await?;
+    figures.push(
+        Figure::new("ingest", "HTTP ServiceRequest", "referrals/s", rates(&http))
+            .beside(&raw_produce)
+            .target("at least 10,000/s", Better::Higher, 10_000.0),
+    );
+    let inbound = repeat("ingest over referrals.inbound", runs, || {
+        stages::ingest_inbound(&bench, sizes.inbound)
+    })
+    .await?;
+    figures.push(
+        Figure::new(
+            "ingest",
+            "referrals.inbound",
+            "referrals/s",
+            rates(&inbound),
+        )
+        .beside(&raw_produce),
+    );
+    memory.push(("ingest", [peaks(&http), peaks(&inbound)].concat()));
+    figures.insert(0, raw_produce);
+
+    // Routing, beside a raw consume-then-produce.
+    let forwarded = repeat("raw consume-then-produce", runs, || {
+        stages::raw_forward(&bench, sizes.routing)
+    })
+    .await?;
+    let raw_forward = Figure::new(
+        "routing",
+        "raw consume-then-produce",
+        "events/s",
+        rates(&forwarded),
+    );
+    let routed = repeat("routing", runs, || stages::routing(&bench, sizes.routing)).await?;
+    figures.push(raw_forward.clone());
+    figures.push(
+        Figure::new(
+            "routing",
+            "decisions onto provider queues",
+            "events/s",
+            rates(&routed),
+        )
+        .beside(&raw_forward)
+        .target("at least 20,000/s", Better::Higher, 20_000.0),
+    );
+    memory.push(("router", peaks(&routed)));
+
+    // Projection, beside a raw COPY of the same events as rows.
+    let copied = repeat("raw COPY", runs, || {
+        stages::raw_copy(&bench, sizes.projection)
+    })
+    .await?;
+    let raw_copy = Figure::new(
+        "projection",
+        "raw COPY of the events",
+        "rows/s",
+        rates(&copied),
+    );
+    let projected = repeat("projection", runs, || {
+        stages::projection(&bench, sizes.projection)
+    })
+    .await?;
+    figures.push(raw_copy.clone());
+    figures.push(
+        Figure::new(
+            "projection",
+            "events into the read models",
+            "events/s",
+            rates(&projected),
+        )
+        .beside(&raw_copy)
+        .target("at least 20,000/s", Better::Higher, 20_000.0),
+    );
+    memory.push(("projector", peaks(&projected)));
+
+    // Replay.
+    let replayed = repeat("replay", runs, || stages::replay(&bench, sizes.replay)).await?;
+    let seconds: Vec<f64> = replayed.iter().map(|(seconds, _)| *seconds).collect();
+    let replay_label = format!("replay of {} events", sizes.replay);
+    let mut replay_seconds = Figure::new("replay", &replay_label, "s", seconds);
+    if sizes.replay >= 1_000_000 {
+        replay_seconds = replay_seconds.target("under 60 s", Better::Lower, 60.0);
+    }
+    figures.push(replay_seconds);
+    let replay_rates: Vec<stages::Measured> =
+        replayed.iter().map(|(_, measured)| *measured).collect();
+    figures.push(Figure::new(
+        "replay",
+        "replay rate",
+        "events/s",
+        rates(&replay_rates),
+    ));
+    memory.push(("replay", peaks(&replay_rates)));
+
+    // Latency at a fixed offered rate.
+    let latencies = repeat("latency", runs, || {
+        stages::latency(&bench, sizes.latency_rate, sizes.latency_seconds)
+    })
+    .await?;
+    let at = format!("at {}/s", sizes.latency_rate);
+    for (name, pick) in [
+        (
+            "p50",
+            (|l: &stages::Latency| l.p50) as fn(&stages::Latency) -> f64,
+        ),
+        ("p95", |l| l.p95),
+        ("p99", |l| l.p99),
+        ("max", |l| l.max),
+    ] {
+        let mut figure = Figure::new(
+            "latency",
+            &format!("2xx to provider queue {name} {at}"),
+            "ms",
+            latencies.iter().map(pick).collect(),
+        );
+        if name == "p99" && sizes.latency_rate >= 500 {
+            figure = figure.target("under 50 ms", Better::Lower, 50.0);
+        }
+        figures.push(figure);
+    }
+    memory.push((
+        "ingest",
+        latencies.iter().map(|l| l.ingest_peak_mib).collect(),
+    ));
+    memory.push((
+        "router",
+        latencies.iter().map(|l| l.router_peak_mib).collect(),
+    ));
+
+    // Peak resident memory of each kind of process, over every run it took part in.
+    let mut by_process: Vec<(&str, Vec<f64>)> = Vec::new();
+    for (process, values) in memory {
+        match by_process.iter_mut().find(|(name, _)| *name == process) {
+            Some((_, all)) => all.extend(values),
+            None => by_process.push((process, values)),
+        }
+    }
+    for (process, values) in by_process {
+        figures.push(
+            Figure::new(
+                "memory",
+                &format!("peak resident: {process}"),
+                "MiB",
+                values,
+            )
+            .target("under 64 MiB", Better::Lower, 64.0),
+        );
+    }
+
+    println!("{}", figures::table(&figures));
+    let report = Report {
+        measured_at: chrono::Utc::now().to_rfc3339(),
+        machine: machine(),
+        linkwork_version: env!("CARGO_PKG_VERSION"),
+        quick: args.quick,
+        runs,
+        sizes,
+        figures,
+    };
+    let out = args.out.unwrap_or_else(|| PathBuf::from("target/bench"));
+    std::fs::create_dir_all(&out)?;
+    let file = out.join(format!(
+        "bench-{}{}.json",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        if args.quick { "-quick" } else { "" }
+    ));
+    let text = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&file, &text)?;
+    std::fs::write(out.join("latest.json"), &text)?;
+    println!("written: {}", file.display());
+    Ok(())
+}
+
+/// The machine, as `/proc` tells it: CPUs and memory.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|count| count.get())
+        .unwrap_or(0);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|value| {
+                    value
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map(|kib| format!("{:.0} GiB", kib as f64 / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|value| value.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    format!("{cpus} CPUs ({model}), {memory}")
+}
