@@ -1,5 +1,5 @@
-//! The idempotent producer: `enable.idempotence=true`, `acks=all`, and every send
-//! awaits the broker's acknowledgement.
+//! The idempotent producer: `enable.idempotence=true`, `acks=all`, one request in
+//! flight per broker, and every send awaits the broker's acknowledgement.
 //!
 //! A failed delivery does not always mean the message is absent: librdkafka reports a
 //! message whose request reached the broker but went unanswered (a timeout, a broker
@@ -113,6 +113,15 @@ impl Producer {
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
+            // One produce request in flight per broker. With more, a partition's later
+            // request can land while an earlier one is refused (NOT_LEADER_OR_FOLLOWER
+            // while a new topic's or a restarted broker's leadership is taken up), and a
+            // broker with no state yet for this producer on that partition accepts the
+            // later sequence as a start. librdkafka then reports the refused message
+            // delivered ("implicitly acked by subsequent batch success", offset -1001)
+            // although it never reached the log: an acknowledged message lost. Seen in
+            // the broker-kill test under CPU load; confluent-kafka-go#921 is the same.
+            .set("max.in.flight.requests.per.connection", "1")
             // Keys hash as in the Java client, so every producer agrees on partitions.
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "2")
@@ -325,5 +334,128 @@ async fn await_delivery(delivery: DeliveryFuture) -> Result<Delivered, BusError>
         }),
         Ok(Err((error, _message))) => Err(BusError::Kafka(error)),
         Err(_canceled) => Err(BusError::Kafka(KafkaError::Canceled)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    use super::*;
+
+    /// The payloads on partition 0 of `topic`, read from the beginning to its end.
+    fn log_of(bootstrap: &str, topic: &str) -> Vec<Vec<u8>> {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "log-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("a consumer of the mock cluster");
+        let (_, high) = consumer
+            .fetch_watermarks(topic, 0, Duration::from_secs(10))
+            .expect("watermarks");
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, 0, Offset::Beginning)
+            .expect("partition");
+        consumer.assign(&assignment).expect("assign");
+        let mut payloads = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while (payloads.len() as i64) < high && std::time::Instant::now() < deadline {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+                payloads.push(message.payload().unwrap_or_default().to_vec());
+            }
+        }
+        payloads
+    }
+
+    /// A partition's first produce request refused as "not leader" (a new topic whose
+    /// leadership the broker has not taken up yet, a leader election) while a second
+    /// request is already under way: the second lands first. A broker that has no state
+    /// for this producer on the partition accepts its sequence as a start (the mock
+    /// broker checks no sequences for idempotent producers at all), and with requests
+    /// pipelined librdkafka then counted the first message as acknowledged by the
+    /// second's success ("implicitly acked", offset -1001) although it never reached the
+    /// log. Every acknowledged message must be on the log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_refused_once_while_a_later_one_lands_is_not_reported_delivered_unwritten() {
+        let cluster = MockCluster::new(1).expect("a mock cluster");
+        let topic = "refused-then-overtaken";
+        cluster.create_topic(topic, 1, 1).expect("a topic");
+        let bootstrap = cluster.bootstrap_servers();
+        let producer = Producer::new(&KafkaSettings::new(bootstrap.clone())).expect("a producer");
+        // Warm up: the producer has its PID and the partition's leader before the test.
+        producer
+            .send(Outbound {
+                topic,
+                key: None,
+                partition: Some(0),
+                payload: b"warm-up",
+                headers: HeaderList::default(),
+            })
+            .await
+            .expect("the warm-up lands");
+        // Answers come 500 ms after each request, so the second request goes out before
+        // the first is answered; the first is answered "not leader".
+        cluster
+            .broker_round_trip_time(1, Duration::from_millis(500))
+            .expect("a round trip time");
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION],
+        );
+        let first = tokio::spawn({
+            let producer = producer.clone();
+            async move {
+                producer
+                    .send(Outbound {
+                        topic,
+                        key: None,
+                        partition: Some(0),
+                        payload: b"first",
+                        headers: HeaderList::default(),
+                    })
+                    .await
+            }
+        });
+        // Longer than linger.ms, so the second message is a request of its own.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = producer
+            .send(Outbound {
+                topic,
+                key: None,
+                partition: Some(0),
+                payload: b"second",
+                headers: HeaderList::default(),
+            })
+            .await;
+        let first = first.await.expect("the first send");
+        cluster
+            .broker_round_trip_time(1, Duration::ZERO)
+            .expect("no round trip time");
+        let log = tokio::task::spawn_blocking({
+            let topic = topic.to_owned();
+            move || log_of(&bootstrap, &topic)
+        })
+        .await
+        .expect("reading the log");
+        for (payload, result) in [(&b"first"[..], &first), (&b"second"[..], &second)] {
+            if let Ok(delivered) = result {
+                assert!(
+                    log.iter().any(|message| message == payload),
+                    "{} was reported delivered ({delivered:?}) but is not on the log: {:?}",
+                    String::from_utf8_lossy(payload),
+                    log.iter()
+                        .map(|message| String::from_utf8_lossy(message))
+                        .collect::<Vec<_>>()
+                );
+            }
+        }
     }
 }
