@@ -40,6 +40,11 @@ pub enum BusError {
     Handler(String),
     #[error("topics: {0}")]
     Topics(String),
+    /// A delivery reported successful without an offset (librdkafka's
+    /// "implicitly acked" or "duplicate sequence" outcomes): not proof that the message
+    /// is on the log.
+    #[error("the delivery to partition {0} was reported without an offset")]
+    NoOffset(i32),
 }
 
 impl BusError {
@@ -47,7 +52,7 @@ impl BusError {
     /// created (`linkwork topics apply`).
     pub fn is_transient(&self) -> bool {
         match self {
-            BusError::Kafka(_) | BusError::UnknownTopic(_) => true,
+            BusError::Kafka(_) | BusError::UnknownTopic(_) | BusError::NoOffset(_) => true,
             BusError::Store(error) => error.is_transient(),
             _ => false,
         }

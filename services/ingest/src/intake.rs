@@ -540,11 +540,31 @@ impl Intake {
         if to_publish.is_empty() {
             return finish(results);
         }
-        let deliveries = self
+        // A 2xx needs the event's place on the log. librdkafka also reports success
+        // without one (offset -1001) when it infers a delivery from a later message's:
+        // that has been wrong (see `Producer`), so such a delivery counts as sent but
+        // unconfirmed, and a resubmission settles it by reading the log.
+        let deliveries: Vec<Result<_, BusError>> = self
             .producer
             .publish_batch(&self.events_topic, EVENT_SOURCE, now, &to_publish)
-            .await;
-        let may_have_sent = if deliveries.iter().any(Result::is_err) {
+            .await
+            .into_iter()
+            .map(|delivery| {
+                delivery.and_then(|delivered| {
+                    if delivered.offset >= 0 {
+                        Ok(delivered)
+                    } else {
+                        Err(BusError::NoOffset(delivered.partition))
+                    }
+                })
+            })
+            .collect();
+        let may_have_sent = if deliveries
+            .iter()
+            .any(|delivery| matches!(delivery, Err(BusError::NoOffset(_))))
+        {
+            true
+        } else if deliveries.iter().any(Result::is_err) {
             self.producer.may_have_sent().await
         } else {
             false
@@ -553,7 +573,14 @@ impl Intake {
             deliveries.into_iter().zip(meta)
         {
             let outcome = match delivery {
-                Ok(_) => {
+                Ok(delivered) => {
+                    tracing::debug!(
+                        %referral_id,
+                        topic = %self.events_topic,
+                        partition = delivered.partition,
+                        offset = delivered.offset,
+                        "ReferralReceived acknowledged by the broker"
+                    );
                     if let Err(error) = receipts::mark_published(
                         &mut connection,
                         referral_id,
@@ -571,6 +598,7 @@ impl Intake {
                     Ok(Taken::Created { received_at })
                 }
                 Err(error) if may_have_sent => {
+                    tracing::debug!(%referral_id, %error, "ReferralReceived not acknowledged; it may be on the log");
                     if let Err(record_error) =
                         receipts::mark_unconfirmed(&mut connection, referral_id, attempted_at).await
                     {
@@ -583,6 +611,7 @@ impl Intake {
                     })
                 }
                 Err(error) => {
+                    tracing::debug!(%referral_id, %error, "ReferralReceived not acknowledged; no request was sent");
                     if let Err(release_error) =
                         receipts::release(&mut connection, referral_id, &hash, attempted_at).await
                     {
