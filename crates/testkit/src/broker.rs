@@ -103,6 +103,11 @@ impl OwnBroker {
 impl Drop for OwnBroker {
     fn drop(&mut self) {
         self.kill();
+        // LINKWORK_KEEP_BROKER_DIR keeps the log and broker.log for a look afterwards.
+        if std::env::var_os("LINKWORK_KEEP_BROKER_DIR").is_some() {
+            eprintln!("kept the broker's folder {}", self.dir.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -53,6 +53,8 @@ struct Answer {
     referral_id: Option<String>,
     retry_after: Option<u64>,
     body: String,
+    /// When the answer arrived.
+    at: std::time::Instant,
 }
 
 async fn post(client: &reqwest::Client, address: &str, token: &str, reference: &str) -> Answer {
@@ -86,6 +88,7 @@ async fn post(client: &reqwest::Client, address: &str, token: &str, reference: &
         referral_id,
         retry_after,
         body,
+        at: std::time::Instant::now(),
     }
 }
 
@@ -211,6 +214,9 @@ async fn referrals_acknowledged_while_the_broker_is_killed_are_on_the_log_once_a
     let gate = Arc::new(Semaphore::new(CONCURRENCY));
     let mut posts = Vec::new();
     let mut killed = false;
+    // When the kill was sent, and when the restarted broker answered again.
+    let outage: Arc<std::sync::Mutex<(Option<std::time::Instant>, Option<std::time::Instant>)>> =
+        Arc::default();
     for reference in &references {
         let permit = gate.clone().acquire_owned().await.unwrap();
         let (client, address, token, reference, counter) = (
@@ -229,7 +235,9 @@ async fn referrals_acknowledged_while_the_broker_is_killed_are_on_the_log_once_a
         if !killed && answered.load(Ordering::SeqCst) >= REFERRALS / 3 {
             killed = true;
             let broker = broker.clone();
+            let outage = outage.clone();
             tokio::spawn(async move {
+                outage.lock().unwrap().0 = Some(std::time::Instant::now());
                 tokio::task::spawn_blocking({
                     let broker = broker.clone();
                     move || broker.kill()
@@ -240,6 +248,7 @@ async fn referrals_acknowledged_while_the_broker_is_killed_are_on_the_log_once_a
                 tokio::task::spawn_blocking(move || broker.restart())
                     .await
                     .unwrap();
+                outage.lock().unwrap().1 = Some(std::time::Instant::now());
             });
         }
     }
@@ -379,6 +388,17 @@ async fn referrals_acknowledged_while_the_broker_is_killed_are_on_the_log_once_a
             _ => {}
         }
     }
+    let outage = *outage.lock().unwrap();
+    report_missing(
+        &stack,
+        &events_topic,
+        &events,
+        &ids,
+        &first,
+        &received_by_referral,
+        outage,
+    )
+    .await;
     for (reference, id) in &ids {
         let copies = received_by_referral
             .get(id)
@@ -438,6 +458,73 @@ async fn referrals_acknowledged_while_the_broker_is_killed_are_on_the_log_once_a
     shutdown.cancel();
 }
 
+/// For every referral taken whose `ReferralReceived` is not on the log once: when it
+/// was answered (relative to the kill and the restart), the partition its key goes to,
+/// and that partition's watermarks and records as read, so a failure shows where the
+/// event should be.
+async fn report_missing(
+    stack: &Stack,
+    topic: &str,
+    events: &[ReadMessage],
+    ids: &BTreeMap<String, String>,
+    first: &BTreeMap<String, Answer>,
+    received_by_referral: &HashMap<String, Vec<&ReadMessage>>,
+    (killed_at, restarted_at): (Option<std::time::Instant>, Option<std::time::Instant>),
+) {
+    let missing: Vec<(&String, &String)> = ids
+        .iter()
+        .filter(|(_, id)| received_by_referral.get(*id).map_or(0, Vec::len) != 1)
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let ends = stack.log_ends(topic).await;
+    let partitions = ends.len() as i32;
+    let relative = |at: std::time::Instant| match killed_at {
+        Some(killed) if at >= killed => format!("{:?} after the kill", at - killed),
+        Some(killed) => format!("{:?} before the kill", killed - at),
+        None => "(no kill)".to_owned(),
+    };
+    eprintln!(
+        "{} referral(s) not on the log once; read {} records of {topic}; watermarks {ends:?}; restarted {}",
+        missing.len(),
+        events.len(),
+        restarted_at.map(relative).unwrap_or_else(|| "never".into())
+    );
+    for (reference, id) in missing {
+        let answer = &first[reference];
+        let partition = linkwork_bus::partitioner::partition_for(id.as_bytes(), partitions);
+        eprintln!(
+            "  {reference} (referral {id}): first answered {} {}; its key goes to partition {partition}",
+            answer.status,
+            relative(answer.at),
+        );
+        let mut held: Vec<&ReadMessage> = events
+            .iter()
+            .filter(|message| message.partition == partition)
+            .collect();
+        held.sort_by_key(|message| message.offset);
+        let offsets: Vec<String> = held
+            .iter()
+            .map(|message| {
+                format!(
+                    "{}:{}:{}",
+                    message.offset,
+                    message
+                        .header(CE_TYPE)
+                        .unwrap_or("?")
+                        .rsplit('.')
+                        .nth(1)
+                        .unwrap_or("?"),
+                    &message.key.as_deref().unwrap_or("-")
+                        [..8.min(message.key.as_deref().unwrap_or("-").len())]
+                )
+            })
+            .collect();
+        eprintln!("    partition {partition} holds {}", offsets.join(" "));
+    }
+}
+
 /// A development token for the GP practice A81001.
 fn gp_token() -> String {
     linkwork_auth::dev_token(
@@ -457,11 +544,17 @@ async fn ingest_on(
     events: &str,
     shutdown: &CancellationToken,
 ) -> String {
+    let mut kafka = stack.kafka.clone();
+    // librdkafka's own account of the producer (`eos,msg,protocol`, say), for a look at
+    // what it was told.
+    if let Ok(debug) = std::env::var("LINKWORK_TEST_INGEST_KAFKA_DEBUG") {
+        kafka.properties.insert("debug".into(), debug);
+    }
     let mut settings = IngestSettings::new("127.0.0.1:0".parse().unwrap());
     settings.http.events_topic = events.to_owned();
     settings.delivery_timeout = Duration::from_secs(2);
     let verifier = Verifier::dev(SecretString::from(DEV_SECRET)).unwrap();
-    let application = Application::build(settings, &stack.kafka, pool.clone(), verifier)
+    let application = Application::build(settings, &kafka, pool.clone(), verifier)
         .await
         .unwrap();
     let address = format!("http://127.0.0.1:{}", application.port());
