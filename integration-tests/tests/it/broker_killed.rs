@@ -11,19 +11,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use linkwork::serve::Service;
+use linkwork::topology::{HttpSettings, Services, Topology, TopologySettings};
 use linkwork_auth::{Role, Verifier};
 use linkwork_bus::headers::{CE_ID, CE_TYPE};
-use linkwork_bus::{OutboxRelay, RelayConfig};
+use linkwork_bus::topics::REFERRAL_EVENTS;
+use linkwork_bus::Names;
 use linkwork_ingest::{Application, IngestSettings};
 use linkwork_router::directory::{self, DirectoryDocument};
-use linkwork_router::{Router, RouterConfig, RouterTopics};
 use linkwork_testkit::broker::OwnBroker;
 use linkwork_testkit::gp_referral;
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{stack, unique, ReadMessage, Stack};
+use crate::helpers::{eventually, stack, unique, ReadMessage, Stack};
 
 const DEV_SECRET: &str = "broker-killed-tests-development-secret-0123456789";
 const RECEIVED: &str = "linkwork.referral.received.v1";
@@ -98,12 +100,13 @@ async fn post(client: &reqwest::Client, address: &str, token: &str, reference: &
 fn supervise<F, Fut>(shutdown: CancellationToken, what: &'static str, start: F)
 where
     F: Fn(CancellationToken) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), linkwork_bus::BusError>> + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     tokio::spawn(async move {
         while !shutdown.is_cancelled() {
             if let Err(error) = start(shutdown.clone()).await {
-                tracing::warn!(%error, what, "stopped with an error; starting again");
+                tracing::warn!(error = %format!("{error:#}"), what, "stopped with an error; starting again");
+                // A supervisor's back-off between restarts, not a wait for anything.
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -125,24 +128,22 @@ async fn referrals_acknowledged_while_the_broker_is_killed_are_on_the_log_once_a
     linkwork_router::migrate(&pool).await.unwrap();
 
     let prefix = unique("bk");
-    let topics = RouterTopics {
-        events: format!("{prefix}.referral.events"),
-        triage: format!("{prefix}.triage.referrals"),
-        dlq: format!("{prefix}.router.dlq"),
-        queue_prefix: format!("{prefix}."),
-    };
-    stack.create_topic(&topics.events, 3).await;
-    stack.create_topic(&topics.triage, 1).await;
-    stack.create_topic(&topics.dlq, 1).await;
+    let names = Names::isolated(&prefix);
     let document = DirectoryDocument::parse(DIRECTORY).unwrap();
+    // Three partitions a topic, as the rest of the suite: the broker restarts (and
+    // recovers every partition) in the middle of this test.
+    stack
+        .apply_declaration(
+            &names.declaration(&Stack::small_declaration()),
+            &document.provider_ids(),
+        )
+        .await;
+    let events_topic = names.topic(REFERRAL_EVENTS);
     let queues: Vec<String> = document
         .provider_ids()
         .iter()
-        .map(|provider| topics.provider_queue(provider))
+        .map(|provider| names.provider_queue(provider))
         .collect();
-    for queue in &queues {
-        stack.create_topic(queue, 1).await;
-    }
     let mut transaction = pool.begin().await.unwrap();
     directory::store(&mut transaction, &document, "test")
         .await
@@ -151,54 +152,30 @@ async fn referrals_acknowledged_while_the_broker_is_killed_are_on_the_log_once_a
 
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
-    let relay_notify = Arc::new(tokio::sync::Notify::new());
-    supervise(shutdown.clone(), "outbox relay", {
+    // The router and its outbox relay as `serve router` assembles them, built afresh
+    // whenever they stop. Ingest runs on its own (below): it must answer throughout the
+    // outage, which is what this test is about.
+    supervise(shutdown.clone(), "router topology", {
         let pool = pool.clone();
         let kafka = stack.kafka.clone();
-        let notify = relay_notify.clone();
+        let names = names.clone();
         move |shutdown| {
-            let pool = pool.clone();
-            let kafka = kafka.clone();
-            let notify = notify.clone();
+            let (pool, kafka, names) = (pool.clone(), kafka.clone(), names.clone());
             async move {
-                let relay = OutboxRelay::new(pool, &kafka, RelayConfig::default())?;
-                let relay_own = relay.notifier();
-                // Forward the router's notifications to whichever relay runs now.
-                let forward = tokio::spawn(async move {
-                    loop {
-                        notify.notified().await;
-                        relay_own.notify_one();
-                    }
-                });
-                let outcome = relay.run(shutdown).await;
-                forward.abort();
-                outcome
+                let mut settings = TopologySettings::new(
+                    kafka,
+                    names,
+                    Services::from(Service::Router),
+                    HttpSettings::new("127.0.0.1:0".parse()?),
+                )?;
+                settings.topics = Stack::small_declaration();
+                Topology::build(settings, pool).await?.run(shutdown).await
             }
-        }
-    });
-    supervise(shutdown.clone(), "router", {
-        let pool = pool.clone();
-        let kafka = stack.kafka.clone();
-        let topics = topics.clone();
-        let group = unique("router");
-        let notify = relay_notify.clone();
-        move |shutdown| {
-            let router = Router::new(
-                RouterConfig {
-                    topics: topics.clone(),
-                    group_id: group.clone(),
-                    ..RouterConfig::default()
-                },
-                kafka.clone(),
-                pool.clone(),
-                Some(notify.clone()),
-            );
-            router.run(shutdown)
         }
     });
 
     // Deliveries time out after 2 s, so posts during the outage are answered 503.
-    let address = ingest_on(&stack, &pool, &topics.events, &shutdown).await;
+    let address = ingest_on(&stack, &pool, &events_topic, &shutdown).await;
     let token = gp_token();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(90))
@@ -244,6 +221,7 @@ async fn referrals_acknowledged_while_the_broker_is_killed_are_on_the_log_once_a
                 })
                 .await
                 .unwrap();
+                // The outage's length: deliberate, not a wait for anything.
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 tokio::task::spawn_blocking(move || broker.restart())
                     .await
@@ -258,19 +236,12 @@ async fn referrals_acknowledged_while_the_broker_is_killed_are_on_the_log_once_a
         first.insert(reference, answer);
     }
     // The broker may still be starting if the posts outran the restart.
-    let restarted = {
-        let broker = broker.clone();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        tokio::task::spawn_blocking(move || {
-            while broker.pid().is_none() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            broker.pid().is_some()
-        })
-        .await
-        .unwrap()
-    };
-    assert!(restarted, "the broker was killed and started again");
+    eventually(
+        Duration::from_secs(60),
+        "the broker, killed, to be started again",
+        || async { broker.pid().is_some() },
+    )
+    .await;
 
     let acknowledged = first
         .values()
@@ -334,6 +305,7 @@ async fn referrals_acknowledged_while_the_broker_is_killed_are_on_the_log_once_a
         }
         pending = still;
         if !pending.is_empty() {
+            // A client's back-off before resubmitting, as Retry-After asks.
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
@@ -360,18 +332,17 @@ async fn referrals_acknowledged_while_the_broker_is_killed_are_on_the_log_once_a
     assert_eq!(ids.len(), REFERRALS, "every referral is taken in the end");
 
     // The whole events topic, once every referral is routed.
-    let mut events = Vec::new();
-    for _ in 0..60 {
-        events = read_all(&stack, &topics.events, REFERRALS * 2).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let events = loop {
+        let events = read_all(&stack, &events_topic, REFERRALS * 2).await;
         let routed = events
             .iter()
             .filter(|message| message.header(CE_TYPE) == Some(ROUTED))
             .count();
-        if routed >= REFERRALS {
-            break;
+        if routed >= REFERRALS || std::time::Instant::now() >= deadline {
+            break events;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    };
     let mut received_by_referral: HashMap<String, Vec<&ReadMessage>> = HashMap::new();
     let mut received_by_event: HashMap<String, usize> = HashMap::new();
     let mut routed_by_referral: HashMap<String, usize> = HashMap::new();
