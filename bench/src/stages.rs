@@ -536,8 +536,15 @@ pub async fn latency(bench: &Bench, rate: u32, seconds: u32) -> anyhow::Result<L
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "5")
         .create()?;
-    let queue_names: Vec<&str> = queues.iter().map(String::as_str).collect();
-    consumer.subscribe(&queue_names)?;
+    // Every partition of every queue, from the start: no group to join, so nothing is
+    // missed while a rebalance settles.
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for queue in &queues {
+        for (partition, _, _) in linkwork_testkit::topic::log_ends(&bench.kafka, queue).await {
+            assignment.add_partition_offset(queue, partition, rdkafka::Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&assignment)?;
     let listening = tokio::spawn({
         let arrived = arrived.clone();
         async move {
@@ -556,9 +563,6 @@ pub async fn latency(bench: &Bench, rate: u32, seconds: u32) -> anyhow::Result<L
             }
         }
     });
-    // Give the queue consumer its partitions before the first referral.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-
     let token = token()?;
     let client = reqwest::Client::new();
     let url = format!("{}/fhir/ServiceRequest", ingest.base_url());

@@ -33,6 +33,9 @@ pub async fn create_service_request(
     FhirJson(body): FhirJson,
 ) -> Result<Response, FhirError> {
     let source = submitting_source(&caller)?;
+    // Not a ServiceRequest at all is a malformed request (400), whatever the issue code.
+    parse::expect_resource_type(&body, "ServiceRequest", "ServiceRequest")
+        .map_err(|issue| FhirError::one(StatusCode::BAD_REQUEST, issue))?;
     let referral =
         referral::read_service_request(&source, &body, &state.rules, state.config.clock.now())
             .map_err(FhirError::from_issues)?;
