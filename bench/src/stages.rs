@@ -18,7 +18,7 @@ use rdkafka::Message;
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
 
-use crate::env::{Bench, DEV_SECRET};
+use crate::env::{Bench, Deployment, Served, DEV_SECRET};
 use crate::figures::percentile;
 use crate::payload::{self, CHUNK};
 
@@ -27,6 +27,23 @@ use crate::payload::{self, CHUNK};
 pub struct Measured {
     pub per_second: f64,
     pub peak_mib: Option<f64>,
+}
+
+/// Ends a stage run whose process did the work: its rate, the process's peak memory,
+/// the process stopped and the deployment's database dropped.
+async fn finish(
+    served: Served,
+    deployment: Deployment,
+    done: usize,
+    elapsed: Duration,
+) -> anyhow::Result<Measured> {
+    let peak = served.peak_mib();
+    drop(served);
+    deployment.drop_database().await?;
+    Ok(Measured {
+        per_second: done as f64 / elapsed.as_secs_f64(),
+        peak_mib: Some(peak),
+    })
 }
 
 /// The providers of the bench's directory: twenty services for LS1, where every
@@ -171,13 +188,7 @@ pub async fn ingest_http(
             count - accepted
         );
     }
-    let peak = served.peak_mib();
-    drop(served);
-    deployment.drop_database().await?;
-    Ok(Measured {
-        per_second: accepted as f64 / elapsed.as_secs_f64(),
-        peak_mib: Some(peak),
-    })
+    finish(served, deployment, accepted, elapsed).await
 }
 
 /// Ingest over `referrals.inbound`: `count` ServiceRequests put on the topic by an
@@ -220,13 +231,7 @@ pub async fn ingest_inbound(bench: &Bench, count: usize) -> anyhow::Result<Measu
     )
     .await?;
     let elapsed = began.elapsed();
-    let peak = served.peak_mib();
-    drop(served);
-    deployment.drop_database().await?;
-    Ok(Measured {
-        per_second: count as f64 / elapsed.as_secs_f64(),
-        peak_mib: Some(peak),
-    })
+    finish(served, deployment, count, elapsed).await
 }
 
 /// Routing: `count` received referrals on the log, decided and put on provider queues.
@@ -267,14 +272,8 @@ pub async fn routing(bench: &Bench, count: usize) -> anyhow::Result<Measured> {
     )
     .await?;
     let elapsed = began.elapsed();
-    let peak = served.peak_mib();
-    drop(served);
     let _ = std::fs::remove_file(directory);
-    deployment.drop_database().await?;
-    Ok(Measured {
-        per_second: count as f64 / elapsed.as_secs_f64(),
-        peak_mib: Some(peak),
-    })
+    finish(served, deployment, count, elapsed).await
 }
 
 /// Raw beside routing: the same received events read from the log and written to one
@@ -381,14 +380,8 @@ pub async fn projection(bench: &Bench, count: usize) -> anyhow::Result<Measured>
     )
     .await?;
     let elapsed = began.elapsed();
-    let peak = served.peak_mib();
-    drop(served);
     database.close().await;
-    deployment.drop_database().await?;
-    Ok(Measured {
-        per_second: total as f64 / elapsed.as_secs_f64(),
-        peak_mib: Some(peak),
-    })
+    finish(served, deployment, total as usize, elapsed).await
 }
 
 /// Raw beside projection: the same events as rows (id, referral, type, JSON body)

@@ -10,13 +10,20 @@ use linkwork_domain::Source;
 use linkwork_fhir::{message, referral, IntakeRules};
 use serde_json::Value;
 
+/// What both benchmarks read with: a GP as the source, the default rules, now.
+fn context() -> (Source, IntakeRules, chrono::DateTime<Utc>) {
+    (
+        Source::parse("gp:A81001").expect("a source"),
+        IntakeRules::default(),
+        Utc::now(),
+    )
+}
+
 fn service_request(criterion: &mut Criterion) {
     let bytes = linkwork_testkit::gp_referral("BENCH-000001")
         .to_string()
         .into_bytes();
-    let source = Source::parse("gp:A81001").expect("a source");
-    let rules = IntakeRules::default();
-    let now = Utc::now();
+    let (source, rules, now) = context();
     let mut group = criterion.benchmark_group("intake");
     group.throughput(Throughput::Bytes(bytes.len() as u64));
     group.bench_function("parse + validate one ServiceRequest", |bencher| {
@@ -32,9 +39,7 @@ fn bars_bundle(criterion: &mut Criterion) {
     let bytes = linkwork_testkit::bars_message("BENCH-000002", "new", "active")
         .to_string()
         .into_bytes();
-    let source = Source::parse("gp:A81001").expect("a source");
-    let rules = IntakeRules::default();
-    let now = Utc::now();
+    let (source, rules, now) = context();
     let mut group = criterion.benchmark_group("intake");
     group.throughput(Throughput::Bytes(bytes.len() as u64));
     group.bench_function("parse + validate one BaRS message Bundle", |bencher| {
