@@ -31,6 +31,10 @@ struct Args {
     /// Where to write the JSON (default target/bench/).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Only these stages (comma-separated: ingest, routing, projection, replay,
+    /// latency); memory is reported for the processes of the stages run.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 /// How much each stage does.
@@ -137,149 +141,172 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let sizes = Sizes::for_run(args.quick);
     let mut figures = Vec::new();
     let mut memory: Vec<(&str, Vec<f64>)> = Vec::new();
+    let runs_stage =
+        |stage: &str| args.only.is_empty() || args.only.iter().any(|only| only == stage);
 
     // Ingest, beside the raw produce of the same events.
-    let produced = repeat("raw produce", runs, || {
-        stages::raw_produce(&bench, sizes.produce)
-    })
-    .await?;
-    let raw_produce = Figure::new(
-        "ingest",
-        "raw produce (acks=all)",
-        "events/s",
-        rates(&produced),
-    );
-    let http = repeat("ingest over HTTP", runs, || {
-        stages::ingest_http(&bench, sizes.http, sizes.http_clients)
-    })
-    .await?;
-    figures.push(
-        Figure::new("ingest", "HTTP ServiceRequest", "referrals/s", rates(&http))
-            .beside(&raw_produce)
-            .target("at least 10,000/s", Better::Higher, 10_000.0),
-    );
-    let inbound = repeat("ingest over referrals.inbound", runs, || {
-        stages::ingest_inbound(&bench, sizes.inbound)
-    })
-    .await?;
-    figures.push(
-        Figure::new(
+    if runs_stage("ingest") {
+        let produced = repeat("raw produce", runs, || {
+            stages::raw_produce(&bench, sizes.produce)
+        })
+        .await?;
+        let raw_produce = Figure::new(
             "ingest",
-            "referrals.inbound",
-            "referrals/s",
-            rates(&inbound),
-        )
-        .beside(&raw_produce),
-    );
-    memory.push(("ingest", [peaks(&http), peaks(&inbound)].concat()));
-    figures.insert(0, raw_produce);
+            "raw produce (acks=all)",
+            "events/s",
+            rates(&produced),
+        );
+        let http = repeat("ingest over HTTP", runs, || {
+            stages::ingest_http(&bench, sizes.http, sizes.http_clients)
+        })
+        .await?;
+        figures.push(
+            Figure::new("ingest", "HTTP ServiceRequest", "referrals/s", rates(&http))
+                .beside(&raw_produce)
+                .target("at least 10,000/s", Better::Higher, 10_000.0),
+        );
+        let inbound = repeat("ingest over referrals.inbound", runs, || {
+            stages::ingest_inbound(&bench, sizes.inbound)
+        })
+        .await?;
+        figures.push(
+            Figure::new(
+                "ingest",
+                "referrals.inbound",
+                "referrals/s",
+                rates(&inbound),
+            )
+            .beside(&raw_produce),
+        );
+        memory.push(("ingest", [peaks(&http), peaks(&inbound)].concat()));
+        figures.insert(0, raw_produce);
+        report_so_far(&figures);
+    }
 
     // Routing, beside a raw consume-then-produce.
-    let forwarded = repeat("raw consume-then-produce", runs, || {
-        stages::raw_forward(&bench, sizes.routing)
-    })
-    .await?;
-    let raw_forward = Figure::new(
-        "routing",
-        "raw consume-then-produce",
-        "events/s",
-        rates(&forwarded),
-    );
-    let routed = repeat("routing", runs, || stages::routing(&bench, sizes.routing)).await?;
-    figures.push(raw_forward.clone());
-    figures.push(
-        Figure::new(
+    if runs_stage("routing") {
+        let forwarded = repeat("raw consume-then-produce", runs, || {
+            stages::raw_forward(&bench, sizes.routing)
+        })
+        .await?;
+        let raw_forward = Figure::new(
             "routing",
-            "decisions onto provider queues",
+            "raw consume-then-produce",
             "events/s",
-            rates(&routed),
-        )
-        .beside(&raw_forward)
-        .target("at least 20,000/s", Better::Higher, 20_000.0),
-    );
-    memory.push(("router", peaks(&routed)));
+            rates(&forwarded),
+        );
+        let routed = repeat("routing", runs, || stages::routing(&bench, sizes.routing)).await?;
+        figures.push(raw_forward.clone());
+        figures.push(
+            Figure::new(
+                "routing",
+                "decisions onto provider queues",
+                "events/s",
+                rates(&routed),
+            )
+            .beside(&raw_forward)
+            .target("at least 20,000/s", Better::Higher, 20_000.0),
+        );
+        memory.push(("router", peaks(&routed)));
+        report_so_far(&figures);
+    }
 
     // Projection, beside a raw COPY of the same events as rows.
-    let copied = repeat("raw COPY", runs, || {
-        stages::raw_copy(&bench, sizes.projection)
-    })
-    .await?;
-    let raw_copy = Figure::new(
-        "projection",
-        "raw COPY of the events",
-        "rows/s",
-        rates(&copied),
-    );
-    let projected = repeat("projection", runs, || {
-        stages::projection(&bench, sizes.projection)
-    })
-    .await?;
-    figures.push(raw_copy.clone());
-    figures.push(
-        Figure::new(
+    if runs_stage("projection") {
+        let copied = repeat("raw COPY", runs, || {
+            stages::raw_copy(&bench, sizes.projection)
+        })
+        .await?;
+        let raw_copy = Figure::new(
             "projection",
-            "events into the read models",
-            "events/s",
-            rates(&projected),
-        )
-        .beside(&raw_copy)
-        .target("at least 20,000/s", Better::Higher, 20_000.0),
-    );
-    memory.push(("projector", peaks(&projected)));
+            "raw COPY of the events",
+            "rows/s",
+            rates(&copied),
+        );
+        let projected = repeat("projection", runs, || {
+            stages::projection(&bench, sizes.projection)
+        })
+        .await?;
+        figures.push(raw_copy.clone());
+        figures.push(
+            Figure::new(
+                "projection",
+                "events into the read models",
+                "events/s",
+                rates(&projected),
+            )
+            .beside(&raw_copy)
+            .target("at least 20,000/s", Better::Higher, 20_000.0),
+        );
+        memory.push(("projector", peaks(&projected)));
+        report_so_far(&figures);
+    }
 
     // Replay.
-    let replayed = repeat("replay", runs, || stages::replay(&bench, sizes.replay)).await?;
-    let seconds: Vec<f64> = replayed.iter().map(|(seconds, _)| *seconds).collect();
-    let replay_label = format!("replay of {} events", sizes.replay);
-    let mut replay_seconds = Figure::new("replay", &replay_label, "s", seconds);
-    if sizes.replay >= 1_000_000 {
-        replay_seconds = replay_seconds.target("under 60 s", Better::Lower, 60.0);
+    if runs_stage("replay") {
+        let replayed = repeat("replay", runs, || stages::replay(&bench, sizes.replay)).await?;
+        let seconds: Vec<f64> = replayed.iter().map(|(seconds, _)| *seconds).collect();
+        let replay_label = format!("replay of {} events", sizes.replay);
+        let mut replay_seconds = Figure::new("replay", &replay_label, "s", seconds);
+        if sizes.replay >= 1_000_000 {
+            replay_seconds = replay_seconds.target("under 60 s", Better::Lower, 60.0);
+        }
+        figures.push(replay_seconds);
+        let replay_rates: Vec<stages::Measured> =
+            replayed.iter().map(|(_, measured)| *measured).collect();
+        figures.push(Figure::new(
+            "replay",
+            "replay rate",
+            "events/s",
+            rates(&replay_rates),
+        ));
+        memory.push(("replay", peaks(&replay_rates)));
+        report_so_far(&figures);
     }
-    figures.push(replay_seconds);
-    let replay_rates: Vec<stages::Measured> =
-        replayed.iter().map(|(_, measured)| *measured).collect();
-    figures.push(Figure::new(
-        "replay",
-        "replay rate",
-        "events/s",
-        rates(&replay_rates),
-    ));
-    memory.push(("replay", peaks(&replay_rates)));
 
     // Latency at a fixed offered rate.
-    let latencies = repeat("latency", runs, || {
-        stages::latency(&bench, sizes.latency_rate, sizes.latency_seconds)
-    })
-    .await?;
-    let at = format!("at {}/s", sizes.latency_rate);
-    for (name, pick) in [
-        (
-            "p50",
-            (|l: &stages::Latency| l.p50) as fn(&stages::Latency) -> f64,
-        ),
-        ("p95", |l| l.p95),
-        ("p99", |l| l.p99),
-        ("max", |l| l.max),
-    ] {
-        let mut figure = Figure::new(
+    if runs_stage("latency") {
+        let latencies = repeat("latency", runs, || {
+            stages::latency(&bench, sizes.latency_rate, sizes.latency_seconds)
+        })
+        .await?;
+        let at = format!("at {}/s", sizes.latency_rate);
+        figures.push(Figure::new(
             "latency",
-            &format!("2xx to provider queue {name} {at}"),
-            "ms",
-            latencies.iter().map(pick).collect(),
-        );
-        if name == "p99" && sizes.latency_rate >= 500 {
-            figure = figure.target("under 50 ms", Better::Lower, 50.0);
+            &format!("offered referrals refused {at}"),
+            "%",
+            latencies.iter().map(|l| l.refused_percent).collect(),
+        ));
+        for (name, pick) in [
+            (
+                "p50",
+                (|l: &stages::Latency| l.p50) as fn(&stages::Latency) -> f64,
+            ),
+            ("p95", |l| l.p95),
+            ("p99", |l| l.p99),
+            ("max", |l| l.max),
+        ] {
+            let mut figure = Figure::new(
+                "latency",
+                &format!("2xx to provider queue {name} {at}"),
+                "ms",
+                latencies.iter().map(pick).collect(),
+            );
+            if name == "p99" && sizes.latency_rate >= 500 {
+                figure = figure.target("under 50 ms", Better::Lower, 50.0);
+            }
+            figures.push(figure);
         }
-        figures.push(figure);
+        memory.push((
+            "ingest",
+            latencies.iter().map(|l| l.ingest_peak_mib).collect(),
+        ));
+        memory.push((
+            "router",
+            latencies.iter().map(|l| l.router_peak_mib).collect(),
+        ));
+        report_so_far(&figures);
     }
-    memory.push((
-        "ingest",
-        latencies.iter().map(|l| l.ingest_peak_mib).collect(),
-    ));
-    memory.push((
-        "router",
-        latencies.iter().map(|l| l.router_peak_mib).collect(),
-    ));
 
     // Peak resident memory of each kind of process, over every run it took part in.
     let mut by_process: Vec<(&str, Vec<f64>)> = Vec::new();
@@ -323,6 +350,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(out.join("latest.json"), &text)?;
     println!("written: {}", file.display());
     Ok(())
+}
+
+/// The figures so far, on stderr: a stage that fails later does not lose them.
+fn report_so_far(figures: &[Figure]) {
+    eprint!("{}", figures::table(figures));
 }
 
 /// The machine, as `/proc` tells it: CPUs and memory.
