@@ -6,6 +6,8 @@
 //! silently drops unknown elements; a FHIR server must not, so the parsed resource is
 //! written back out and every element of the input missing from it is reported.
 
+use std::fmt::Write as _;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -69,10 +71,13 @@ pub fn expect_resource_type(value: &Value, expected: &str, path: &str) -> Result
 pub fn typed<T: DeserializeOwned + Serialize>(value: &Value, path: &str) -> Result<T, Vec<Issue>> {
     const MAX_STRUCTURAL_ISSUES: usize = 20;
     let mut issues = Vec::new();
-    let mut remaining = value.clone();
+    // A copy to set problems aside in, made only once a problem is found: a valid
+    // resource (the usual case) is read where it is.
+    let mut remaining: Option<Value> = None;
     let mut set_aside: Vec<String> = Vec::new();
     let parsed = loop {
-        match serde_path_to_error::deserialize::<_, T>(&remaining) {
+        let current = remaining.as_ref().unwrap_or(value);
+        match serde_path_to_error::deserialize::<_, T>(current) {
             Ok(parsed) => break Some(parsed),
             Err(error) => {
                 let location = fhirpath(path, error.path());
@@ -92,7 +97,8 @@ pub fn typed<T: DeserializeOwned + Serialize>(value: &Value, path: &str) -> Resu
                     )
                     .at(location.clone()),
                 );
-                let removed = remove_at(&mut remaining, error.path());
+                let copy = remaining.get_or_insert_with(|| value.clone());
+                let removed = remove_at(copy, error.path());
                 if !removed || issues.len() >= MAX_STRUCTURAL_ISSUES {
                     break None;
                 }
@@ -107,12 +113,25 @@ pub fn typed<T: DeserializeOwned + Serialize>(value: &Value, path: &str) -> Resu
                 format!("could not re-serialize the parsed resource: {error}"),
             )]
         })?;
-        unknown_elements(&remaining, &written, path, &mut issues);
+        let mut location = String::with_capacity(64);
+        location.push_str(path);
+        unknown_elements(
+            remaining.as_ref().unwrap_or(value),
+            &written,
+            &mut location,
+            &mut issues,
+        );
     }
     match parsed {
         Some(parsed) if issues.is_empty() => Ok(parsed),
         _ => Err(issues),
     }
+}
+
+/// [`typed`] for a ServiceRequest, compiled once here: services call this rather than
+/// instantiating the R4 model's (large) deserializer again in their own crates.
+pub fn check_service_request(value: &Value, path: &str) -> Result<(), Vec<Issue>> {
+    typed::<fhir_model::r4b::resources::ServiceRequest>(value, path).map(|_| ())
 }
 
 fn last_key(expression: &str) -> &str {
@@ -178,36 +197,42 @@ fn fhirpath(root: &str, path: &serde_path_to_error::Path) -> String {
     expression
 }
 
-/// Elements of `input` that `written` (the model's view of it) does not have.
-fn unknown_elements(input: &Value, written: &Value, path: &str, issues: &mut Vec<Issue>) {
+/// Elements of `input` that `written` (the model's view of it) does not have. `path`
+/// is where `input` is; it is extended and restored as the walk goes, so a valid
+/// resource costs no allocation per element.
+fn unknown_elements(input: &Value, written: &Value, path: &mut String, issues: &mut Vec<Issue>) {
     match (input, written) {
         (Value::Object(input), Value::Object(written)) => {
             for (key, value) in input {
-                let child = format!("{path}.{key}");
+                let parent = path.len();
+                path.push('.');
+                path.push_str(key);
                 match written.get(key) {
-                    Some(known) => unknown_elements(value, known, &child, issues),
+                    Some(known) => unknown_elements(value, known, path, issues),
                     None if is_empty(value) => issues.push(
                         Issue::error(
                             IssueCode::Structure,
                             format!("{key} is empty; FHIR does not allow empty elements (leave it out)"),
                         )
-                        .at(child),
+                        .at(path.clone()),
                     ),
                     None => issues.push(
                         Issue::error(
                             IssueCode::Structure,
                             format!("unknown element {key:?}: not part of this FHIR R4 resource (element names are case-sensitive)"),
                         )
-                        .at(child),
+                        .at(path.clone()),
                     ),
                 }
+                path.truncate(parent);
             }
         }
         (Value::Array(input), Value::Array(written)) => {
-            for (index, value) in input.iter().enumerate() {
-                if let Some(known) = written.get(index) {
-                    unknown_elements(value, known, &format!("{path}[{index}]"), issues);
-                }
+            for (index, (value, known)) in input.iter().zip(written).enumerate() {
+                let parent = path.len();
+                let _ = write!(path, "[{index}]"); // writing to a String cannot fail
+                unknown_elements(value, known, path, issues);
+                path.truncate(parent);
             }
         }
         _ => {}

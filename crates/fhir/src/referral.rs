@@ -146,7 +146,7 @@ pub fn read_service_request(
 ) -> Result<ValidatedReferral, Vec<Issue>> {
     const PATH: &str = "ServiceRequest";
     crate::parse::expect_resource_type(body, PATH, PATH).map_err(|issue| vec![issue])?;
-    crate::parse::typed::<fhir_model::r4b::resources::ServiceRequest>(body, PATH)?;
+    crate::parse::check_service_request(body, PATH)?;
     let located = Located {
         resource: body,
         path: PATH.into(),
@@ -734,45 +734,75 @@ fn asc_case_id(
 /// parts a resubmission may change without changing the referral (`id`, `meta`,
 /// narrative `text`), with object keys sorted.
 pub fn content_hash(service_request: &Value, patient: Option<&Value>) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(canonical(service_request, true).as_bytes());
-    hasher.update([0u8]);
+    let mut hasher = Hashing(Sha256::new());
+    write_canonical(&mut hasher, service_request, true);
+    hasher.0.update([0u8]);
     if let Some(patient) = patient {
-        hasher.update(canonical(patient, true).as_bytes());
+        write_canonical(&mut hasher, patient, true);
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(64);
+    for byte in hasher.0.finalize() {
+        text.push(char::from(HEX[usize::from(byte >> 4)]));
+        text.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    text
 }
 
-fn canonical(value: &Value, top_level: bool) -> String {
+/// Feeds what is written straight into the hash: the canonical form is never built.
+struct Hashing(Sha256);
+
+impl std::io::Write for Hashing {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Compact JSON with object keys in byte order, leaving out `id`, `meta` and `text` at
+/// the top level. serde_json's maps keep their keys in that order (its
+/// `preserve_order` feature is off), so keys are written as they are iterated.
+fn write_canonical(out: &mut Hashing, value: &Value, top_level: bool) {
     match value {
         Value::Object(fields) => {
-            let mut keys: Vec<&String> = fields
-                .keys()
-                .filter(|key| !(top_level && matches!(key.as_str(), "id" | "meta" | "text")))
-                .collect();
-            keys.sort();
-            let inner: Vec<String> = keys
-                .into_iter()
-                .map(|key| {
-                    format!(
-                        "{}:{}",
-                        Value::String(key.clone()),
-                        canonical(&fields[key], false)
-                    )
-                })
-                .collect();
-            format!("{{{}}}", inner.join(","))
+            out.0.update(b"{");
+            let mut first = true;
+            for (key, field) in fields {
+                if top_level && matches!(key.as_str(), "id" | "meta" | "text") {
+                    continue;
+                }
+                if !first {
+                    out.0.update(b",");
+                }
+                first = false;
+                write_scalar(out, key);
+                out.0.update(b":");
+                write_canonical(out, field, false);
+            }
+            out.0.update(b"}");
         }
         Value::Array(items) => {
-            let inner: Vec<String> = items.iter().map(|item| canonical(item, false)).collect();
-            format!("[{}]", inner.join(","))
+            out.0.update(b"[");
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.0.update(b",");
+                }
+                write_canonical(out, item, false);
+            }
+            out.0.update(b"]");
         }
-        other => other.to_string(),
+        scalar => write_scalar(out, scalar),
     }
+}
+
+fn write_scalar<T: serde::Serialize + ?Sized>(out: &mut Hashing, scalar: &T) {
+    // Writing into a hash cannot fail, and a string, number, boolean or null always
+    // serialises.
+    let _ = serde_json::to_writer(&mut *out, scalar);
 }
 
 pub(crate) fn text<'a>(value: &'a Value, key: &str) -> Option<&'a str> {

@@ -18,7 +18,6 @@ use linkwork_bus::{
 };
 use linkwork_domain::event::ReferralClosedBy;
 use linkwork_domain::{Actor, EventId, ReferralEvent, ReferralId, Source};
-use linkwork_fhir::fhir_model::r4b::resources::ServiceRequest;
 use linkwork_fhir::message::{self, MessageReason};
 use linkwork_fhir::{
     batch, parse, referral, IntakeRules, Issue, IssueCode, Located, OperationOutcome, Resolver,
@@ -256,7 +255,7 @@ fn read(
     let body = parse::json(&message.body).map_err(|issue| vec![issue])?;
     match parse::resource_type(&body) {
         Some("ServiceRequest") => {
-            parse::typed::<ServiceRequest>(&body, "ServiceRequest")?;
+            parse::check_service_request(&body, "ServiceRequest")?;
             let located = Located {
                 resource: &body,
                 path: "ServiceRequest".into(),
@@ -300,7 +299,7 @@ fn read(
                         resolver,
                         ..
                     } => {
-                        match parse::typed::<ServiceRequest>(located.resource, &located.path)
+                        match parse::check_service_request(located.resource, &located.path)
                             .and_then(|_| {
                                 referral::validate(&source, located, resolver, rules, now)
                             }) {

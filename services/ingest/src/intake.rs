@@ -135,6 +135,39 @@ pub struct Intake {
     delivery_timeout: Duration,
     events_topic: String,
     clock: linkwork_domain::Clock,
+    /// Lone submissions go through the group commit when there is one.
+    group: Option<tokio::sync::mpsc::Sender<Waiting>>,
+}
+
+/// A lone submission waiting for its group, and where its answer goes.
+type Waiting = (
+    ValidatedReferral,
+    tokio::sync::oneshot::Sender<Result<Taken, IntakeError>>,
+);
+
+/// How lone submissions (one referral per HTTP request) are taken together: whatever
+/// has arrived while earlier groups were being taken is claimed in one statement,
+/// published in one batch whose acknowledgements are awaited once, and marked in one
+/// statement. Under light load a group is one referral and waits for nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupCommit {
+    /// Most referrals in one group.
+    pub max_group: usize,
+    /// Groups being taken at once (each holds a pooled connection only while it
+    /// claims and while it marks, not while the broker acknowledges).
+    pub concurrent_groups: usize,
+    /// Submissions waiting for a group; a full queue makes submitters wait.
+    pub queue: usize,
+}
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        Self {
+            max_group: 500,
+            concurrent_groups: 4,
+            queue: 4096,
+        }
+    }
 }
 
 impl Intake {
@@ -153,7 +186,57 @@ impl Intake {
             delivery_timeout,
             events_topic: REFERRAL_EVENTS.to_owned(),
             clock: linkwork_domain::Clock::system(),
+            group: None,
         }
+    }
+
+    /// Takes lone submissions in groups (see [`GroupCommit`]) on a task of their own,
+    /// which ends when every clone of the returned intake is dropped. Call it last:
+    /// the task keeps the intake as configured so far.
+    pub fn with_group_commit(mut self, settings: GroupCommit) -> Self {
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<Waiting>(settings.queue.max(1));
+        let intake = self.clone();
+        let groups = std::sync::Arc::new(tokio::sync::Semaphore::new(
+            settings.concurrent_groups.max(1),
+        ));
+        let max_group = settings.max_group.max(1);
+        tokio::spawn(async move {
+            loop {
+                // A group is formed only once it can be taken, so what arrives while
+                // every group is busy is taken together next.
+                let Ok(permit) = groups.clone().acquire_owned().await else {
+                    return;
+                };
+                let mut waiting = Vec::with_capacity(max_group);
+                if receiver.recv_many(&mut waiting, max_group).await == 0 {
+                    return;
+                }
+                let intake = intake.clone();
+                tokio::spawn(async move {
+                    let (referrals, answers): (Vec<_>, Vec<_>) = waiting.into_iter().unzip();
+                    match intake.submit_many(referrals).await {
+                        Ok(results) => {
+                            for (answer, result) in answers.into_iter().zip(results) {
+                                let _ = answer.send(result);
+                            }
+                        }
+                        Err(error) => {
+                            let error = match error {
+                                IntakeError::Database(error) => error,
+                                other => sqlx::Error::Protocol(other.to_string()),
+                            };
+                            for answer in answers {
+                                let _ =
+                                    answer.send(Err(IntakeError::Database(clone_error(&error))));
+                            }
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        self.group = Some(sender);
+        self
     }
 
     /// How long after an attempt began a request of it may still land on the log: the
@@ -177,6 +260,16 @@ impl Intake {
 
     /// Takes one referral.
     pub async fn submit(&self, referral: ValidatedReferral) -> Result<Taken, IntakeError> {
+        if let Some(group) = &self.group {
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            group
+                .send((referral, answer))
+                .await
+                .map_err(|_| IntakeError::Internal("the group commit has stopped"))?;
+            return answered.await.unwrap_or(Err(IntakeError::Internal(
+                "the group commit gave no answer",
+            )));
+        }
         self.submit_many(vec![referral])
             .await?
             .pop()
@@ -238,16 +331,38 @@ impl Intake {
 
     async fn plan_all(&self, referrals: &[ValidatedReferral]) -> Result<Vec<Plan>, sqlx::Error> {
         let mut connection = self.pool.acquire().await?;
-        let mut plans = Vec::with_capacity(referrals.len());
-        let mut first_of = std::collections::HashMap::new();
+        let mut first_of = std::collections::HashMap::with_capacity(referrals.len());
+        let mut distinct = Vec::with_capacity(referrals.len());
         for (index, referral) in referrals.iter().enumerate() {
-            if let Some(&first) = first_of.get(&referral.referral_id) {
+            if let std::collections::hash_map::Entry::Vacant(first) =
+                first_of.entry(referral.referral_id)
+            {
+                first.insert(index);
+                distinct.push(new_claim(referral));
+            }
+        }
+        // New referrals, the usual case, are claimed together in one statement; the
+        // rest already had a receipt and are settled one by one.
+        let claimed: std::collections::HashMap<uuid::Uuid, DateTime<Utc>> =
+            receipts::claim_many(&mut connection, &distinct)
+                .await?
+                .into_iter()
+                .collect();
+        let mut plans = Vec::with_capacity(referrals.len());
+        for (index, referral) in referrals.iter().enumerate() {
+            let first = first_of[&referral.referral_id];
+            if first != index {
                 // Planning it again would wait on the claim just made for its twin.
                 plans.push(Plan::SameAs(first));
-                continue;
+            } else if let Some(&received_at) = claimed.get(referral.referral_id.as_uuid()) {
+                // A new claim's attempt time defaults to the same `now()`.
+                plans.push(Plan::Publish {
+                    received_at,
+                    attempted_at: received_at,
+                });
+            } else {
+                plans.push(self.plan(&mut connection, referral).await?);
             }
-            first_of.insert(referral.referral_id, index);
-            plans.push(self.plan(&mut connection, referral).await?);
         }
         Ok(plans)
     }
@@ -540,6 +655,9 @@ impl Intake {
         if to_publish.is_empty() {
             return finish(results);
         }
+        // The connection goes back to the pool while the broker acknowledges: other
+        // batches claim and mark meanwhile.
+        drop(connection);
         // A 2xx needs the event's place on the log. librdkafka also reports success
         // without one (offset -1001) when it infers a delivery from a later message's:
         // that has been wrong (see `Producer`), so such a delivery counts as sent but
@@ -559,6 +677,7 @@ impl Intake {
                 })
             })
             .collect();
+        drop(to_publish);
         let may_have_sent = if deliveries
             .iter()
             .any(|delivery| matches!(delivery, Err(BusError::NoOffset(_))))
@@ -569,8 +688,10 @@ impl Intake {
         } else {
             false
         };
+        let mut connection = self.pool.acquire().await;
+        let mut published = Vec::with_capacity(meta.len());
         for (delivery, (index, referral_id, source, identifier, hash, received_at, attempted_at)) in
-            deliveries.into_iter().zip(meta)
+            deliveries.into_iter().zip(&meta)
         {
             let outcome = match delivery {
                 Ok(delivered) => {
@@ -581,27 +702,27 @@ impl Intake {
                         offset = delivered.offset,
                         "ReferralReceived acknowledged by the broker"
                     );
-                    if let Err(error) = receipts::mark_published(
-                        &mut connection,
-                        referral_id,
-                        &source,
-                        &identifier.system,
-                        &identifier.value,
-                        &hash,
-                    )
-                    .await
-                    {
-                        // The event is on the log; a resubmission settles the pending
-                        // claim by finding it there.
-                        tracing::warn!(%error, %referral_id, "published but not recorded");
-                    }
-                    Ok(Taken::Created { received_at })
+                    published.push(receipts::NewClaim {
+                        referral_id: *referral_id.as_uuid(),
+                        source: source.clone(),
+                        identifier_system: &identifier.system,
+                        identifier_value: &identifier.value,
+                        content_hash: hash,
+                    });
+                    Ok(Taken::Created {
+                        received_at: *received_at,
+                    })
                 }
                 Err(error) if may_have_sent => {
                     tracing::debug!(%referral_id, %error, "ReferralReceived not acknowledged; it may be on the log");
-                    if let Err(record_error) =
-                        receipts::mark_unconfirmed(&mut connection, referral_id, attempted_at).await
-                    {
+                    let recorded = match &mut connection {
+                        Ok(connection) => {
+                            receipts::mark_unconfirmed(connection, *referral_id, *attempted_at)
+                                .await
+                        }
+                        Err(error) => Err(clone_error(error)),
+                    };
+                    if let Err(record_error) = recorded {
                         // Still pending: settled the same way, as abandoned.
                         tracing::warn!(%record_error, %referral_id, "could not record an unconfirmed claim");
                     }
@@ -612,15 +733,30 @@ impl Intake {
                 }
                 Err(error) => {
                     tracing::debug!(%referral_id, %error, "ReferralReceived not acknowledged; no request was sent");
-                    if let Err(release_error) =
-                        receipts::release(&mut connection, referral_id, &hash, attempted_at).await
-                    {
+                    let released = match &mut connection {
+                        Ok(connection) => {
+                            receipts::release(connection, *referral_id, hash, *attempted_at).await
+                        }
+                        Err(error) => Err(clone_error(error)),
+                    };
+                    if let Err(release_error) = released {
                         tracing::warn!(%release_error, %referral_id, "could not release a claim");
                     }
                     Err(IntakeError::Unavailable(error))
                 }
             };
-            results[index] = Some(outcome);
+            results[*index] = Some(outcome);
+        }
+        if !published.is_empty() {
+            let marked = match &mut connection {
+                Ok(connection) => receipts::mark_many_published(connection, &published).await,
+                Err(error) => Err(clone_error(error)),
+            };
+            if let Err(error) = marked {
+                // The events are on the log; a resubmission settles each pending claim
+                // by finding it there.
+                tracing::warn!(%error, referrals = published.len(), "published but not recorded");
+            }
         }
         finish(results)
     }
@@ -716,6 +852,17 @@ fn finish(results: Vec<Option<Result<Taken, IntakeError>>>) -> Vec<Result<Taken,
 }
 
 /// `sqlx::Error` is not `Clone`; each referral of a batch gets its own copy.
+/// The receipt columns of a referral.
+fn new_claim(referral: &ValidatedReferral) -> receipts::NewClaim<'_> {
+    receipts::NewClaim {
+        referral_id: *referral.referral_id.as_uuid(),
+        source: referral.source.to_string(),
+        identifier_system: &referral.identifier.system,
+        identifier_value: &referral.identifier.value,
+        content_hash: &referral.content_hash,
+    }
+}
+
 fn clone_error(error: &sqlx::Error) -> sqlx::Error {
     match error {
         sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,

@@ -101,7 +101,8 @@ impl Application {
             settings.delivery_timeout,
         )
         .with_events_topic(settings.http.events_topic.clone())
-        .with_clock(settings.http.clock.clone());
+        .with_clock(settings.http.clock.clone())
+        .with_group_commit(intake::GroupCommit::default());
         let state = http::AppState::new(
             intake,
             verifier,

@@ -42,6 +42,63 @@ pub async fn claim(
     .await
 }
 
+/// A referral to claim: its id, source, identifier and content hash.
+#[derive(Debug)]
+pub struct NewClaim<'a> {
+    pub referral_id: Uuid,
+    pub source: String,
+    pub identifier_system: &'a str,
+    pub identifier_value: &'a str,
+    pub content_hash: &'a str,
+}
+
+type Columns<'a> = (
+    Vec<Uuid>,
+    Vec<&'a str>,
+    Vec<&'a str>,
+    Vec<&'a str>,
+    Vec<&'a str>,
+);
+
+/// Claims as the columns `UNNEST` reads.
+fn columns<'a>(claims: &'a [NewClaim<'_>]) -> Columns<'a> {
+    let mut columns: Columns<'a> = Default::default();
+    for claim in claims {
+        columns.0.push(claim.referral_id);
+        columns.1.push(&claim.source);
+        columns.2.push(claim.identifier_system);
+        columns.3.push(claim.identifier_value);
+        columns.4.push(claim.content_hash);
+    }
+    columns
+}
+
+/// Claims many referrals in one statement (distinct ids). Returns the ids this call
+/// claimed with their `received_at`; an id missing already had a receipt.
+pub async fn claim_many(
+    connection: &mut PgConnection,
+    claims: &[NewClaim<'_>],
+) -> Result<Vec<(Uuid, DateTime<Utc>)>, sqlx::Error> {
+    let (ids, sources, systems, values, hashes) = columns(claims);
+    sqlx::query_as::<_, (Uuid, DateTime<Utc>)>(
+        r#"
+        INSERT INTO ingest_receipts (referral_id, source, identifier_system, identifier_value, content_hash, state)
+        SELECT claim.referral_id, claim.source, claim.system, claim.value, claim.hash, 'pending'
+        FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[])
+             AS claim (referral_id, source, system, value, hash)
+        ON CONFLICT (referral_id) DO NOTHING
+        RETURNING referral_id, received_at
+        "#,
+    )
+    .bind(ids)
+    .bind(sources)
+    .bind(systems)
+    .bind(values)
+    .bind(hashes)
+    .fetch_all(&mut *connection)
+    .await
+}
+
 pub async fn find(
     connection: &mut PgConnection,
     referral_id: ReferralId,
@@ -217,6 +274,31 @@ pub async fn mark_published(
         identifier_value,
         content_hash,
     )
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+/// [`mark_published`] for many referrals (distinct ids) in one statement.
+pub async fn mark_many_published(
+    connection: &mut PgConnection,
+    published: &[NewClaim<'_>],
+) -> Result<(), sqlx::Error> {
+    let (ids, sources, systems, values, hashes) = columns(published);
+    sqlx::query(
+        r#"
+        INSERT INTO ingest_receipts (referral_id, source, identifier_system, identifier_value, content_hash, state, published_at)
+        SELECT claim.referral_id, claim.source, claim.system, claim.value, claim.hash, 'published', now()
+        FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[])
+             AS claim (referral_id, source, system, value, hash)
+        ON CONFLICT (referral_id) DO UPDATE SET state = 'published', published_at = COALESCE(ingest_receipts.published_at, now())
+        "#,
+    )
+    .bind(ids)
+    .bind(sources)
+    .bind(systems)
+    .bind(values)
+    .bind(hashes)
     .execute(&mut *connection)
     .await?;
     Ok(())

@@ -318,6 +318,66 @@ fn the_content_hash_ignores_id_meta_and_narrative_but_not_content() {
     assert_eq!(content_hash(&reordered, None), base);
 }
 
+/// The canonical form as first written (strings built and joined): receipts store
+/// hashes of it, so a resubmission after an upgrade must hash the same.
+fn canonical_as_first_written(value: &Value, top_level: bool) -> String {
+    match value {
+        Value::Object(fields) => {
+            let mut keys: Vec<&String> = fields
+                .keys()
+                .filter(|key| !(top_level && matches!(key.as_str(), "id" | "meta" | "text")))
+                .collect();
+            keys.sort();
+            let inner: Vec<String> = keys
+                .into_iter()
+                .map(|key| {
+                    format!(
+                        "{}:{}",
+                        Value::String(key.clone()),
+                        canonical_as_first_written(&fields[key], false)
+                    )
+                })
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        Value::Array(items) => {
+            let inner: Vec<String> = items
+                .iter()
+                .map(|item| canonical_as_first_written(item, false))
+                .collect();
+            format!("[{}]", inner.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+#[test]
+fn the_content_hash_is_the_one_stored_receipts_were_hashed_with() {
+    let mut odd = referral();
+    odd["note"] = json!([{"text": "quotes \" and \\ slashes, \u{e9}, tabs\t, \u{1F600}"}]);
+    odd["extension"] = json!([{"url": "http://x", "valueDecimal": 1.50, "valueInteger": -3}]);
+    odd["zzz"] = json!({"b": null, "a": [true, false, [], {}]});
+    let patient = json!({"resourceType": "Patient", "id": "p", "name": [{"family": "Ng"}]});
+    for (request, patient) in [
+        (referral(), None),
+        (odd.clone(), Some(&patient)),
+        (odd, None),
+    ] {
+        let mut hasher = Sha256::new();
+        hasher.update(canonical_as_first_written(&request, true).as_bytes());
+        hasher.update([0u8]);
+        if let Some(patient) = patient {
+            hasher.update(canonical_as_first_written(patient, true).as_bytes());
+        }
+        let expected: String = hasher
+            .finalize()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        assert_eq!(content_hash(&request, patient), expected);
+    }
+}
+
 #[test]
 fn fhir_date_times_of_every_precision_parse() {
     assert_eq!(

@@ -6,7 +6,6 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use linkwork_auth::scopes;
 use linkwork_domain::Source;
-use linkwork_fhir::fhir_model::r4b::resources::ServiceRequest;
 use linkwork_fhir::message::{self, MessageReason};
 use linkwork_fhir::{
     batch, parse, referral, Issue, IssueCode, OperationOutcome, ValidatedReferral,
@@ -196,7 +195,7 @@ pub async fn post_bundle(
                 request: located,
                 resolver,
                 ..
-            } => parse::typed::<ServiceRequest>(located.resource, &located.path)
+            } => parse::check_service_request(located.resource, &located.path)
                 .and_then(|_| referral::validate(&source, located, resolver, &state.rules, now))
                 .map(Some),
             batch::Entry::Context { .. } => Ok(None),

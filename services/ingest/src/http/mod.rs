@@ -41,6 +41,10 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     /// Requests per minute per client, with a burst of a tenth of that.
     pub requests_per_minute: u32,
+    /// FHIR requests handled at once; one more is answered 503 with `Retry-After` at
+    /// once rather than queued, so an overload neither holds memory nor delays what
+    /// was already taken.
+    pub max_in_flight: usize,
     /// Base of absolute URLs in responses (`Location`), without a trailing slash.
     pub public_base_url: String,
     /// Where accepted referrals and provider updates go (`referral.events`).
@@ -58,6 +62,7 @@ impl Default for HttpConfig {
             call_log_limit: 32 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             requests_per_minute: 6_000,
+            max_in_flight: 1024,
             public_base_url: String::new(),
             events_topic: linkwork_bus::topics::REFERRAL_EVENTS.to_owned(),
             call_log_topic: linkwork_bus::topics::ASC_CALL_LOG.to_owned(),
@@ -70,6 +75,8 @@ pub struct Inner {
     pub intake: Intake,
     pub verifier: Verifier,
     pub limiter: DefaultKeyedRateLimiter<String>,
+    /// One permit per FHIR request in flight.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     pub rules: IntakeRules,
     pub bars_targets: BarsTargets,
     pub config: HttpConfig,
@@ -122,6 +129,7 @@ impl AppState {
             intake,
             verifier,
             limiter,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
             rules,
             bars_targets,
             config,
@@ -182,7 +190,8 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             time_limit,
-        ));
+        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), admit));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -191,6 +200,26 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::disable())
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Admits a FHIR request while fewer than `max_in_flight` are being handled; beyond
+/// that answers 503 with `Retry-After` at once, before the body is read.
+async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        return FhirError::one(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Issue::error(
+                IssueCode::Transient,
+                format!(
+                    "ingest is handling {} requests, as many as it takes at once; retry shortly",
+                    state.config.max_in_flight
+                ),
+            ),
+        )
+        .retry_after(1)
+        .into_response();
+    };
+    next.run(request).await
 }
 
 /// Answers 503 with an OperationOutcome when a request runs past the time limit.

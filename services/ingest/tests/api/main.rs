@@ -13,6 +13,7 @@ mod call_log;
 mod conformance;
 mod helpers;
 mod inbound;
+mod load;
 mod properties;
 mod refusals;
 mod service_request;
