@@ -101,6 +101,7 @@ pub fn decide(
     // Indices into `candidates` of eligible providers, by tier.
     let mut needs_first: Vec<usize> = Vec::new();
     let mut others: Vec<usize> = Vec::new();
+    let reasons = PersonReasons::of(person, district);
     for compiled in &directory.providers {
         let excluded_because = eligibility(
             compiled,
@@ -109,6 +110,7 @@ pub fn decide(
             district,
             sector.as_deref(),
             tried,
+            &reasons,
         );
         let eligible = excluded_because.is_empty();
         if eligible {
@@ -247,6 +249,31 @@ fn compare_load(
     left.cmp(&right)
 }
 
+/// The words of the exclusions that depend on the person only, written once per
+/// decision rather than once per provider excluded.
+struct PersonReasons {
+    area: String,
+    needs: String,
+    language: Option<String>,
+}
+
+impl PersonReasons {
+    fn of(person: &Person<'_>, district: Option<&str>) -> Self {
+        let needs: Vec<&str> = person.needs.iter().map(|need| need.code()).collect();
+        Self {
+            area: match district {
+                Some(district) => format!("does not serve postcode district {district}"),
+                None => "the referral gives no postcode to check the area against".to_owned(),
+            },
+            needs: format!("handles none of the person's needs ({})", needs.join(", ")),
+            language: person
+                .language
+                .as_ref()
+                .map(|language| format!("does not work in the person's language ({language})")),
+        }
+    }
+}
+
 fn eligibility(
     compiled: &CompiledProvider,
     person: &Person<'_>,
@@ -254,6 +281,7 @@ fn eligibility(
     district: Option<&str>,
     sector: Option<&str>,
     tried: &[ProviderId],
+    words: &PersonReasons,
 ) -> Vec<String> {
     let provider = &compiled.provider;
     let mut reasons = Vec::new();
@@ -266,10 +294,10 @@ fn eligibility(
     match (district, sector) {
         (Some(district), Some(sector)) => {
             if !compiled.postcodes.contains(district) && !compiled.postcodes.contains(sector) {
-                reasons.push(format!("does not serve postcode district {district}"));
+                reasons.push(words.area.clone());
             }
         }
-        _ => reasons.push("the referral gives no postcode to check the area against".to_owned()),
+        _ => reasons.push(words.area.clone()),
     }
     if !provider.ages.is_unbounded() {
         match person.age {
@@ -282,17 +310,11 @@ fn eligibility(
         }
     }
     if compiled.needs & person_needs == 0 {
-        let needs: Vec<&str> = person.needs.iter().map(|need| need.code()).collect();
-        reasons.push(format!(
-            "handles none of the person's needs ({})",
-            needs.join(", ")
-        ));
+        reasons.push(words.needs.clone());
     }
-    if let Some(language) = &person.language {
+    if let (Some(language), Some(words)) = (&person.language, &words.language) {
         if !compiled.languages.iter().any(|spoken| spoken == language) {
-            reasons.push(format!(
-                "does not work in the person's language ({language})"
-            ));
+            reasons.push(words.clone());
         }
     }
     if person.source == SourceKind::SelfReferral && !provider.accepts_self_referrals {
