@@ -126,7 +126,8 @@ impl Producer {
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "2")
             .set("message.timeout.ms", timeout.as_millis().to_string())
-            .set("queue.buffering.max.kbytes", "65536");
+            // What waits for the broker is bounded: a full queue makes senders wait.
+            .set("queue.buffering.max.kbytes", "16384");
         if track {
             config.set(
                 "statistics.interval.ms",

@@ -75,7 +75,7 @@ impl ConsumerConfig {
             dlq_topic: crate::topics::dlq(name),
             max_batch: 1000,
             max_batch_wait: Duration::from_millis(5),
-            queue_capacity: 4096,
+            queue_capacity: 2048,
             session_timeout: Duration::from_secs(6),
             revoke_deadline: Duration::from_secs(4),
             max_retry_backoff: Duration::from_secs(30),

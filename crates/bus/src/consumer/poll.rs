@@ -59,7 +59,7 @@ pub(crate) enum Control {
 
 /// Backlog length at which the partitions are paused (what librdkafka has already
 /// fetched beyond that stays bounded by `queued.max.messages.kbytes`).
-const PAUSE_AT: usize = 4096;
+const PAUSE_AT: usize = 2048;
 
 struct Shared {
     backlog: Mutex<VecDeque<Item>>,
@@ -406,7 +406,7 @@ pub(crate) fn spawn(
         )
         .set("enable.partition.eof", "false")
         // Bound what librdkafka prefetches: memory stays flat however far behind we are.
-        .set("queued.max.messages.kbytes", "16384");
+        .set("queued.max.messages.kbytes", "8192");
     let consumer: BaseConsumer<PollContext> = client_config.create_with_context(context)?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
