@@ -14,6 +14,7 @@
 //! `public`, created by this crate's migrations.
 
 pub mod aggregates;
+pub mod copy;
 pub mod current;
 pub mod model;
 pub mod read;
@@ -21,8 +22,9 @@ pub mod render;
 mod schema;
 
 pub use schema::{
-    create_schema, ddl_hash, ensure_schema, lock_schema, migrate, migrator, quote_ident, swap_in,
-    SchemaError, SchemaState, LIVE_SCHEMA, READ_MODELS_SQL,
+    create_schema, create_schema_for_load, ddl_hash, ddl_statements, ensure_schema, finish_load,
+    lock_schema, migrate, migrator, quote_ident, swap_in, SchemaError, SchemaState, LIVE_SCHEMA,
+    READ_MODELS_SQL,
 };
 
 /// Why reading the read models failed.

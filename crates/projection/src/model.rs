@@ -1,7 +1,7 @@
 //! The read-model rows the projector keeps per referral, and their batched reads and
 //! writes. A batch loads every referral it touches in one query, applies its events in
-//! memory, and writes each table back in one statement (`jsonb_populate_recordset`
-//! takes a whole batch as one JSON parameter).
+//! memory, and writes each table back in one statement: new rows with `COPY`
+//! ([`crate::copy`]), changes to earlier rows as one `UPDATE` over `UNNEST`ed arrays.
 
 use std::collections::HashMap;
 
@@ -11,6 +11,8 @@ use linkwork_domain::{ProviderId, ReferralId, Source};
 use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
+
+use crate::copy::{array_literal, uuid_array_literal, CopyRows};
 
 /// A referral as the projector holds it between events: the domain aggregate plus
 /// what outputs need (who the person is, for Observations and pseudonyms).
@@ -37,8 +39,10 @@ pub struct NewReferral {
     pub asc_case_id: Option<String>,
     pub authored_on: DateTime<Utc>,
     pub received_at: DateTime<Utc>,
-    pub service_request: serde_json::Value,
-    pub patient: Option<serde_json::Value>,
+    /// The ServiceRequest as JSON text (written once, never read back by the projector).
+    pub service_request: String,
+    /// The Patient as JSON text.
+    pub patient: Option<String>,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -143,100 +147,175 @@ pub async fn load(
     Ok(loaded)
 }
 
-#[derive(Serialize)]
-struct StateColumns<'a> {
-    referral_id: Uuid,
-    source: String,
-    content_hash: &'a str,
-    status: &'static str,
-    provider_id: Option<&'a str>,
-    attempt: u32,
-    accept_by: Option<DateTime<Utc>>,
-    tried_providers: Vec<&'a str>,
-    consent_to_evaluation: bool,
-    first_contact_at: Option<DateTime<Utc>>,
-    contacts: u32,
-    activities: u32,
-    observation_ids: &'a [Uuid],
-    version: u64,
-    nhs_number: Option<&'a str>,
-    birth_date: Option<NaiveDate>,
-    postcode: Option<&'a str>,
-    last_updated: DateTime<Utc>,
-    closed_at: Option<DateTime<Utc>>,
-    #[serde(flatten)]
-    new_row: Option<&'a NewReferral>,
+/// The columns of `referrals`, in the order [`save`] writes new rows.
+const REFERRAL_COLUMNS: [&str; 29] = [
+    "referral_id",
+    "source",
+    "source_identifier_system",
+    "source_identifier_value",
+    "content_hash",
+    "status",
+    "provider_id",
+    "attempt",
+    "accept_by",
+    "tried_providers",
+    "consent_to_evaluation",
+    "first_contact_at",
+    "contacts",
+    "activities",
+    "observation_ids",
+    "version",
+    "nhs_number",
+    "birth_date",
+    "postcode",
+    "needs",
+    "priority",
+    "requester",
+    "asc_case_id",
+    "authored_on",
+    "received_at",
+    "last_updated",
+    "closed_at",
+    "service_request",
+    "patient",
+];
+
+fn tried_providers(state: &Referral) -> String {
+    array_literal(state.tried_providers.iter().map(ProviderId::as_str))
 }
 
-fn columns(projected: &Projected) -> StateColumns<'_> {
+fn copy_new_referral(rows: &mut CopyRows, projected: &Projected, new: &NewReferral) {
     let state = &projected.state;
-    StateColumns {
-        referral_id: *state.id.as_uuid(),
-        source: state.source.to_string(),
-        content_hash: &state.content_hash,
-        status: state.status.code(),
-        provider_id: state.provider.as_ref().map(ProviderId::as_str),
-        attempt: state.attempt,
-        accept_by: state.accept_by,
-        tried_providers: state
-            .tried_providers
-            .iter()
-            .map(ProviderId::as_str)
-            .collect(),
-        consent_to_evaluation: state.consent_to_evaluation,
-        first_contact_at: state.first_contact_at,
-        contacts: state.contacts,
-        activities: state.activities,
-        observation_ids: &state.observation_ids,
-        version: state.version,
-        nhs_number: projected.nhs_number.as_deref(),
-        birth_date: projected.birth_date,
-        postcode: projected.postcode.as_deref(),
-        last_updated: projected.last_updated,
-        closed_at: projected.closed_at,
-        new_row: projected.new_row.as_ref(),
-    }
+    rows.uuid(state.id.as_uuid())
+        .text(&state.source.to_string())
+        .text(&new.source_identifier_system)
+        .text(&new.source_identifier_value)
+        .text(&state.content_hash)
+        .text(state.status.code())
+        .opt_text(state.provider.as_ref().map(ProviderId::as_str))
+        .int(i64::from(state.attempt))
+        .opt_timestamp(state.accept_by)
+        .array(&tried_providers(state))
+        .bool(state.consent_to_evaluation)
+        .opt_timestamp(state.first_contact_at)
+        .int(i64::from(state.contacts))
+        .int(i64::from(state.activities))
+        .array(&uuid_array_literal(&state.observation_ids))
+        .int(version_column(state.version))
+        .opt_text(projected.nhs_number.as_deref())
+        .opt_date(projected.birth_date)
+        .opt_text(projected.postcode.as_deref())
+        .array(&array_literal(new.needs.iter().map(String::as_str)))
+        .text(&new.priority)
+        .opt_text(new.requester.as_deref())
+        .opt_text(new.asc_case_id.as_deref())
+        .timestamp(new.authored_on)
+        .timestamp(new.received_at)
+        .timestamp(projected.last_updated)
+        .opt_timestamp(projected.closed_at)
+        .json_text(&new.service_request)
+        .opt_text(new.patient.as_deref());
+    rows.end_row();
 }
 
-fn json_array<T: Serialize>(rows: &[T]) -> serde_json::Value {
-    // Plain structs of strings, numbers and timestamps always serialize.
-    serde_json::to_value(rows).unwrap_or_else(|error| unreachable!("row serialization: {error}"))
+/// A version as the `BIGINT` column holds it (versions count events: never near 2^63).
+fn version_column(version: u64) -> i64 {
+    i64::try_from(version).unwrap_or(i64::MAX)
 }
 
-/// Writes the referrals changed by a batch: new ones inserted whole, others updated.
+/// Writes the referrals changed by a batch: new ones inserted whole (`COPY`), others
+/// updated in one statement.
 pub async fn save(
     connection: &mut PgConnection,
     changed: &[&Projected],
 ) -> Result<(), sqlx::Error> {
-    let (new, existing): (Vec<_>, Vec<_>) = changed
-        .iter()
-        .map(|projected| columns(projected))
-        .partition(|columns| columns.new_row.is_some());
-    let (new, existing) = (json_array(&new), json_array(&existing));
-    if new.as_array().is_some_and(|rows| !rows.is_empty()) {
-        sqlx::query(
-            "INSERT INTO referrals SELECT * FROM jsonb_populate_recordset(NULL::referrals, $1)",
-        )
-        .bind(new)
-        .execute(&mut *connection)
-        .await?;
+    let mut new = CopyRows::new();
+    let mut existing = ReferralUpdates::default();
+    for projected in changed {
+        match &projected.new_row {
+            Some(row) => copy_new_referral(&mut new, projected, row),
+            None => existing.push(projected),
+        }
     }
-    if existing.as_array().is_some_and(|rows| !rows.is_empty()) {
+    new.send(&mut *connection, "referrals", &REFERRAL_COLUMNS)
+        .await?;
+    if !existing.referral_id.is_empty() {
         sqlx::query(
             "UPDATE referrals r SET status = c.status, provider_id = c.provider_id,
-                attempt = c.attempt, accept_by = c.accept_by, tried_providers = c.tried_providers,
+                attempt = c.attempt, accept_by = c.accept_by,
+                tried_providers = c.tried_providers::TEXT[],
                 consent_to_evaluation = c.consent_to_evaluation,
                 first_contact_at = c.first_contact_at, contacts = c.contacts,
-                activities = c.activities, observation_ids = c.observation_ids,
+                activities = c.activities, observation_ids = c.observation_ids::UUID[],
                 version = c.version, last_updated = c.last_updated, closed_at = c.closed_at
-             FROM jsonb_populate_recordset(NULL::referrals, $1) c
+             FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::INTEGER[], $5::TIMESTAMPTZ[],
+                    $6::TEXT[], $7::BOOLEAN[], $8::TIMESTAMPTZ[], $9::INTEGER[], $10::INTEGER[],
+                    $11::TEXT[], $12::BIGINT[], $13::TIMESTAMPTZ[], $14::TIMESTAMPTZ[])
+                AS c(referral_id, status, provider_id, attempt, accept_by, tried_providers,
+                     consent_to_evaluation, first_contact_at, contacts, activities,
+                     observation_ids, version, last_updated, closed_at)
              WHERE r.referral_id = c.referral_id",
         )
-        .bind(existing)
+        .bind(&existing.referral_id)
+        .bind(&existing.status)
+        .bind(&existing.provider_id)
+        .bind(&existing.attempt)
+        .bind(&existing.accept_by)
+        .bind(&existing.tried_providers)
+        .bind(&existing.consent_to_evaluation)
+        .bind(&existing.first_contact_at)
+        .bind(&existing.contacts)
+        .bind(&existing.activities)
+        .bind(&existing.observation_ids)
+        .bind(&existing.version)
+        .bind(&existing.last_updated)
+        .bind(&existing.closed_at)
         .execute(&mut *connection)
         .await?;
     }
     Ok(())
+}
+
+/// The changing columns of referrals written before this batch, one array per column.
+#[derive(Debug, Default)]
+struct ReferralUpdates {
+    referral_id: Vec<Uuid>,
+    status: Vec<&'static str>,
+    provider_id: Vec<Option<String>>,
+    attempt: Vec<i32>,
+    accept_by: Vec<Option<DateTime<Utc>>>,
+    tried_providers: Vec<String>,
+    consent_to_evaluation: Vec<bool>,
+    first_contact_at: Vec<Option<DateTime<Utc>>>,
+    contacts: Vec<i32>,
+    activities: Vec<i32>,
+    observation_ids: Vec<String>,
+    version: Vec<i64>,
+    last_updated: Vec<DateTime<Utc>>,
+    closed_at: Vec<Option<DateTime<Utc>>>,
+}
+
+impl ReferralUpdates {
+    fn push(&mut self, projected: &Projected) {
+        let state = &projected.state;
+        let count = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
+        self.referral_id.push(*state.id.as_uuid());
+        self.status.push(state.status.code());
+        self.provider_id
+            .push(state.provider.as_ref().map(|id| id.as_str().to_owned()));
+        self.attempt.push(count(state.attempt));
+        self.accept_by.push(state.accept_by);
+        self.tried_providers.push(tried_providers(state));
+        self.consent_to_evaluation.push(state.consent_to_evaluation);
+        self.first_contact_at.push(state.first_contact_at);
+        self.contacts.push(count(state.contacts));
+        self.activities.push(count(state.activities));
+        self.observation_ids
+            .push(uuid_array_literal(&state.observation_ids));
+        self.version.push(version_column(state.version));
+        self.last_updated.push(projected.last_updated);
+        self.closed_at.push(projected.closed_at);
+    }
 }
 
 /// One version of a referral.
@@ -249,7 +328,8 @@ pub struct HistoryRow {
     pub occurred_at: DateTime<Utc>,
     pub status: &'static str,
     pub provider_id: Option<String>,
-    pub body: Option<serde_json::Value>,
+    /// The event's body as JSON text; none for a receipt.
+    pub body: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -372,44 +452,117 @@ impl BatchWrites {
     }
 
     pub async fn write(self, connection: &mut PgConnection) -> Result<(), sqlx::Error> {
-        if !self.history.is_empty() {
-            sqlx::query(
-                "INSERT INTO history SELECT * FROM jsonb_populate_recordset(NULL::history, $1)",
-            )
-            .bind(json_array(&self.history))
-            .execute(&mut *connection)
-            .await?;
+        let mut history = CopyRows::new();
+        for row in &self.history {
+            history
+                .uuid(&row.referral_id)
+                .int(version_column(row.version))
+                .uuid(&row.event_id)
+                .text(&row.event_type)
+                .timestamp(row.occurred_at)
+                .text(row.status)
+                .opt_text(row.provider_id.as_deref())
+                .opt_text(row.body.as_deref());
+            history.end_row();
         }
+        history
+            .send(
+                &mut *connection,
+                "history",
+                &[
+                    "referral_id",
+                    "version",
+                    "event_id",
+                    "event_type",
+                    "occurred_at",
+                    "status",
+                    "provider_id",
+                    "body",
+                ],
+            )
+            .await?;
         if !self.superseded.is_empty() {
+            let rows = &self.superseded;
+            let event_ids: Vec<Uuid> = rows.iter().map(|row| row.event_id).collect();
+            let referral_ids: Vec<Uuid> = rows.iter().map(|row| row.referral_id).collect();
+            let event_types: Vec<&str> = rows.iter().map(|row| row.event_type.as_str()).collect();
+            let occurred_at: Vec<DateTime<Utc>> = rows.iter().map(|row| row.occurred_at).collect();
+            let reasons: Vec<&str> = rows.iter().map(|row| row.reason.as_str()).collect();
             sqlx::query(
-                "INSERT INTO superseded SELECT * FROM jsonb_populate_recordset(NULL::superseded, $1)
+                "INSERT INTO superseded (event_id, referral_id, event_type, occurred_at, reason)
+                 SELECT * FROM UNNEST($1::UUID[], $2::UUID[], $3::TEXT[], $4::TIMESTAMPTZ[], $5::TEXT[])
                  ON CONFLICT (event_id) DO NOTHING",
             )
-            .bind(json_array(&self.superseded))
+            .bind(&event_ids)
+            .bind(&referral_ids)
+            .bind(&event_types)
+            .bind(&occurred_at)
+            .bind(&reasons)
             .execute(&mut *connection)
             .await?;
         }
-        if !self.new_tasks.is_empty() {
-            let mut tasks: Vec<&TaskRow> = self.new_tasks.values().collect();
-            tasks.sort_by_key(|task| task.task_id);
-            sqlx::query(
-                "INSERT INTO tasks SELECT * FROM jsonb_populate_recordset(NULL::tasks, $1)",
+        let mut tasks: Vec<&TaskRow> = self.new_tasks.values().collect();
+        tasks.sort_by_key(|task| task.task_id);
+        let mut task_rows = CopyRows::new();
+        for task in tasks {
+            task_rows
+                .uuid(&task.task_id)
+                .uuid(&task.referral_id)
+                .int(i64::from(task.attempt))
+                .text(&task.provider_id)
+                .text(task.status)
+                .opt_text(task.status_reason.as_deref())
+                .timestamp(task.authored_on)
+                .timestamp(task.last_modified)
+                .opt_timestamp(task.accept_by)
+                .int(version_column(task.version));
+            task_rows.end_row();
+        }
+        task_rows
+            .send(
+                &mut *connection,
+                "tasks",
+                &[
+                    "task_id",
+                    "referral_id",
+                    "attempt",
+                    "provider_id",
+                    "status",
+                    "status_reason",
+                    "authored_on",
+                    "last_modified",
+                    "accept_by",
+                    "version",
+                ],
             )
-            .bind(json_array(&tasks))
-            .execute(&mut *connection)
             .await?;
-        }
         if !self.task_changes.is_empty() {
             let mut changes: Vec<&TaskChange> = self.task_changes.values().collect();
             changes.sort_by_key(|change| change.task_id);
+            let task_ids: Vec<Uuid> = changes.iter().map(|change| change.task_id).collect();
+            let statuses: Vec<&str> = changes.iter().map(|change| change.status).collect();
+            let reasons: Vec<Option<&str>> = changes
+                .iter()
+                .map(|change| change.status_reason.as_deref())
+                .collect();
+            let modified: Vec<DateTime<Utc>> =
+                changes.iter().map(|change| change.last_modified).collect();
+            let versions: Vec<i64> = changes
+                .iter()
+                .map(|change| version_column(change.version))
+                .collect();
             sqlx::query(
                 "UPDATE tasks t SET status = c.status, status_reason = c.status_reason,
                     last_modified = c.last_modified, version = c.version
-                 FROM jsonb_to_recordset($1) AS c(task_id UUID, status TEXT, status_reason TEXT,
-                    last_modified TIMESTAMPTZ, version BIGINT)
+                 FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::TIMESTAMPTZ[], $5::BIGINT[])
+                    AS c(task_id, status, status_reason, last_modified, version)
                  WHERE t.task_id = c.task_id",
             )
-            .bind(json_array(&changes))
+            .bind(&task_ids)
+            .bind(&statuses)
+            .bind(&reasons)
+            .bind(&modified)
+            .bind(&versions)
             .execute(&mut *connection)
             .await?;
         }
@@ -439,20 +592,89 @@ impl BatchWrites {
                 .execute(&mut *connection)
                 .await?;
         }
-        for (table, rows) in [
-            ("observations", json_array(&self.observations)),
-            ("contacts", json_array(&self.contacts)),
-            ("activities", json_array(&self.activities)),
-        ] {
-            if rows.as_array().is_some_and(|rows| !rows.is_empty()) {
-                sqlx::query(&format!(
-                    "INSERT INTO {table} SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1)"
-                ))
-                .bind(rows)
-                .execute(&mut *connection)
-                .await?;
-            }
+        let mut observations = CopyRows::new();
+        for row in &self.observations {
+            observations
+                .uuid(&row.observation_id)
+                .uuid(&row.referral_id)
+                .text(&row.provider_id)
+                .text(row.instrument)
+                .text(row.timepoint)
+                .json(&row.measure)
+                .opt_int(row.total.map(i64::from))
+                .timestamp(row.effective_at)
+                .timestamp(row.recorded_at)
+                .int(version_column(row.version));
+            observations.end_row();
         }
+        observations
+            .send(
+                &mut *connection,
+                "observations",
+                &[
+                    "observation_id",
+                    "referral_id",
+                    "provider_id",
+                    "instrument",
+                    "timepoint",
+                    "measure",
+                    "total",
+                    "effective_at",
+                    "recorded_at",
+                    "version",
+                ],
+            )
+            .await?;
+        let mut contacts = CopyRows::new();
+        for row in &self.contacts {
+            contacts
+                .uuid(&row.event_id)
+                .uuid(&row.referral_id)
+                .text(&row.provider_id)
+                .timestamp(row.contact_at)
+                .text(&row.mode);
+            contacts.end_row();
+        }
+        contacts
+            .send(
+                &mut *connection,
+                "contacts",
+                &[
+                    "event_id",
+                    "referral_id",
+                    "provider_id",
+                    "contact_at",
+                    "mode",
+                ],
+            )
+            .await?;
+        let mut activities = CopyRows::new();
+        for row in &self.activities {
+            activities
+                .uuid(&row.event_id)
+                .uuid(&row.referral_id)
+                .text(&row.provider_id)
+                .opt_text(row.activity_id.as_deref())
+                .text(&row.activity_name)
+                .text(&row.kind)
+                .date(row.attended_on);
+            activities.end_row();
+        }
+        activities
+            .send(
+                &mut *connection,
+                "activities",
+                &[
+                    "event_id",
+                    "referral_id",
+                    "provider_id",
+                    "activity_id",
+                    "activity_name",
+                    "kind",
+                    "attended_on",
+                ],
+            )
+            .await?;
         if !self.seen_event_ids.is_empty() {
             sqlx::query("DELETE FROM public.pending_provider_events WHERE event_id = ANY($1)")
                 .bind(&self.seen_event_ids)

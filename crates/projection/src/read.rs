@@ -2,13 +2,15 @@
 //! outputs gather. Every function takes the schema to read (`projection` live, another
 //! while a replay builds), since table names are not qualified in the DDL.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, NaiveDate, Utc};
-use linkwork_domain::ReferralId;
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::model::ObservationRow;
+use crate::quote_ident;
 
 pub use crate::LIVE_SCHEMA;
 
@@ -211,60 +213,105 @@ pub async fn observations_in(
     .bind(referral)
     .fetch_all(connection)
     .await?;
-    let instruments: Vec<&'static str> = linkwork_domain::Instrument::ALL
-        .iter()
-        .map(|instrument| instrument.code())
-        .collect();
     Ok(records
         .into_iter()
-        .map(|record| ObservationRow {
-            observation_id: record.observation_id,
-            referral_id: record.referral_id,
-            provider_id: record.provider_id,
-            instrument: static_code(&record.instrument, &instruments),
-            timepoint: static_code(&record.timepoint, &["baseline", "interim", "follow-up"]),
-            measure: record.measure,
-            total: record.total.and_then(|total| u8::try_from(total).ok()),
-            effective_at: record.effective_at,
-            recorded_at: record.recorded_at,
-            version: u64::try_from(record.version).unwrap_or_default(),
-        })
+        .map(ObservationRecord::into_row)
         .collect())
 }
 
-/// The observations of a referral, inside the projector's transaction (search_path set).
-pub async fn observation_rows(
-    connection: &mut PgConnection,
-    referral: ReferralId,
-) -> Result<Vec<ObservationRow>, sqlx::Error> {
-    let schema = current_schema(connection).await?;
-    observations_in(connection, &schema, *referral.as_uuid()).await
+impl ObservationRecord {
+    fn into_row(self) -> ObservationRow {
+        let instrument = linkwork_domain::Instrument::ALL
+            .iter()
+            .map(|instrument| instrument.code())
+            .find(|code| *code == self.instrument)
+            .unwrap_or("unknown");
+        ObservationRow {
+            observation_id: self.observation_id,
+            referral_id: self.referral_id,
+            provider_id: self.provider_id,
+            instrument,
+            timepoint: static_code(&self.timepoint, &["baseline", "interim", "follow-up"]),
+            measure: self.measure,
+            total: self.total.and_then(|total| u8::try_from(total).ok()),
+            effective_at: self.effective_at,
+            recorded_at: self.recorded_at,
+            version: u64::try_from(self.version).unwrap_or_default(),
+        }
+    }
 }
 
-async fn current_schema(connection: &mut PgConnection) -> Result<String, sqlx::Error> {
-    sqlx::query_scalar("SELECT current_schema()")
-        .fetch_one(connection)
-        .await
-}
-
-pub async fn summary_parts(
+/// The observations of each of `referrals` (those that have any), each referral's in
+/// the order [`observations_in`] gives, in one query.
+pub async fn observations_of(
     connection: &mut PgConnection,
-    referral: ReferralId,
-) -> Result<SummaryParts, sqlx::Error> {
-    let schema = current_schema(connection).await?;
-    let id = *referral.as_uuid();
-    let task = latest_task(connection, &schema, id).await?;
-    let activities = sqlx::query_as(&format!(
-        "SELECT activity_name, kind, attended_on FROM {schema}.activities
-         WHERE referral_id = $1 ORDER BY attended_on, event_id"
+    schema: &str,
+    referrals: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<ObservationRow>>, sqlx::Error> {
+    let records: Vec<ObservationRecord> = sqlx::query_as(&format!(
+        "SELECT observation_id, referral_id, provider_id, instrument, timepoint, measure, total,
+                effective_at, recorded_at, version
+         FROM {}.observations WHERE referral_id = ANY($1)
+         ORDER BY referral_id, effective_at, observation_id",
+        quote_ident(schema)
     ))
-    .bind(id)
+    .bind(referrals)
+    .fetch_all(connection)
+    .await?;
+    let mut found: HashMap<Uuid, Vec<ObservationRow>> = HashMap::new();
+    for record in records {
+        found
+            .entry(record.referral_id)
+            .or_default()
+            .push(record.into_row());
+    }
+    Ok(found)
+}
+
+/// What the summary for the referrer gathers, for each of `referrals`, in three
+/// queries (a referral with nothing recorded gets empty parts).
+pub async fn summary_parts_of(
+    connection: &mut PgConnection,
+    schema: &str,
+    referrals: &[Uuid],
+) -> Result<HashMap<Uuid, SummaryParts>, sqlx::Error> {
+    let quoted = quote_ident(schema);
+    let mut parts: HashMap<Uuid, SummaryParts> = referrals
+        .iter()
+        .map(|id| (*id, SummaryParts::default()))
+        .collect();
+    let tasks: Vec<TaskView> = sqlx::query_as(&format!(
+        "SELECT DISTINCT ON (referral_id) {TASK_COLUMNS} FROM {quoted}.tasks
+         WHERE referral_id = ANY($1) ORDER BY referral_id, attempt DESC"
+    ))
+    .bind(referrals)
     .fetch_all(&mut *connection)
     .await?;
-    let observations = observations_in(connection, &schema, id).await?;
-    Ok(SummaryParts {
-        task,
-        activities,
-        observations,
-    })
+    for task in tasks {
+        if let Some(part) = parts.get_mut(&task.referral_id) {
+            part.task = Some(task);
+        }
+    }
+    let activities: Vec<(Uuid, String, String, NaiveDate)> = sqlx::query_as(&format!(
+        "SELECT referral_id, activity_name, kind, attended_on FROM {quoted}.activities
+         WHERE referral_id = ANY($1) ORDER BY referral_id, attended_on, event_id"
+    ))
+    .bind(referrals)
+    .fetch_all(&mut *connection)
+    .await?;
+    for (referral, activity_name, kind, attended_on) in activities {
+        if let Some(part) = parts.get_mut(&referral) {
+            part.activities.push(ActivityView {
+                activity_name,
+                kind,
+                attended_on,
+            });
+        }
+    }
+    for (referral, observations) in observations_of(connection, schema, referrals).await? {
+        if let Some(part) = parts.get_mut(&referral) {
+            part.observations = observations;
+        }
+    }
+    Ok(parts)
 }

@@ -97,6 +97,102 @@ pub async fn create_schema(connection: &mut PgConnection, schema: &str) -> Resul
     Ok(())
 }
 
+/// The statements of the read models' DDL, comments removed: those that make the
+/// tables (with their keys) and the view, and the secondary indexes (`CREATE INDEX`),
+/// which a bulk load builds once the rows are in. Together they are the whole DDL.
+pub fn ddl_statements() -> (Vec<String>, Vec<String>) {
+    let uncommented: String = READ_MODELS_SQL
+        .lines()
+        .map(|line| line.split_once("--").map_or(line, |(code, _)| code))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (mut tables, mut indexes) = (Vec::new(), Vec::new());
+    for statement in uncommented.split(';') {
+        let statement = statement.trim();
+        if statement.is_empty() {
+            continue;
+        }
+        let upper = statement.to_ascii_uppercase();
+        if upper.starts_with("CREATE INDEX") || upper.starts_with("CREATE UNIQUE INDEX") {
+            indexes.push(statement.to_owned());
+        } else {
+            tables.push(statement.to_owned());
+        }
+    }
+    (tables, indexes)
+}
+
+/// The tables of `schema`.
+async fn tables_of(
+    connection: &mut PgConnection,
+    schema: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT c.relname::TEXT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY c.relname",
+    )
+    .bind(schema)
+    .fetch_all(connection)
+    .await
+}
+
+/// Creates `schema` (replacing any schema of that name) for a bulk load: the tables with
+/// their keys, no secondary index, autovacuum off. [`finish_load`] makes it what
+/// [`create_schema`] makes.
+pub async fn create_schema_for_load(
+    connection: &mut PgConnection,
+    schema: &str,
+) -> Result<(), sqlx::Error> {
+    let quoted = quote_ident(schema);
+    let create = format!("DROP SCHEMA IF EXISTS {quoted} CASCADE; CREATE SCHEMA {quoted};");
+    sqlx::Executor::execute(&mut *connection, create.as_str()).await?;
+    let (tables, _) = ddl_statements();
+    sqlx::query("SELECT set_config('search_path', $1, true)")
+        .bind(&quoted)
+        .execute(&mut *connection)
+        .await?;
+    for statement in &tables {
+        sqlx::Executor::execute(&mut *connection, statement.as_str()).await?;
+    }
+    sqlx::query("SELECT set_config('search_path', 'public', true)")
+        .execute(&mut *connection)
+        .await?;
+    // Vacuuming tables that are only being appended to, while they are, is wasted work.
+    for table in tables_of(connection, schema).await? {
+        let alter = format!(
+            "ALTER TABLE {quoted}.{} SET (autovacuum_enabled = off, toast.autovacuum_enabled = off)",
+            quote_ident(&table)
+        );
+        sqlx::Executor::execute(&mut *connection, alter.as_str()).await?;
+    }
+    Ok(())
+}
+
+/// Ends the bulk load of `schema`: builds the secondary indexes, gives autovacuum the
+/// tables back and gathers the planner's statistics.
+pub async fn finish_load(connection: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
+    let quoted = quote_ident(schema);
+    let (_, indexes) = ddl_statements();
+    sqlx::query("SELECT set_config('search_path', $1, true)")
+        .bind(&quoted)
+        .execute(&mut *connection)
+        .await?;
+    for statement in &indexes {
+        sqlx::Executor::execute(&mut *connection, statement.as_str()).await?;
+    }
+    sqlx::query("SELECT set_config('search_path', 'public', true)")
+        .execute(&mut *connection)
+        .await?;
+    for table in tables_of(connection, schema).await? {
+        let table = format!("{quoted}.{}", quote_ident(&table));
+        let reset = format!(
+            "ALTER TABLE {table} RESET (autovacuum_enabled, toast.autovacuum_enabled); ANALYZE {table};"
+        );
+        sqlx::Executor::execute(&mut *connection, reset.as_str()).await?;
+    }
+    Ok(())
+}
+
 /// Inside the caller's transaction: makes sure the live read models exist and were
 /// built by this DDL. A missing schema is created empty (and said so, so the caller
 /// can reset its position in the same transaction); one built by another DDL is
@@ -153,4 +249,40 @@ pub async fn swap_in(
     );
     sqlx::Executor::execute(&mut *connection, rename.as_str()).await?;
     record_built(connection).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ddl_splits_into_tables_and_the_indexes_a_load_builds_after() {
+        let (tables, indexes) = ddl_statements();
+        let count = |prefix: &str, statements: &[String]| {
+            statements
+                .iter()
+                .filter(|statement| statement.starts_with(prefix))
+                .count()
+        };
+        // Every statement is kept, and every one is a CREATE.
+        assert!(tables
+            .iter()
+            .chain(&indexes)
+            .all(|statement| statement.starts_with("CREATE ")));
+        let in_ddl = |prefix: &str| {
+            READ_MODELS_SQL
+                .lines()
+                .filter(|line| line.starts_with(prefix))
+                .count()
+        };
+        assert_eq!(count("CREATE TABLE", &tables), in_ddl("CREATE TABLE"));
+        assert_eq!(count("CREATE VIEW", &tables), in_ddl("CREATE VIEW"));
+        assert_eq!(
+            indexes.len(),
+            in_ddl("CREATE INDEX") + in_ddl("CREATE UNIQUE INDEX")
+        );
+        assert_eq!(tables.len(), in_ddl("CREATE TABLE") + in_ddl("CREATE VIEW"));
+        assert!(indexes.iter().all(|index| !index.contains("--")));
+        assert!(!indexes.is_empty());
+    }
 }

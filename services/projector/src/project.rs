@@ -74,18 +74,25 @@ fn new_referral(received: &ReferralReceived, state: Referral) -> Projected {
                 .map(|id| id.as_str().to_owned()),
             authored_on: received.authored_on,
             received_at: received.occurred_at,
-            service_request: received.service_request.clone(),
-            patient: received.patient.clone(),
+            service_request: json_text(&received.service_request),
+            patient: received.patient.as_ref().map(json_text),
         }),
     }
 }
 
-/// The event's body for the history table; a receipt's ServiceRequest is in `referrals`.
-fn history_body(event: &ReferralEvent) -> Option<serde_json::Value> {
+/// JSON text of a value (a FHIR resource as the event carries it).
+fn json_text(value: &serde_json::Value) -> String {
+    value.to_string()
+}
+
+/// The event's body for the history table, as the event is encoded on the log; a
+/// receipt's ServiceRequest is in `referrals`.
+fn history_body(event: &ReferralEvent) -> Option<String> {
     use linkwork_domain::DomainEvent;
     match event {
         ReferralEvent::Received(_) => None,
-        other => serde_json::from_slice(&other.encode()).ok(),
+        // The encoding is serde_json's: UTF-8 always.
+        other => String::from_utf8(other.encode()).ok(),
     }
 }
 
@@ -98,21 +105,6 @@ impl Handler for ProjectorHandler {
         batch: &[Incoming<'_, Self::Message>],
         effects: &mut Effects,
     ) -> Result<(), HandlerError> {
-        // The read models first; the consumer's own tables (offsets, outbox) are in public.
-        sqlx::query("SELECT set_config('search_path', $1, true)")
-            .bind(format!(
-                "{}, public",
-                linkwork_projection::quote_ident(&self.schema)
-            ))
-            .execute(&mut *transaction)
-            .await?;
-        let mut ids: Vec<Uuid> = batch
-            .iter()
-            .map(|incoming| *incoming.message.event.referral_id().as_uuid())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut referrals = model::load(transaction, &ids).await.map_err(model_error)?;
         let logged: Vec<LoggedEvent<'_>> = batch
             .iter()
             .map(|incoming| LoggedEvent {
@@ -121,27 +113,95 @@ impl Handler for ProjectorHandler {
                 event: &incoming.message.event,
             })
             .collect();
-        let FoldedBatch {
-            mut writes,
-            changed,
-            outputs,
-        } = fold_batch(&mut referrals, &logged);
-        if !self.publish {
-            writes.seen_event_ids.clear();
-        }
-        let changed: Vec<&Projected> = changed.iter().map(|id| &referrals[id]).collect();
-        model::save(transaction, &changed).await?;
-        writes.write(transaction).await?;
-        if self.publish && !outputs.is_empty() {
-            for (index, output) in outputs {
-                let incoming = &batch[index];
-                for message in self.render(transaction, &referrals, output).await? {
-                    effects.publish(incoming, message);
-                }
+        let applied = apply_batch(transaction, &self.schema, &logged, self.publish).await?;
+        if self.publish && !applied.folded.outputs.is_empty() {
+            let messages = self.render(transaction, &applied).await?;
+            for (index, message) in messages {
+                effects.publish(&batch[applied.positions[index]], message);
             }
         }
         Ok(())
     }
+}
+
+/// A batch applied to the read models: what it folded, the referrals it touched as
+/// they now are, and where each folded event sits in the batch given.
+#[derive(Debug)]
+pub struct AppliedBatch {
+    pub folded: FoldedBatch,
+    pub referrals: HashMap<ReferralId, Projected>,
+    /// For each event folded, its position in the batch given to [`apply_batch`].
+    pub positions: Vec<usize>,
+}
+
+/// The events of `events` this read model already holds, by id: every event folded is
+/// recorded once, in `history` when it applied or in `superseded` when it did not.
+async fn already_recorded(
+    transaction: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    let found: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT event_id FROM history WHERE event_id = ANY($1)
+         UNION ALL SELECT event_id FROM superseded WHERE event_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(&mut *transaction)
+    .await?;
+    Ok(found.into_iter().collect())
+}
+
+/// Applies `events` (in log order) to the read models in `schema`, inside the caller's
+/// transaction: copies of events the read models already hold are dropped (so a
+/// rebuild and the live projector de-duplicate alike, whatever the consumer's own
+/// record of processed ids), the referrals touched are loaded, folded and written
+/// back. `live` also clears the command side's pending rows of the events seen.
+pub async fn apply_batch(
+    transaction: &mut PgConnection,
+    schema: &str,
+    events: &[LoggedEvent<'_>],
+    live: bool,
+) -> Result<AppliedBatch, HandlerError> {
+    // The read models first; the consumer's own tables (offsets, outbox) are in public.
+    sqlx::query("SELECT set_config('search_path', $1, true)")
+        .bind(format!(
+            "{}, public",
+            linkwork_projection::quote_ident(schema)
+        ))
+        .execute(&mut *transaction)
+        .await?;
+    let ids: Vec<Uuid> = events.iter().map(|logged| logged.event_id).collect();
+    let recorded = already_recorded(transaction, &ids).await?;
+    let mut seen: HashSet<Uuid> = HashSet::with_capacity(events.len());
+    let mut positions = Vec::with_capacity(events.len());
+    let mut fresh = Vec::with_capacity(events.len());
+    for (position, logged) in events.iter().enumerate() {
+        if !recorded.contains(&logged.event_id) && seen.insert(logged.event_id) {
+            positions.push(position);
+            fresh.push(*logged);
+        }
+    }
+    let mut referral_ids: Vec<Uuid> = fresh
+        .iter()
+        .map(|logged| *logged.event.referral_id().as_uuid())
+        .collect();
+    referral_ids.sort_unstable();
+    referral_ids.dedup();
+    let mut referrals = model::load(transaction, &referral_ids)
+        .await
+        .map_err(model_error)?;
+    let mut folded = fold_batch(&mut referrals, &fresh);
+    let mut writes = std::mem::take(&mut folded.writes);
+    if !live {
+        writes.seen_event_ids.clear();
+    }
+    let changed: Vec<&Projected> = folded.changed.iter().map(|id| &referrals[id]).collect();
+    model::save(transaction, &changed).await?;
+    writes.write(transaction).await?;
+    Ok(AppliedBatch {
+        folded,
+        referrals,
+        positions,
+    })
 }
 
 /// One logged event as the fold sees it.
@@ -450,52 +510,75 @@ impl ProjectorHandler {
         projected.state.consent_to_evaluation || self.config.evaluation_lawful_basis.is_some()
     }
 
+    /// What the applied events send out, each message with the position (among the
+    /// events folded) of the event that caused it. What outputs read back (the summary's
+    /// parts, the observations consent releases) is read for the whole batch at once.
     async fn render(
         &self,
         transaction: &mut PgConnection,
-        referrals: &std::collections::HashMap<ReferralId, Projected>,
-        output: Output,
-    ) -> Result<Vec<OutboxEvent>, HandlerError> {
+        applied: &AppliedBatch,
+    ) -> Result<Vec<(usize, OutboxEvent)>, HandlerError> {
         let config = &self.config;
+        let referrals = &applied.referrals;
+        let mut closed = Vec::new();
+        let mut consenting = Vec::new();
+        for (_, output) in &applied.folded.outputs {
+            match output {
+                Output::Closed { referral, .. } => closed.push(*referral.as_uuid()),
+                Output::ConsentGiven { referral } => consenting.push(*referral.as_uuid()),
+                Output::Observation { .. } => {}
+            }
+        }
+        let summaries = if closed.is_empty() {
+            HashMap::new()
+        } else {
+            linkwork_projection::read::summary_parts_of(transaction, &self.schema, &closed).await?
+        };
+        let released = if consenting.is_empty() {
+            HashMap::new()
+        } else {
+            linkwork_projection::read::observations_of(transaction, &self.schema, &consenting)
+                .await?
+        };
         let mut messages = Vec::new();
-        match output {
-            Output::Observation {
-                referral,
-                observation,
-            } => {
-                let projected = &referrals[&referral];
-                let person = Self::person(projected);
-                messages.push(resources::observation_message(
-                    config,
-                    &person,
-                    &observation,
-                ));
-                if self.may_share(projected) {
-                    messages.push(resources::pseudonymised_message(
-                        config,
-                        &person,
-                        &observation,
+        for (index, output) in &applied.folded.outputs {
+            match output {
+                Output::Observation {
+                    referral,
+                    observation,
+                } => {
+                    let projected = &referrals[referral];
+                    let person = Self::person(projected);
+                    messages.push((
+                        *index,
+                        resources::observation_message(config, &person, observation),
+                    ));
+                    if self.may_share(projected) {
+                        messages.push((
+                            *index,
+                            resources::pseudonymised_message(config, &person, observation),
+                        ));
+                    }
+                }
+                Output::ConsentGiven { referral } => {
+                    let projected = &referrals[referral];
+                    let person = Self::person(projected);
+                    for observation in released.get(referral.as_uuid()).into_iter().flatten() {
+                        messages.push((
+                            *index,
+                            resources::pseudonymised_message(config, &person, observation),
+                        ));
+                    }
+                }
+                Output::Closed { referral, at } => {
+                    let projected = &referrals[referral];
+                    let empty = linkwork_projection::read::SummaryParts::default();
+                    let summary = summaries.get(referral.as_uuid()).unwrap_or(&empty);
+                    messages.push((
+                        *index,
+                        resources::summary_message(config, projected, summary, *at),
                     ));
                 }
-            }
-            Output::ConsentGiven { referral } => {
-                let projected = &referrals[&referral];
-                let person = Self::person(projected);
-                for observation in
-                    linkwork_projection::read::observation_rows(transaction, referral).await?
-                {
-                    messages.push(resources::pseudonymised_message(
-                        config,
-                        &person,
-                        &observation,
-                    ));
-                }
-            }
-            Output::Closed { referral, at } => {
-                let projected = &referrals[&referral];
-                let summary =
-                    linkwork_projection::read::summary_parts(transaction, referral).await?;
-                messages.push(resources::summary_message(config, projected, &summary, at));
             }
         }
         Ok(messages)
