@@ -108,6 +108,11 @@ pub enum Withdrawn {
 /// time is the database's clock, a message's timestamp the producer's.
 const CLOCK_MARGIN: chrono::Duration = chrono::Duration::seconds(60);
 
+/// A claim made by a submission's own statement less than this long ago is published
+/// without restarting its attempt: settling allows two seconds beyond the delivery
+/// timeouts, so a send that starts within one second of the claim lands in time.
+const FRESH_CLAIM: Duration = Duration::from_secs(1);
+
 /// Longest a search of the log for one unconfirmed event may take.
 const SEARCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -118,6 +123,9 @@ enum Plan {
     Publish {
         received_at: DateTime<Utc>,
         attempted_at: DateTime<Utc>,
+        /// When the claim was made by this submission's own claiming statement (not
+        /// taken over after settling an earlier attempt).
+        claimed_at: Option<std::time::Instant>,
     },
     Done(Result<Taken, IntakeError>),
     /// The same referral appeared earlier in this submission (at this index): it gets
@@ -348,6 +356,7 @@ impl Intake {
                 .await?
                 .into_iter()
                 .collect();
+        let claimed_at = std::time::Instant::now();
         let mut plans = Vec::with_capacity(referrals.len());
         for (index, referral) in referrals.iter().enumerate() {
             let first = first_of[&referral.referral_id];
@@ -359,6 +368,7 @@ impl Intake {
                 plans.push(Plan::Publish {
                     received_at,
                     attempted_at: received_at,
+                    claimed_at: Some(claimed_at),
                 });
             } else {
                 plans.push(self.plan(&mut connection, referral).await?);
@@ -393,6 +403,7 @@ impl Intake {
                 return Ok(Plan::Publish {
                     received_at,
                     attempted_at: received_at,
+                    claimed_at: None,
                 });
             }
             let Some(existing) =
@@ -441,6 +452,7 @@ impl Intake {
                         return Ok(Plan::Publish {
                             received_at,
                             attempted_at,
+                            claimed_at: None,
                         });
                     }
                     continue; // changed meanwhile
@@ -575,6 +587,7 @@ impl Intake {
         let now = self.clock.now();
         let mut results: Vec<Option<Result<Taken, IntakeError>>> = Vec::with_capacity(plans.len());
         let mut claimed = Vec::new();
+        let mut fresh = true;
         let mut to_publish = Vec::new();
         for (index, (referral, plan)) in referrals.into_iter().zip(plans).enumerate() {
             match plan {
@@ -585,8 +598,10 @@ impl Intake {
                 Plan::Publish {
                     received_at,
                     attempted_at,
+                    claimed_at,
                 } => {
                     results.push(None);
+                    fresh &= claimed_at.is_some_and(|at| at.elapsed() < FRESH_CLAIM);
                     claimed.push((index, referral, received_at, attempted_at));
                 }
             }
@@ -594,37 +609,24 @@ impl Intake {
         if claimed.is_empty() {
             return finish(results);
         }
-        let mut connection = match self.pool.acquire().await {
-            Ok(connection) => connection,
-            Err(error) => {
-                // Nothing was sent: the claims stay pending and settle as abandoned.
-                for (index, ..) in &claimed {
-                    results[*index] = Some(Err(IntakeError::Database(clone_error(&error))));
-                }
-                return finish(results);
-            }
-        };
-        // The attempt starts now, not at the claim: planning the rest of a batch may
-        // have taken a while, and settling counts from the attempt.
-        let held = match receipts::begin_attempts(
-            &mut connection,
-            &claimed
+        let held: std::collections::HashMap<uuid::Uuid, DateTime<Utc>> = if fresh {
+            // Claimed a moment ago by this submission: the attempt is the claim, and the
+            // send starts well within the margin settling allows for (see FRESH_CLAIM).
+            claimed
                 .iter()
                 .map(|(_, referral, _, attempted_at)| {
                     (*referral.referral_id.as_uuid(), *attempted_at)
                 })
-                .collect::<Vec<_>>(),
-        )
-        .await
-        {
-            Ok(held) => held
-                .into_iter()
-                .collect::<std::collections::HashMap<_, _>>(),
-            Err(error) => {
-                for (index, ..) in &claimed {
-                    results[*index] = Some(Err(IntakeError::Database(clone_error(&error))));
+                .collect()
+        } else {
+            match self.begin_attempts(&claimed).await {
+                Ok(held) => held,
+                Err(error) => {
+                    for (index, ..) in &claimed {
+                        results[*index] = Some(Err(IntakeError::Database(clone_error(&error))));
+                    }
+                    return finish(results);
                 }
-                return finish(results);
             }
         };
         let mut meta = Vec::new();
@@ -655,9 +657,6 @@ impl Intake {
         if to_publish.is_empty() {
             return finish(results);
         }
-        // The connection goes back to the pool while the broker acknowledges: other
-        // batches claim and mark meanwhile.
-        drop(connection);
         // A 2xx needs the event's place on the log. librdkafka also reports success
         // without one (offset -1001) when it infers a delivery from a later message's:
         // that has been wrong (see `Producer`), so such a delivery counts as sent but
@@ -759,6 +758,24 @@ impl Intake {
             }
         }
         finish(results)
+    }
+
+    /// Starts the attempts of `claimed` now, not at their claim: planning the rest of a
+    /// batch may have taken a while (settling a resubmission reads the log), and
+    /// settling counts from the attempt. Returns the claims still held.
+    async fn begin_attempts(
+        &self,
+        claimed: &[(usize, ValidatedReferral, DateTime<Utc>, DateTime<Utc>)],
+    ) -> Result<std::collections::HashMap<uuid::Uuid, DateTime<Utc>>, sqlx::Error> {
+        let mut connection = self.pool.acquire().await?;
+        let claims: Vec<(uuid::Uuid, DateTime<Utc>)> = claimed
+            .iter()
+            .map(|(_, referral, _, attempted_at)| (*referral.referral_id.as_uuid(), *attempted_at))
+            .collect();
+        Ok(receipts::begin_attempts(&mut connection, &claims)
+            .await?
+            .into_iter()
+            .collect())
     }
 
     async fn release_claims(&self, referrals: &[ValidatedReferral], plans: &[Plan]) {
