@@ -69,7 +69,7 @@ impl Sizes {
             Self {
                 produce: 100_000,
                 http: 20_000,
-                http_clients: 64,
+                http_clients: 256,
                 inbound: 20_000,
                 routing: 20_000,
                 projection: 100_000,
