@@ -7,10 +7,10 @@ use clap::{Args, Parser, Subcommand};
 use linkwork::commands;
 use linkwork::settings::Settings;
 
-/// mimalloc rather than the system allocator: glibc's per-thread arenas (tokio's
-/// workers, librdkafka's threads) each keep freed memory, which held the processes
-/// well above the 64 MiB they need; mimalloc returns it and is faster at the many
-/// small allocations JSON makes.
+/// mimalloc rather than glibc's allocator: the services allocate and free many small
+/// JSON trees across threads (a quarter of ingest's profile is in the allocator), the
+/// case mimalloc is built for. Not yet measured against glibc on its own; see
+/// BENCHMARKS.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
