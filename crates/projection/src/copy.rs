@@ -177,21 +177,20 @@ impl CopyRows {
         self
     }
 
-    /// A `TIMESTAMPTZ`, to the nanosecond (Postgres rounds it to microseconds, as it
-    /// does any timestamp text).
+    /// A `TIMESTAMPTZ`, as [`to_microseconds`] makes it.
     pub fn timestamp(&mut self, value: DateTime<Utc>) -> &mut Self {
         self.separate();
+        let value = to_microseconds(value);
         let date = value.date_naive();
         let time = value.time();
         let _ = write!(
             self.buffer,
-            "{} {:02}:{:02}:{:02}.{:09}+00",
+            "{} {:02}:{:02}:{:02}.{:06}+00",
             Date(date),
             time.hour(),
             time.minute(),
             time.second(),
-            // A leap second is written as the 60th second's fraction carried over.
-            time.nanosecond().min(999_999_999),
+            time.nanosecond() / 1000,
         );
         self
     }
@@ -255,6 +254,21 @@ impl CopyRows {
     }
 }
 
+/// `at` to the microsecond, as Postgres rounds timestamp text (half to even): what a
+/// `TIMESTAMPTZ` column holds of it. Every write of a timestamp goes through this,
+/// whether as `COPY` text or as a bound value (which Postgres would truncate), so a row
+/// written whole and a row updated later hold the same instant.
+pub fn to_microseconds(at: DateTime<Utc>) -> DateTime<Utc> {
+    // A leap second's fraction is carried as nanoseconds past 999,999,999.
+    let nanos = i64::from(at.nanosecond().min(999_999_999));
+    let (mut micros, rest) = (nanos / 1000, nanos % 1000);
+    if rest > 500 || (rest == 500 && micros % 2 == 1) {
+        micros += 1;
+    }
+    at - chrono::Duration::nanoseconds(i64::from(at.nanosecond()))
+        + chrono::Duration::microseconds(micros)
+}
+
 /// A date in ISO 8601 (`YYYY-MM-DD`), with Postgres's `BC` for years before 1.
 struct Date(NaiveDate);
 
@@ -307,7 +321,7 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_keep_their_nanoseconds_and_dates_their_era() {
+    fn timestamps_and_dates_are_written_as_postgres_reads_them() {
         let at = DateTime::parse_from_rfc3339("2026-09-01T09:05:07.123456789Z")
             .unwrap()
             .with_timezone(&Utc);
@@ -318,8 +332,43 @@ mod tests {
         rows.end_row();
         assert_eq!(
             text(&rows),
-            "2026-09-01 09:05:07.123456789+00\t2026-02-03\t0001-01-01 BC\n"
+            "2026-09-01 09:05:07.123457+00\t2026-02-03\t0001-01-01 BC\n"
         );
+    }
+
+    #[test]
+    fn timestamps_are_rounded_to_the_microsecond_half_to_even() {
+        let at = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        for (given, held) in [
+            (
+                "2026-12-08T01:04:58.740304614Z",
+                "2026-12-08T01:04:58.740305Z",
+            ),
+            (
+                "2026-12-08T01:04:58.740304499Z",
+                "2026-12-08T01:04:58.740304Z",
+            ),
+            (
+                "2026-12-08T01:04:58.740304500Z",
+                "2026-12-08T01:04:58.740304Z",
+            ),
+            (
+                "2026-12-08T01:04:58.740305500Z",
+                "2026-12-08T01:04:58.740306Z",
+            ),
+            ("2026-12-31T23:59:59.999999700Z", "2027-01-01T00:00:00Z"),
+            ("2026-12-08T01:04:58Z", "2026-12-08T01:04:58Z"),
+        ] {
+            assert_eq!(to_microseconds(at(given)), at(held), "{given}");
+        }
+        let mut rows = CopyRows::new();
+        rows.timestamp(at("2026-12-31T23:59:59.999999700Z"));
+        rows.end_row();
+        assert_eq!(text(&rows), "2027-01-01 00:00:00.000000+00\n");
     }
 
     #[test]

@@ -23,8 +23,8 @@ mod schema;
 
 pub use schema::{
     create_schema, create_schema_for_load, ddl_hash, ddl_statements, ensure_schema, finish_load,
-    lock_schema, migrate, migrator, quote_ident, swap_in, SchemaError, SchemaState, LIVE_SCHEMA,
-    READ_MODELS_SQL,
+    lock_schema, migrate, migrator, quote_ident, swap_in, Deferred, SchemaError, SchemaState,
+    LIVE_SCHEMA, READ_MODELS_SQL,
 };
 
 /// Why reading the read models failed.

@@ -12,7 +12,7 @@ use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::copy::{array_literal, uuid_array_literal, CopyRows};
+use crate::copy::{array_literal, to_microseconds, uuid_array_literal, CopyRows};
 
 /// A referral as the projector holds it between events: the domain aggregate plus
 /// what outputs need (who the person is, for Observations and pseudonyms).
@@ -304,17 +304,20 @@ impl ReferralUpdates {
         self.provider_id
             .push(state.provider.as_ref().map(|id| id.as_str().to_owned()));
         self.attempt.push(count(state.attempt));
-        self.accept_by.push(state.accept_by);
+        self.accept_by.push(state.accept_by.map(to_microseconds));
         self.tried_providers.push(tried_providers(state));
         self.consent_to_evaluation.push(state.consent_to_evaluation);
-        self.first_contact_at.push(state.first_contact_at);
+        self.first_contact_at
+            .push(state.first_contact_at.map(to_microseconds));
         self.contacts.push(count(state.contacts));
         self.activities.push(count(state.activities));
         self.observation_ids
             .push(uuid_array_literal(&state.observation_ids));
         self.version.push(version_column(state.version));
-        self.last_updated.push(projected.last_updated);
-        self.closed_at.push(projected.closed_at);
+        self.last_updated
+            .push(to_microseconds(projected.last_updated));
+        self.closed_at
+            .push(projected.closed_at.map(to_microseconds));
     }
 }
 
@@ -486,7 +489,10 @@ impl BatchWrites {
             let event_ids: Vec<Uuid> = rows.iter().map(|row| row.event_id).collect();
             let referral_ids: Vec<Uuid> = rows.iter().map(|row| row.referral_id).collect();
             let event_types: Vec<&str> = rows.iter().map(|row| row.event_type.as_str()).collect();
-            let occurred_at: Vec<DateTime<Utc>> = rows.iter().map(|row| row.occurred_at).collect();
+            let occurred_at: Vec<DateTime<Utc>> = rows
+                .iter()
+                .map(|row| to_microseconds(row.occurred_at))
+                .collect();
             let reasons: Vec<&str> = rows.iter().map(|row| row.reason.as_str()).collect();
             sqlx::query(
                 "INSERT INTO superseded (event_id, referral_id, event_type, occurred_at, reason)
@@ -545,8 +551,10 @@ impl BatchWrites {
                 .iter()
                 .map(|change| change.status_reason.as_deref())
                 .collect();
-            let modified: Vec<DateTime<Utc>> =
-                changes.iter().map(|change| change.last_modified).collect();
+            let modified: Vec<DateTime<Utc>> = changes
+                .iter()
+                .map(|change| to_microseconds(change.last_modified))
+                .collect();
             let versions: Vec<i64> = changes
                 .iter()
                 .map(|change| version_column(change.version))

@@ -136,17 +136,25 @@ async fn tables_of(
     .await
 }
 
-/// Creates `schema` (replacing any schema of that name) for a bulk load: the tables with
-/// their keys, no secondary index, autovacuum off. [`finish_load`] makes it what
+/// What a bulk load builds at its end: the statements that give the tables the
+/// indexes and unique constraints they were loaded without.
+#[derive(Debug, Clone, Default)]
+pub struct Deferred {
+    statements: Vec<String>,
+}
+
+/// Creates `schema` (replacing any schema of that name) for a bulk load: the tables
+/// with their primary keys only (no secondary index, no other unique constraint) and
+/// autovacuum off. [`finish_load`], given what this returns, makes it what
 /// [`create_schema`] makes.
 pub async fn create_schema_for_load(
     connection: &mut PgConnection,
     schema: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<Deferred, sqlx::Error> {
     let quoted = quote_ident(schema);
     let create = format!("DROP SCHEMA IF EXISTS {quoted} CASCADE; CREATE SCHEMA {quoted};");
     sqlx::Executor::execute(&mut *connection, create.as_str()).await?;
-    let (tables, _) = ddl_statements();
+    let (tables, indexes) = ddl_statements();
     sqlx::query("SELECT set_config('search_path', $1, true)")
         .bind(&quoted)
         .execute(&mut *connection)
@@ -157,6 +165,25 @@ pub async fn create_schema_for_load(
     sqlx::query("SELECT set_config('search_path', 'public', true)")
         .execute(&mut *connection)
         .await?;
+    let mut deferred = Deferred::default();
+    // Unique constraints other than primary keys, as the DDL made them.
+    let uniques: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT c.conrelid::regclass::TEXT, c.conname::TEXT, pg_get_constraintdef(c.oid)
+         FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+         WHERE n.nspname = $1 AND c.contype = 'u' ORDER BY 1, 2",
+    )
+    .bind(schema)
+    .fetch_all(&mut *connection)
+    .await?;
+    for (table, name, definition) in uniques {
+        let name = quote_ident(&name);
+        let drop = format!("ALTER TABLE {table} DROP CONSTRAINT {name}");
+        sqlx::Executor::execute(&mut *connection, drop.as_str()).await?;
+        deferred.statements.push(format!(
+            "ALTER TABLE {table} ADD CONSTRAINT {name} {definition}"
+        ));
+    }
+    deferred.statements.extend(indexes);
     // Vacuuming tables that are only being appended to, while they are, is wasted work.
     for table in tables_of(connection, schema).await? {
         let alter = format!(
@@ -165,19 +192,27 @@ pub async fn create_schema_for_load(
         );
         sqlx::Executor::execute(&mut *connection, alter.as_str()).await?;
     }
-    Ok(())
+    Ok(deferred)
 }
 
-/// Ends the bulk load of `schema`: builds the secondary indexes, gives autovacuum the
-/// tables back and gathers the planner's statistics.
-pub async fn finish_load(connection: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
+/// Ends the bulk load of `schema`: builds the unique constraints and indexes it was
+/// loaded without, gives autovacuum the tables back and gathers the planner's
+/// statistics.
+pub async fn finish_load(
+    connection: &mut PgConnection,
+    schema: &str,
+    deferred: &Deferred,
+) -> Result<(), sqlx::Error> {
     let quoted = quote_ident(schema);
-    let (_, indexes) = ddl_statements();
-    sqlx::query("SELECT set_config('search_path', $1, true)")
-        .bind(&quoted)
-        .execute(&mut *connection)
-        .await?;
-    for statement in &indexes {
+    // Index builds sort in memory up to this, rather than spilling to disk.
+    sqlx::query(
+        "SELECT set_config('search_path', $1, true),
+                set_config('maintenance_work_mem', '64MB', true)",
+    )
+    .bind(&quoted)
+    .execute(&mut *connection)
+    .await?;
+    for statement in &deferred.statements {
         sqlx::Executor::execute(&mut *connection, statement.as_str()).await?;
     }
     sqlx::query("SELECT set_config('search_path', 'public', true)")

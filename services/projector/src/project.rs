@@ -10,7 +10,9 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use linkwork_bus::{CloudEvent, Effects, Handler, HandlerError, Incoming, OutboxEvent};
+use linkwork_bus::{
+    CloudEvent, Decode, Decoded, Effects, Handler, HandlerError, Incoming, OutboxEvent, Record,
+};
 use linkwork_domain::event::ReferralReceived;
 use linkwork_domain::referral::{self, Folded, Referral, Status};
 use linkwork_domain::{ReferralEvent, ReferralId};
@@ -96,8 +98,28 @@ fn history_body(event: &ReferralEvent) -> Option<String> {
     }
 }
 
+/// A logged event as the projector consumes it: the CloudEvent, handed to the consumer
+/// without an event id to claim. The projector de-duplicates against its read models
+/// ([`apply_batch`]), which hold every event they have folded for as long as they
+/// exist; the consumer's table of processed ids would be a second, shorter-lived record
+/// of the same thing, written row by row in every batch.
+#[derive(Debug, Clone)]
+pub struct LogEvent(pub CloudEvent<ReferralEvent>);
+
+impl Decode for LogEvent {
+    fn decode(record: &Record) -> Result<Decoded<Self>, String> {
+        let decoded = CloudEvent::<ReferralEvent>::decode(record)?;
+        Ok(Decoded {
+            event_id: None,
+            traceparent: decoded.traceparent,
+            tracestate: decoded.tracestate,
+            value: LogEvent(decoded.value),
+        })
+    }
+}
+
 impl Handler for ProjectorHandler {
-    type Message = CloudEvent<ReferralEvent>;
+    type Message = LogEvent;
 
     async fn handle(
         &mut self,
@@ -108,9 +130,9 @@ impl Handler for ProjectorHandler {
         let logged: Vec<LoggedEvent<'_>> = batch
             .iter()
             .map(|incoming| LoggedEvent {
-                event_id: incoming.message.meta.id,
-                event_type: &incoming.message.meta.event_type,
-                event: &incoming.message.event,
+                event_id: incoming.message.0.meta.id,
+                event_type: &incoming.message.0.meta.event_type,
+                event: &incoming.message.0.event,
             })
             .collect();
         let applied = apply_batch(transaction, &self.schema, &logged, self.publish).await?;
@@ -134,17 +156,22 @@ pub struct AppliedBatch {
     pub positions: Vec<usize>,
 }
 
-/// The events of `events` this read model already holds, by id: every event folded is
-/// recorded once, in `history` when it applied or in `superseded` when it did not.
+/// Which of `ids` this read model already holds: every event folded is recorded once,
+/// in `history` when it applied (under its referral, which then exists: `referrals`
+/// are those of the batch that do) or in `superseded` when it did not. Asking
+/// `history` by referral rather than by event id lets a rebuild load `history` before
+/// it has its event id index.
 async fn already_recorded(
     transaction: &mut PgConnection,
     ids: &[Uuid],
+    referrals: &[Uuid],
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
     let found: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT event_id FROM history WHERE event_id = ANY($1)
+        "SELECT event_id FROM history WHERE referral_id = ANY($2)
          UNION ALL SELECT event_id FROM superseded WHERE event_id = ANY($1)",
     )
     .bind(ids)
+    .bind(referrals)
     .fetch_all(&mut *transaction)
     .await?;
     Ok(found.into_iter().collect())
@@ -162,15 +189,33 @@ pub async fn apply_batch(
     live: bool,
 ) -> Result<AppliedBatch, HandlerError> {
     // The read models first; the consumer's own tables (offsets, outbox) are in public.
-    sqlx::query("SELECT set_config('search_path', $1, true)")
-        .bind(format!(
-            "{}, public",
-            linkwork_projection::quote_ident(schema)
-        ))
-        .execute(&mut *transaction)
-        .await?;
+    // A ServiceRequest is large enough to be compressed: lz4 where the server has it
+    // costs a fraction of the default pglz.
+    sqlx::query(
+        "SELECT set_config('search_path', $1, true),
+                set_config('default_toast_compression', CASE
+                    WHEN EXISTS (SELECT 1 FROM pg_settings
+                                 WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals))
+                    THEN 'lz4' ELSE current_setting('default_toast_compression') END, true)",
+    )
+    .bind(format!(
+        "{}, public",
+        linkwork_projection::quote_ident(schema)
+    ))
+    .execute(&mut *transaction)
+    .await?;
+    let mut referral_ids: Vec<Uuid> = events
+        .iter()
+        .map(|logged| *logged.event.referral_id().as_uuid())
+        .collect();
+    referral_ids.sort_unstable();
+    referral_ids.dedup();
+    let mut referrals = model::load(transaction, &referral_ids)
+        .await
+        .map_err(model_error)?;
     let ids: Vec<Uuid> = events.iter().map(|logged| logged.event_id).collect();
-    let recorded = already_recorded(transaction, &ids).await?;
+    let existing: Vec<Uuid> = referrals.keys().map(|id| *id.as_uuid()).collect();
+    let recorded = already_recorded(transaction, &ids, &existing).await?;
     let mut seen: HashSet<Uuid> = HashSet::with_capacity(events.len());
     let mut positions = Vec::with_capacity(events.len());
     let mut fresh = Vec::with_capacity(events.len());
@@ -180,15 +225,6 @@ pub async fn apply_batch(
             fresh.push(*logged);
         }
     }
-    let mut referral_ids: Vec<Uuid> = fresh
-        .iter()
-        .map(|logged| *logged.event.referral_id().as_uuid())
-        .collect();
-    referral_ids.sort_unstable();
-    referral_ids.dedup();
-    let mut referrals = model::load(transaction, &referral_ids)
-        .await
-        .map_err(model_error)?;
     let mut folded = fold_batch(&mut referrals, &fresh);
     let mut writes = std::mem::take(&mut folded.writes);
     if !live {

@@ -6,11 +6,11 @@
 //! itself, partitions assigned from their first offset up to the high watermarks taken
 //! at the start (no group, no offsets stored per batch, no processed ids recorded), and
 //! writes large batches through the live projector's own fold and writes
-//! ([`crate::project::apply_batch`]) into tables built without their secondary indexes,
+//! ([`crate::project::apply_batch`]) into tables built with their primary keys only,
 //! committed without waiting for the WAL flush. Decoding runs on a thread of its own
 //! while the previous batch is written, so the two cores share the work.
 //!
-//! At the end the indexes are built, and one transaction renames the schemas and sets
+//! At the end the other indexes and unique constraints are built, and one transaction renames the schemas and sets
 //! the live projector's stored offsets to where the rebuild stopped (its processed ids
 //! are dropped: the projector tells copies from the read models themselves). A live
 //! projector still running then finds its stored offsets changed under it, seeks to
@@ -356,7 +356,7 @@ pub async fn replay_in_batches(
         .sum();
 
     let mut transaction = pool.begin().await?;
-    create_schema_for_load(&mut transaction, &config.rebuild_schema).await?;
+    let deferred = create_schema_for_load(&mut transaction, &config.rebuild_schema).await?;
     transaction.commit().await?;
 
     let bar = if show_progress {
@@ -408,7 +408,7 @@ pub async fn replay_in_batches(
     bar.finish();
 
     let mut transaction = pool.begin().await?;
-    finish_load(&mut transaction, &config.rebuild_schema).await?;
+    finish_load(&mut transaction, &config.rebuild_schema, &deferred).await?;
     transaction.commit().await?;
     swap(pool, config, &topic, &spans).await?;
     let referrals: i64 = sqlx::query_scalar(&format!(
