@@ -8,7 +8,7 @@ SQLX_DATABASE ?= postgres://postgres@127.0.0.1:5432/linkwork_sqlx
 LINKWORK_CACHE ?= $(HOME)/.cache/linkwork
 SQLX_CLI := $(LINKWORK_CACHE)/sqlx-cli-0.8.6/bin
 
-.PHONY: help demo test bench lint fmt broker stop schemas sqlx-prepare sqlx-check install-sqlx-cli build fuzz
+.PHONY: help demo test bench bench-peers lint fmt broker stop schemas sqlx-prepare sqlx-check install-sqlx-cli build fuzz
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -21,6 +21,9 @@ test: ## run every test against a real broker and Postgres (started and stopped 
 
 bench: ## measure every stage beside the raw broker and Postgres (BENCH_ARGS=--quick for a short run); JSON in target/bench/
 	@scripts/stack bench $(BENCH_ARGS)
+
+bench-peers: ## parse + validate beside HAPI FHIR, fhir.resources and Medplum on the same payloads (installs them into the cache once; BENCH_ARGS=--quick)
+	@scripts/stack bench-peers $(BENCH_ARGS)
 
 fuzz: ## run the intake fuzzer for FUZZ_SECONDS (default 60), seeded from the conformance corpus
 	@scripts/stack fuzz $(or $(FUZZ_SECONDS),60)

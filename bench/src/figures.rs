@@ -96,7 +96,7 @@ pub fn percentile(sorted: &[f64], quantile: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn number(value: f64) -> String {
+pub fn number(value: f64) -> String {
     if !value.is_finite() {
         "-".to_owned()
     } else if value >= 100.0 {

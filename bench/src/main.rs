@@ -5,10 +5,15 @@
 //! `make bench` starts a broker of the bench's own and Postgres and builds this binary
 //! beside `linkwork`; each stage runs `linkwork serve ...` processes on a database and
 //! topics of its own, so what is measured is what is deployed.
+//!
+//! `--peers` (`make bench-peers`) sets linkwork's parse + validate beside other FHIR
+//! implementations on the same payloads in the same run (`peers`); alone it needs no
+//! broker or Postgres, and with `--only` the stages named run first.
 
 mod env;
 mod figures;
 mod payload;
+mod peers;
 mod stages;
 
 use std::path::PathBuf;
@@ -35,6 +40,11 @@ struct Args {
     /// latency); memory is reported for the processes of the stages run.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Parse + validate beside HAPI FHIR, fhir.resources and Medplum on the same
+    /// payloads (each installed into the cache by scripts/peers when missing). Alone,
+    /// only that runs; with --only, those stages run too.
+    #[arg(long)]
+    peers: bool,
 }
 
 /// How much each stage does.
@@ -90,6 +100,8 @@ struct Report {
     runs: usize,
     sizes: Sizes,
     figures: Vec<Figure>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peers: Option<peers::Report>,
 }
 
 fn main() -> ExitCode {
@@ -136,9 +148,71 @@ fn peaks(measured: &[stages::Measured]) -> Vec<f64> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let bench = env::Bench::from_env()?;
     let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
     let sizes = Sizes::for_run(args.quick);
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target/bench"));
+    let figures = if !args.peers || !args.only.is_empty() {
+        let figures = stages(&args, runs, sizes).await?;
+        println!("{}", figures::table(&figures));
+        figures
+    } else {
+        Vec::new()
+    };
+    let peers = if args.peers {
+        let script = peers_script();
+        let dir = out.join("peers");
+        let timing = peers::Timing::for_run(args.quick);
+        let report =
+            tokio::task::spawn_blocking(move || peers::run(&script, &dir, timing)).await??;
+        println!("{}", peers::table(&report));
+        Some(report)
+    } else {
+        None
+    };
+
+    let report = Report {
+        measured_at: chrono::Utc::now().to_rfc3339(),
+        machine: machine(),
+        linkwork_version: env!("CARGO_PKG_VERSION"),
+        quick: args.quick,
+        runs,
+        sizes,
+        figures,
+        peers,
+    };
+    std::fs::create_dir_all(&out)?;
+    let file = out.join(format!(
+        "bench-{}{}{}.json",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        if args.quick { "-quick" } else { "" },
+        if report.figures.is_empty() {
+            "-peers"
+        } else {
+            ""
+        }
+    ));
+    let text = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&file, &text)?;
+    std::fs::write(out.join("latest.json"), &text)?;
+    println!("written: {}", file.display());
+    Ok(())
+}
+
+/// `scripts/peers` of this checkout: `LINKWORK_PEERS_SCRIPT` (which `scripts/stack`
+/// sets), else found from the workspace.
+fn peers_script() -> PathBuf {
+    std::env::var_os("LINKWORK_PEERS_SCRIPT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| linkwork_testkit::workspace_root().join("scripts/peers"))
+}
+
+/// The pipeline's stages (`--only` chooses), on the broker and Postgres `make bench`
+/// started.
+async fn stages(args: &Args, runs: usize, sizes: Sizes) -> anyhow::Result<Vec<Figure>> {
+    let bench = env::Bench::from_env()?;
     let mut figures = Vec::new();
     let mut memory: Vec<(&str, Vec<f64>)> = Vec::new();
     let runs_stage =
@@ -328,28 +402,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
 
-    println!("{}", figures::table(&figures));
-    let report = Report {
-        measured_at: chrono::Utc::now().to_rfc3339(),
-        machine: machine(),
-        linkwork_version: env!("CARGO_PKG_VERSION"),
-        quick: args.quick,
-        runs,
-        sizes,
-        figures,
-    };
-    let out = args.out.unwrap_or_else(|| PathBuf::from("target/bench"));
-    std::fs::create_dir_all(&out)?;
-    let file = out.join(format!(
-        "bench-{}{}.json",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
-        if args.quick { "-quick" } else { "" }
-    ));
-    let text = serde_json::to_string_pretty(&report)?;
-    std::fs::write(&file, &text)?;
-    std::fs::write(out.join("latest.json"), &text)?;
-    println!("written: {}", file.display());
-    Ok(())
+    Ok(figures)
 }
 
 /// The figures so far, on stderr: a stage that fails later does not lose them.
