@@ -212,6 +212,10 @@ where
 /// dropping it) stops every task at once, as SIGKILL would.
 pub struct Process {
     task: JoinHandle<()>,
+    /// The process's own connections, as a real process has: killing it closes them,
+    /// so a transaction it was in the middle of is rolled back by Postgres and no
+    /// connection in an unfinished state goes back to a pool someone else uses.
+    pool: PgPool,
     sweeper: Option<SweeperStatus>,
     http_addr: Option<SocketAddr>,
 }
@@ -235,7 +239,12 @@ impl Process {
         .expect("the built-in topics declaration");
         settings.topics = Stack::small_declaration();
         configure(&mut settings);
-        let topology = Topology::build(settings, pool.clone())
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .connect_with((*pool.connect_options()).clone())
+            .await
+            .expect("the process's own connections");
+        let topology = Topology::build(settings, own.clone())
             .await
             .expect("the topology builds");
         let sweeper = topology.sweeper().cloned();
@@ -248,6 +257,7 @@ impl Process {
         });
         Process {
             task,
+            pool: own,
             sweeper,
             http_addr,
         }
@@ -262,6 +272,7 @@ impl Process {
     pub async fn kill(mut self) {
         self.task.abort();
         let _ = (&mut self.task).await;
+        self.pool.close().await;
     }
 
     /// Waits until `count` more deadline sweeps have finished: the time in which a
