@@ -122,6 +122,45 @@ pub fn number(value: f64) -> String {
 }
 
 /// The figures as a table for a terminal.
+/// Rows of cells as aligned text: the first row a heading followed by a rule, the
+/// columns in `right` right-aligned (numbers), the others left-aligned.
+pub fn aligned<const N: usize>(
+    rows: &[[String; N]],
+    right: std::ops::RangeInclusive<usize>,
+) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|column| {
+            rows.iter()
+                .map(|row| row[column].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut text = String::new();
+    for (index, row) in rows.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(column, (cell, width))| {
+                if right.contains(&column) {
+                    format!("{cell:>width$}")
+                } else {
+                    format!("{cell:<width$}")
+                }
+            })
+            .collect();
+        text.push_str(line.join("  ").trim_end());
+        text.push('\n');
+        if index == 0 {
+            let rule: Vec<String> = widths.iter().map(|width| "-".repeat(*width)).collect();
+            text.push_str(&rule.join("  "));
+            text.push('\n');
+        }
+    }
+    text
+}
+
 pub fn table(figures: &[Figure]) -> String {
     let mut rows = vec![[
         "stage".to_owned(),
@@ -152,37 +191,7 @@ pub fn table(figures: &[Figure]) -> String {
             },
         ]);
     }
-    let widths: Vec<usize> = (0..8)
-        .map(|column| {
-            rows.iter()
-                .map(|row| row[column].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut text = String::new();
-    for (index, row) in rows.iter().enumerate() {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(column, (cell, width))| {
-                if (2..=4).contains(&column) {
-                    format!("{cell:>width$}")
-                } else {
-                    format!("{cell:<width$}")
-                }
-            })
-            .collect();
-        text.push_str(line.join("  ").trim_end());
-        text.push('\n');
-        if index == 0 {
-            let rule: Vec<String> = widths.iter().map(|width| "-".repeat(*width)).collect();
-            text.push_str(&rule.join("  "));
-            text.push('\n');
-        }
-    }
-    text
+    aligned(&rows, 2..=4)
 }
 
 #[cfg(test)]

@@ -590,14 +590,6 @@ pub fn table(report: &Report) -> String {
             }
         }
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|column| {
-            rows.iter()
-                .map(|row| row[column].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
     let mut text = format!(
         "parse + validate of the same {} GP ServiceRequests and {} BaRS message Bundles: \
          median of {} rounds after {} s of warm-up\n",
@@ -606,27 +598,7 @@ pub fn table(report: &Report) -> String {
         report.timing.rounds,
         report.timing.warmup_seconds
     );
-    for (index, row) in rows.iter().enumerate() {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(column, (cell, width))| {
-                if (3..=4).contains(&column) {
-                    format!("{cell:>width$}")
-                } else {
-                    format!("{cell:<width$}")
-                }
-            })
-            .collect();
-        text.push_str(line.join("  ").trim_end());
-        text.push('\n');
-        if index == 0 {
-            let rule: Vec<String> = widths.iter().map(|width| "-".repeat(*width)).collect();
-            text.push_str(&rule.join("  "));
-            text.push('\n');
-        }
-    }
+    text.push_str(&crate::figures::aligned(&rows, 3..=4));
     notes.push(format!(
         "linkwork measured again after the peers: {} µs/ServiceRequest, {} µs/Bundle \
          (far from the first, the machine's load changed during the run)",
