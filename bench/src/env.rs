@@ -103,7 +103,11 @@ impl Deployment {
             .env("LINKWORK_REQUESTS_PER_MINUTE", "100000000")
             // Refusals under load are counted by the bench; their warnings would bury
             // the figures.
-            .env("RUST_LOG", "error,tower_http=off")
+            .env(
+                "RUST_LOG",
+                std::env::var("LINKWORK_BENCH_RUST_LOG")
+                    .unwrap_or_else(|_| "error,tower_http=off".to_owned()),
+            )
             .env("LINKWORK_LOG_FORMAT", "text")
             .stdin(Stdio::null());
         command

@@ -19,7 +19,7 @@ pub use consumer::{
     Effects, Handler, HandlerError, Incoming, OutboxEvent, Record,
 };
 pub use names::Names;
-pub use producer::{Delivered, Outbound, Producer};
+pub use producer::{Delivered, Outbound, Producer, ProducerSet};
 pub use relay::{OutboxRelay, RelayConfig};
 pub use settings::KafkaSettings;
 

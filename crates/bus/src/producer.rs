@@ -192,7 +192,7 @@ impl Producer {
     }
 
     /// Hands a message to librdkafka, waiting while its local queue is full.
-    async fn enqueue(&self, outbound: Outbound<'_>) -> Result<DeliveryFuture, BusError> {
+    pub(crate) async fn enqueue(&self, outbound: Outbound<'_>) -> Result<DeliveryFuture, BusError> {
         let mut record = FutureRecord::<[u8], [u8]>::to(outbound.topic)
             .payload(outbound.payload)
             .headers(outbound.headers.to_kafka());
@@ -327,6 +327,67 @@ impl Producer {
     }
 }
 
+/// Several producers, each partition always sent through the same one.
+///
+/// librdkafka sends one produce request per partition, and [`Producer`] allows one
+/// request in flight per broker connection (see `build` for why). A round of messages
+/// spread over many partitions (the relay's: a dozen event partitions and three for
+/// each provider queue) therefore waits for one broker round trip per partition, in
+/// turn. Spread over `n` producers, `n` requests are in flight at once while any one
+/// partition still has at most one, in order, on one connection: the guarantee that
+/// setting exists for is kept.
+#[derive(Clone, Debug)]
+pub struct ProducerSet {
+    producers: Vec<Producer>,
+}
+
+impl ProducerSet {
+    /// `count` producers (at least one).
+    pub fn new(settings: &KafkaSettings, count: usize) -> Result<Self, BusError> {
+        let producers = (0..count.max(1))
+            .map(|_| Producer::new(settings))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { producers })
+    }
+
+    /// One of the producers, for metadata look-ups.
+    pub fn any(&self) -> &Producer {
+        &self.producers[0]
+    }
+
+    /// The producer a partition's messages go through: FNV-1a of the topic and the
+    /// partition, so the choice is stable for the life of the set.
+    fn for_partition(&self, topic: &str, partition: Option<i32>) -> &Producer {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let partition = partition.unwrap_or(-1).to_be_bytes();
+        for byte in topic.bytes().chain(partition) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        let index = usize::try_from(hash % self.producers.len() as u64).unwrap_or(0);
+        &self.producers[index]
+    }
+
+    /// Sends many messages and waits for every acknowledgement, as
+    /// [`Producer::send_all`] does: all queued before any is awaited, results in input
+    /// order. Messages without a partition go through one producer chosen by topic.
+    pub async fn send_all(&self, outbound: Vec<Outbound<'_>>) -> Vec<Result<Delivered, BusError>> {
+        let mut pending = Vec::with_capacity(outbound.len());
+        for message in outbound {
+            let producer = self.for_partition(message.topic, message.partition);
+            pending.push(producer.enqueue(message).await);
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for delivery in pending {
+            results.push(match delivery {
+                Ok(delivery) => await_delivery(delivery).await,
+                Err(error) => Err(error),
+            });
+        }
+        results
+    }
+}
+
 async fn await_delivery(delivery: DeliveryFuture) -> Result<Delivered, BusError> {
     match delivery.await {
         Ok(Ok(delivery)) => Ok(Delivered {
@@ -340,6 +401,7 @@ async fn await_delivery(delivery: DeliveryFuture) -> Result<Delivered, BusError>
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
     use std::time::Duration;
 
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -374,6 +436,63 @@ mod tests {
             }
         }
         payloads
+    }
+
+    /// The relay's set: a partition's messages always go through the same producer,
+    /// in the order given (so its one-request-in-flight guarantee holds per partition),
+    /// and the partitions of a fan-out are spread over every producer of the set.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_producer_set_keeps_each_partition_on_one_producer_in_order_and_spreads_them() {
+        let cluster = MockCluster::new(1).expect("a mock cluster");
+        let topic = "spread-over-producers";
+        cluster.create_topic(topic, 8, 1).expect("a topic");
+        let set = ProducerSet::new(&KafkaSettings::new(cluster.bootstrap_servers()), 4)
+            .expect("a producer set");
+
+        let chosen = |partition| set.for_partition(topic, Some(partition)) as *const Producer;
+        let first: Vec<_> = (0..72).map(chosen).collect();
+        let again: Vec<_> = (0..72).map(chosen).collect();
+        assert_eq!(first, again, "a partition's producer never changes");
+        let used: HashSet<_> = first.iter().collect();
+        assert_eq!(used.len(), 4, "72 partitions use all 4 producers");
+
+        let payloads: Vec<(i32, String)> = (0..10)
+            .flat_map(|round| {
+                (0..8).map(move |partition| (partition, format!("{partition}-{round}")))
+            })
+            .collect();
+        let outbound = payloads
+            .iter()
+            .map(|(partition, payload)| Outbound {
+                topic,
+                key: None,
+                partition: Some(*partition),
+                payload: payload.as_bytes(),
+                headers: HeaderList::default(),
+            })
+            .collect();
+        let delivered: Vec<Delivered> = set
+            .send_all(outbound)
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .expect("every message acknowledged");
+        for partition in 0..8 {
+            let offsets: Vec<i64> = payloads
+                .iter()
+                .zip(&delivered)
+                .filter(|((sent_to, _), _)| *sent_to == partition)
+                .map(|(_, delivery)| {
+                    assert_eq!(delivery.partition, partition);
+                    delivery.offset
+                })
+                .collect();
+            assert_eq!(
+                offsets,
+                (0..10).collect::<Vec<i64>>(),
+                "partition {partition}'s messages land in the order given"
+            );
+        }
     }
 
     /// A partition's first produce request refused as "not leader" (a new topic whose

@@ -9,7 +9,7 @@
 //! published, and produces only the rest. One relay leads per database (a Postgres
 //! advisory lock), so rows go out in the order they were written.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::headers::{EventMeta, HeaderList, CE_ID, CONTENT_TYPE};
 use crate::partitioner::partition_for;
-use crate::producer::{Outbound, Producer};
+use crate::producer::{Outbound, ProducerSet};
 use crate::settings::KafkaSettings;
 use crate::BusError;
 
@@ -45,6 +45,9 @@ pub struct RelayConfig {
     pub keep_published: Duration,
     /// Longest a recovery scan of one partition may take.
     pub recovery_timeout: Duration,
+    /// Producers the relay spreads partitions over ([`ProducerSet`]): how many produce
+    /// requests may be in flight at once.
+    pub producers: usize,
 }
 
 impl Default for RelayConfig {
@@ -55,6 +58,7 @@ impl Default for RelayConfig {
             leader_retry: Duration::from_secs(1),
             keep_published: Duration::from_secs(7 * 24 * 3600),
             recovery_timeout: Duration::from_secs(30),
+            producers: 4,
         }
     }
 }
@@ -62,7 +66,7 @@ impl Default for RelayConfig {
 /// Publishes the outbox of one database.
 pub struct OutboxRelay {
     pool: PgPool,
-    producer: Producer,
+    producers: ProducerSet,
     kafka: KafkaSettings,
     config: RelayConfig,
     notify: Arc<Notify>,
@@ -84,7 +88,7 @@ impl OutboxRelay {
     pub fn new(pool: PgPool, kafka: &KafkaSettings, config: RelayConfig) -> Result<Self, BusError> {
         Ok(Self {
             pool,
-            producer: Producer::new(kafka)?,
+            producers: ProducerSet::new(kafka, config.producers)?,
             kafka: kafka.clone(),
             config,
             notify: Arc::new(Notify::new()),
@@ -227,6 +231,7 @@ impl OutboxRelay {
     }
 
     async fn round(&mut self, mark: bool) -> Result<usize, BusError> {
+        let started = Instant::now();
         let mut connection = self
             .pool
             .acquire()
@@ -275,23 +280,34 @@ impl OutboxRelay {
             let mut ids = Vec::with_capacity(fresh.len());
             let mut partitions = Vec::with_capacity(fresh.len());
             let mut scan_from = Vec::with_capacity(fresh.len());
+            self.learn_partition_counts(fresh.iter().map(|message| message.topic.as_str()))
+                .await?;
             for message in &fresh {
-                let count = self.partition_count(&message.topic).await?;
+                let count = self.partition_counts[&message.topic];
                 let key_bytes = message
                     .key
                     .as_ref()
                     .map(|key| key.as_bytes().to_vec())
                     .unwrap_or_else(|| message.event_id.as_bytes().to_vec());
-                let partition = partition_for(&key_bytes, count);
                 ids.push(message.id);
-                partitions.push(partition);
-                scan_from.push(self.end_lower_bound(&message.topic, partition).await?);
+                partitions.push(partition_for(&key_bytes, count));
+            }
+            self.learn_ends(
+                fresh
+                    .iter()
+                    .zip(&partitions)
+                    .map(|(message, partition)| (message.topic.as_str(), *partition)),
+            )
+            .await?;
+            for (message, partition) in fresh.iter().zip(&partitions) {
+                scan_from.push(self.known_end[&(message.topic.clone(), *partition)]);
             }
             // Committed before producing: this is what a later relay recovers from.
             outbox::record_attempt(&mut connection, &ids, &partitions, &scan_from).await?;
             to_send.extend(fresh.into_iter().zip(partitions));
         }
         drop(connection);
+        let recorded_at = started.elapsed();
 
         let outbound: Vec<Outbound<'_>> = to_send
             .iter()
@@ -303,7 +319,8 @@ impl OutboxRelay {
                 headers: headers_of(message),
             })
             .collect();
-        let results = self.producer.send_all(outbound).await;
+        let results = self.producers.send_all(outbound).await;
+        let produced_at = started.elapsed();
 
         let mut ids = Vec::with_capacity(results.len());
         let mut offsets = Vec::with_capacity(results.len());
@@ -334,29 +351,67 @@ impl OutboxRelay {
                 .map_err(linkwork_store::StoreError::from)?;
             outbox::mark_published(&mut connection, &ids, &offsets).await?;
         }
+        tracing::debug!(
+            rows = to_send.len(),
+            recovered,
+            read_and_record_ms = recorded_at.as_millis() as u64,
+            produce_ms = (produced_at - recorded_at).as_millis() as u64,
+            mark_ms = (started.elapsed() - produced_at).as_millis() as u64,
+            "outbox round"
+        );
         if let Some(error) = first_error {
             return Err(error);
         }
         Ok(ids.len() + recovered)
     }
 
-    async fn partition_count(&mut self, topic: &str) -> Result<i32, BusError> {
-        if let Some(count) = self.partition_counts.get(topic) {
-            return Ok(*count);
+    /// Looks up, all at once, the partition counts of the topics not yet known.
+    async fn learn_partition_counts<'t>(
+        &mut self,
+        topics: impl Iterator<Item = &'t str>,
+    ) -> Result<(), BusError> {
+        let unknown: BTreeSet<&str> = topics
+            .filter(|topic| !self.partition_counts.contains_key(*topic))
+            .collect();
+        let producer = self.producers.any();
+        let counts = futures::future::join_all(
+            unknown
+                .iter()
+                .map(|topic| async move { (*topic, producer.partition_count(topic).await) }),
+        )
+        .await;
+        for (topic, count) in counts {
+            self.partition_counts.insert(topic.to_owned(), count?);
         }
-        let count = self.producer.partition_count(topic).await?;
-        self.partition_counts.insert(topic.to_owned(), count);
-        Ok(count)
+        Ok(())
     }
 
-    async fn end_lower_bound(&mut self, topic: &str, partition: i32) -> Result<i64, BusError> {
-        let key = (topic.to_owned(), partition);
-        if let Some(end) = self.known_end.get(&key) {
-            return Ok(*end);
+    /// Looks up, all at once, the ends of the partitions whose lower bound is not yet
+    /// known (a relay's first round to them); later rounds know them from deliveries.
+    async fn learn_ends<'t>(
+        &mut self,
+        partitions: impl Iterator<Item = (&'t str, i32)>,
+    ) -> Result<(), BusError> {
+        let unknown: BTreeSet<(&str, i32)> = partitions
+            .filter(|(topic, partition)| {
+                !self
+                    .known_end
+                    .contains_key(&((*topic).to_owned(), *partition))
+            })
+            .collect();
+        let producer = self.producers.any();
+        let ends = futures::future::join_all(unknown.iter().map(|(topic, partition)| async move {
+            (
+                *topic,
+                *partition,
+                producer.high_watermark(topic, *partition).await,
+            )
+        }))
+        .await;
+        for (topic, partition, high) in ends {
+            self.known_end.insert((topic.to_owned(), partition), high?);
         }
-        let high = self.producer.high_watermark(topic, partition).await?;
-        self.known_end.insert(key, high);
-        Ok(high)
+        Ok(())
     }
 
     /// Reads each partition of the attempted rows from their recorded offsets and

@@ -442,6 +442,7 @@ impl<H: Handler> Processor<H> {
             });
         }
 
+        let claimed_at = started.elapsed();
         let mut effects = Effects::default();
         if !incoming.is_empty() {
             self.handler
@@ -473,7 +474,9 @@ impl<H: Handler> Processor<H> {
                 &reason,
             ));
         }
+        let handled_at = started.elapsed();
         outbox::insert(&mut transaction, &messages).await?;
+        let outbox_at = started.elapsed();
 
         let mut advances: Vec<OffsetAdvance> = Vec::new();
         let mut ends: HashMap<TopicPartition, i64> = HashMap::new();
@@ -517,6 +520,10 @@ impl<H: Handler> Processor<H> {
             applied,
             dead_lettered,
             outbox = messages.len(),
+            claim_ms = claimed_at.as_millis() as u64,
+            handle_ms = (handled_at - claimed_at).as_millis() as u64,
+            outbox_ms = (outbox_at - handled_at).as_millis() as u64,
+            commit_ms = (started.elapsed() - outbox_at).as_millis() as u64,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "batch committed"
         );
