@@ -58,6 +58,7 @@ struct Sizes {
     projection: usize,
     replay: usize,
     latency_rate: u32,
+    latency_warmup_seconds: u32,
     latency_seconds: u32,
 }
 
@@ -73,6 +74,7 @@ impl Sizes {
                 projection: 5_000,
                 replay: 10_000,
                 latency_rate: 100,
+                latency_warmup_seconds: 1,
                 latency_seconds: 3,
             }
         } else {
@@ -85,6 +87,7 @@ impl Sizes {
                 projection: 100_000,
                 replay: 1_000_000,
                 latency_rate: 500,
+                latency_warmup_seconds: 5,
                 latency_seconds: 20,
             }
         }
@@ -341,7 +344,12 @@ async fn stages(args: &Args, runs: usize, sizes: Sizes) -> anyhow::Result<Vec<Fi
     // Latency at a fixed offered rate.
     if runs_stage("latency") {
         let latencies = repeat("latency", runs, || {
-            stages::latency(&bench, sizes.latency_rate, sizes.latency_seconds)
+            stages::latency(
+                &bench,
+                sizes.latency_rate,
+                sizes.latency_warmup_seconds,
+                sizes.latency_seconds,
+            )
         })
         .await?;
         let at = format!("at {}/s", sizes.latency_rate);

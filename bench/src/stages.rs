@@ -513,7 +513,15 @@ pub struct Latency {
     pub router_peak_mib: f64,
 }
 
-pub async fn latency(bench: &Bench, rate: u32, seconds: u32) -> anyhow::Result<Latency> {
+/// The latency stage: `warmup` seconds of the offered rate first, not timed (pools,
+/// producer metadata and the broker's new partitions warm up, as in any deployment
+/// that has run for a while), then `seconds` timed.
+pub async fn latency(
+    bench: &Bench,
+    rate: u32,
+    warmup: u32,
+    seconds: u32,
+) -> anyhow::Result<Latency> {
     let deployment = bench.deployment("latency").await?;
     let (directory, providers) = directory(&std::env::temp_dir())?;
     let router = deployment
@@ -572,12 +580,14 @@ pub async fn latency(bench: &Bench, rate: u32, seconds: u32) -> anyhow::Result<L
     let client = reqwest::Client::new();
     let url = format!("{}/fhir/ServiceRequest", ingest.base_url());
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let acknowledged: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let acknowledged: Arc<Mutex<Vec<(String, Instant, bool)>>> = Arc::default();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = tokio::task::JoinSet::new();
-    let total = (rate * seconds) as usize;
+    let untimed = (rate * warmup) as usize;
+    let total = untimed + (rate * seconds) as usize;
     for number in 0..total {
+        let timed = number >= untimed;
         ticks.tick().await;
         let (client, url, token) = (client.clone(), url.clone(), token.clone());
         let body = payload::service_request(&run, number);
@@ -592,8 +602,9 @@ pub async fn latency(bench: &Bench, rate: u32, seconds: u32) -> anyhow::Result<L
                 .await?;
             let at = Instant::now();
             if !response.status().is_success() {
-                // Refused under the offered load: counted, not timed.
-                return Ok(false);
+                // Refused under the offered load: counted (in the timed part), not
+                // timed. `Ok(false)` is a refusal to count.
+                return Ok(!timed);
             }
             let id = response
                 .headers()
@@ -606,7 +617,7 @@ pub async fn latency(bench: &Bench, rate: u32, seconds: u32) -> anyhow::Result<L
             acknowledged
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push((id, at));
+                .push((id, at, timed));
             Ok::<bool, anyhow::Error>(true)
         });
     }
@@ -624,7 +635,9 @@ pub async fn latency(bench: &Bench, rate: u32, seconds: u32) -> anyhow::Result<L
         "every referral on a provider queue",
         || async {
             let arrived = arrived.lock().unwrap_or_else(PoisonError::into_inner);
-            Ok(acknowledged.iter().all(|(id, _)| arrived.contains_key(id)))
+            Ok(acknowledged
+                .iter()
+                .all(|(id, _, _)| arrived.contains_key(id)))
         },
     )
     .await?;
@@ -633,7 +646,8 @@ pub async fn latency(bench: &Bench, rate: u32, seconds: u32) -> anyhow::Result<L
         let arrived = arrived.lock().unwrap_or_else(PoisonError::into_inner);
         acknowledged
             .iter()
-            .map(|(id, at)| {
+            .filter(|(_, _, timed)| *timed)
+            .map(|(id, at, _)| {
                 // A queue can have it before the client has read the 2xx: that is 0.
                 arrived[id].saturating_duration_since(*at).as_secs_f64() * 1000.0
             })
@@ -641,7 +655,7 @@ pub async fn latency(bench: &Bench, rate: u32, seconds: u32) -> anyhow::Result<L
     };
     millis.sort_by(f64::total_cmp);
     let figures = Latency {
-        refused_percent: refused as f64 * 100.0 / total as f64,
+        refused_percent: refused as f64 * 100.0 / (total - untimed) as f64,
         p50: percentile(&millis, 0.50),
         p95: percentile(&millis, 0.95),
         p99: percentile(&millis, 0.99),
