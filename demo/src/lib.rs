@@ -245,7 +245,7 @@ async fn settle(pool: &PgPool) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (applied, waiting): (i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM projection.history) + (SELECT count(*) FROM projection.superseded),
-                    (SELECT count(*) FROM outbox WHERE published_at IS NULL)",
+                    (SELECT count(*) FROM outbox)",
         )
         .fetch_one(pool)
         .await?;

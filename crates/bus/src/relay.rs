@@ -250,16 +250,18 @@ impl OutboxRelay {
         let mut recovered = 0usize;
         if !attempted.is_empty() {
             let found = self.find_published(&attempted).await?;
-            let (ids, offsets): (Vec<i64>, Vec<i64>) = attempted
-                .iter()
-                .filter_map(|message| {
-                    found
-                        .get(&message.event_id)
-                        .map(|offset| (message.id, *offset))
-                })
-                .unzip();
+            let mut ids = Vec::new();
+            let mut partitions = Vec::new();
+            let mut offsets = Vec::new();
+            for message in &attempted {
+                if let Some(offset) = found.get(&message.event_id) {
+                    ids.push(message.id);
+                    partitions.push(message.target_partition.unwrap_or(0));
+                    offsets.push(*offset);
+                }
+            }
             if mark && !ids.is_empty() {
-                outbox::mark_published(&mut connection, &ids, &offsets).await?;
+                outbox::mark_published(&mut connection, &ids, &partitions, &offsets).await?;
             }
             recovered = ids.len();
             if recovered > 0 {
@@ -323,12 +325,14 @@ impl OutboxRelay {
         let produced_at = started.elapsed();
 
         let mut ids = Vec::with_capacity(results.len());
+        let mut partitions = Vec::with_capacity(results.len());
         let mut offsets = Vec::with_capacity(results.len());
         let mut first_error = None;
         for ((message, _), result) in to_send.iter().zip(results) {
             match result {
                 Ok(delivered) => {
                     ids.push(message.id);
+                    partitions.push(delivered.partition);
                     offsets.push(delivered.offset);
                     let end = self
                         .known_end
@@ -349,7 +353,7 @@ impl OutboxRelay {
                 .acquire()
                 .await
                 .map_err(linkwork_store::StoreError::from)?;
-            outbox::mark_published(&mut connection, &ids, &offsets).await?;
+            outbox::mark_published(&mut connection, &ids, &partitions, &offsets).await?;
         }
         tracing::debug!(
             rows = to_send.len(),

@@ -1,5 +1,10 @@
 //! The transactional outbox: messages written in the transaction that decided them,
 //! published afterwards by the relay (in `linkwork-bus`).
+//!
+//! `outbox` holds only what waits to be published. A publish attempt is a narrow row
+//! of its own (`outbox_attempts`), and publishing deletes the outbox row and keeps a
+//! narrow record of where the message landed (`outbox_published`, pruned after a
+//! while): the wide rows are written once and never rewritten.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -42,8 +47,9 @@ pub struct PendingMessage {
     pub scan_from: Option<i64>,
 }
 
-/// Adds messages in one statement. A message whose event id is already in the outbox
-/// is skipped: deciding the same event twice publishes it once.
+/// Adds messages in one statement. A message whose event id is already in the outbox,
+/// or was published and not yet pruned, is skipped: deciding the same event twice
+/// publishes it once.
 pub async fn insert(
     connection: &mut PgConnection,
     messages: &[NewOutboxMessage],
@@ -86,6 +92,13 @@ pub async fn insert(
         SELECT * FROM UNNEST(
             $1::UUID[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TIMESTAMPTZ[],
             $7::TEXT[], $8::TEXT[], $9::JSONB[], $10::BYTEA[]
+        ) AS message (
+            event_id, topic, message_key, ce_type, ce_source, ce_time, traceparent,
+            tracestate, extra_headers, payload
+        )
+        WHERE NOT EXISTS (
+            SELECT 1 FROM outbox_published AS published
+            WHERE published.event_id = message.event_id
         )
         ON CONFLICT (event_id) DO NOTHING
         "#,
@@ -116,11 +129,13 @@ pub async fn pending(
 ) -> Result<Vec<PendingMessage>, StoreError> {
     let rows = sqlx::query!(
         r#"
-        SELECT id, event_id, topic, message_key, ce_type, ce_source, ce_time,
-               traceparent, tracestate, extra_headers, payload, target_partition, scan_from
+        SELECT outbox.id, event_id, topic, message_key, ce_type, ce_source, ce_time,
+               traceparent, tracestate, extra_headers, payload,
+               attempt.target_partition AS "target_partition?",
+               attempt.scan_from AS "scan_from?"
         FROM outbox
-        WHERE published_at IS NULL
-        ORDER BY id
+        LEFT JOIN outbox_attempts AS attempt ON attempt.id = outbox.id
+        ORDER BY outbox.id
         LIMIT $1
         "#,
         limit,
@@ -161,10 +176,11 @@ pub async fn record_attempt(
 ) -> Result<(), StoreError> {
     sqlx::query!(
         r#"
-        UPDATE outbox
-        SET target_partition = attempt.partition, scan_from = attempt.scan_from, attempted_at = now()
-        FROM UNNEST($1::BIGINT[], $2::INTEGER[], $3::BIGINT[]) AS attempt(id, partition, scan_from)
-        WHERE outbox.id = attempt.id
+        INSERT INTO outbox_attempts (id, target_partition, scan_from)
+        SELECT * FROM UNNEST($1::BIGINT[], $2::INTEGER[], $3::BIGINT[])
+        ON CONFLICT (id) DO UPDATE
+        SET target_partition = EXCLUDED.target_partition, scan_from = EXCLUDED.scan_from,
+            attempted_at = now()
         "#,
         ids,
         partitions,
@@ -175,20 +191,33 @@ pub async fn record_attempt(
     Ok(())
 }
 
-/// Marks messages published at the given offsets.
+/// Marks messages published where they landed: their outbox rows and attempts go, a
+/// record of each stays in `outbox_published`.
 pub async fn mark_published(
     connection: &mut PgConnection,
     ids: &[i64],
+    partitions: &[i32],
     offsets: &[i64],
 ) -> Result<(), StoreError> {
     sqlx::query!(
         r#"
-        UPDATE outbox
-        SET published_at = now(), published_offset = published.offset_value
-        FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS published(id, offset_value)
-        WHERE outbox.id = published.id
+        WITH published AS (
+            DELETE FROM outbox
+            USING UNNEST($1::BIGINT[], $2::INTEGER[], $3::BIGINT[])
+                AS landed(id, partition, offset_value)
+            WHERE outbox.id = landed.id
+            RETURNING outbox.event_id, outbox.topic, outbox.ce_type, landed.partition,
+                      landed.offset_value
+        ), attempts AS (
+            DELETE FROM outbox_attempts WHERE id = ANY($1)
+        )
+        INSERT INTO outbox_published
+            (event_id, topic, ce_type, published_partition, published_offset)
+        SELECT * FROM published
+        ON CONFLICT (event_id) DO NOTHING
         "#,
         ids,
+        partitions,
         offsets,
     )
     .execute(&mut *connection)
@@ -196,13 +225,13 @@ pub async fn mark_published(
     Ok(())
 }
 
-/// Deletes published messages older than `before`; the log keeps them.
+/// Forgets messages published before `before`; the log keeps them.
 pub async fn prune(
     connection: &mut PgConnection,
     before: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
     let deleted = sqlx::query!(
-        "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1",
+        "DELETE FROM outbox_published WHERE published_at < $1",
         before
     )
     .execute(&mut *connection)
@@ -212,10 +241,8 @@ pub async fn prune(
 
 /// How many messages wait to be published (for `/metrics` and tests).
 pub async fn backlog(connection: &mut PgConnection) -> Result<i64, StoreError> {
-    let count = sqlx::query_scalar!(
-        r#"SELECT count(*) AS "count!" FROM outbox WHERE published_at IS NULL"#
-    )
-    .fetch_one(&mut *connection)
-    .await?;
+    let count = sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM outbox"#)
+        .fetch_one(&mut *connection)
+        .await?;
     Ok(count)
 }

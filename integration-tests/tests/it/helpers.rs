@@ -59,6 +59,15 @@ impl Stack {
     /// A new database with the store's migrations applied. Left behind for inspection;
     /// `make test` drops old `lw_test_*` databases.
     pub async fn database(&self) -> PgPool {
+        let pool = self.empty_database().await;
+        linkwork_store::migrate(&pool)
+            .await
+            .expect("store migrations");
+        pool
+    }
+
+    /// A new database with no migrations applied.
+    pub async fn empty_database(&self) -> PgPool {
         let name = format!("lw_test_{}", Uuid::new_v4().simple());
         let mut admin = PgConnection::connect(&self.admin_database_url)
             .await
@@ -76,13 +85,9 @@ impl Stack {
             .map(|(base, _)| base.to_owned())
             .expect("database URL has a path");
         let settings = linkwork_store::DatabaseSettings::new(format!("{base}/{name}"));
-        let pool = linkwork_store::connect(&settings)
+        linkwork_store::connect(&settings)
             .await
-            .expect("connect to test database");
-        linkwork_store::migrate(&pool)
-            .await
-            .expect("store migrations");
-        pool
+            .expect("connect to test database")
     }
 
     /// Every topic of the built-in declaration, named by `names`, as `linkwork topics

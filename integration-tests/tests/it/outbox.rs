@@ -1,5 +1,7 @@
 //! The outbox: nothing from a rolled-back transaction is published; a committed row
-//! is published exactly once, even when the relay dies between publishing and marking.
+//! is published exactly once, even when the relay dies between publishing and marking,
+//! and a message once published is not written again; an outbox of the earlier shape
+//! (published rows kept in it) keeps its state through the migration.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -89,7 +91,7 @@ async fn a_committed_row_is_published_once_even_if_the_relay_restarts_between_pu
     assert_eq!(successor.relay_once().await.unwrap(), 5);
     assert_eq!(backlog(&pool).await, 0);
     let offsets: Vec<Option<i64>> =
-        linkwork_store::sqlx::query_scalar("SELECT published_offset FROM outbox")
+        linkwork_store::sqlx::query_scalar("SELECT published_offset FROM outbox_published")
             .fetch_all(&pool)
             .await
             .unwrap();
@@ -174,4 +176,94 @@ async fn the_running_relay_publishes_rows_of_one_key_in_the_order_they_were_writ
     in_log.sort();
     let order: Vec<Uuid> = in_log.into_iter().map(|(_, id)| id).collect();
     assert_eq!(order, written);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_once_published_is_not_written_to_the_outbox_again() {
+    let stack = stack();
+    let pool = stack.database().await;
+    let topic = stack.topic("it.outbox-again", 3).await;
+    let messages: Vec<NewOutboxMessage> = (0..3)
+        .map(|n| message(&topic, &format!("SYN-AGAIN-{n}")))
+        .collect();
+    commit(&pool, messages.clone()).await;
+    let mut relay = OutboxRelay::new(pool.clone(), &stack.kafka, RelayConfig::default()).unwrap();
+    assert_eq!(relay.relay_once().await.unwrap(), 3);
+    assert_eq!(backlog(&pool).await, 0, "published rows leave the outbox");
+
+    // The same decisions written again (a consumer re-applying a batch, say).
+    let written = linkwork_store::in_transaction(&pool, async |connection| {
+        outbox::insert(connection, &messages).await
+    })
+    .await
+    .unwrap();
+    assert_eq!(written, 0, "their event ids were published");
+    assert_eq!(backlog(&pool).await, 0);
+    assert_eq!(relay.relay_once().await.unwrap(), 0);
+}
+
+/// Before migration 20261201000001 published rows stayed in `outbox`, marked, and an
+/// attempt was recorded on the row itself. A waiting row, an attempted one and a
+/// published one, written in that shape, come through it as what they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_of_the_earlier_shape_keeps_its_state_through_the_migration() {
+    let stack = stack();
+    let pool = stack.empty_database().await;
+    let all = linkwork_store::migrator();
+    let mut before = linkwork_store::migrator();
+    before.migrations = all
+        .migrations
+        .iter()
+        .filter(|migration| migration.version < 20261201000001)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    before.run(&pool).await.unwrap();
+
+    let topic = stack.topic("it.outbox-migrated", 1).await;
+    let (waiting, attempted, published) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    linkwork_store::sqlx::query(
+        r#"
+        INSERT INTO outbox (event_id, topic, message_key, ce_type, ce_source, ce_time, payload,
+                            target_partition, scan_from, attempted_at, published_at,
+                            published_offset)
+        VALUES ($1, $4, 'SYN-W', 'linkwork.test.v1', 'linkwork/tests', now(), '{}', NULL, NULL, NULL, NULL, NULL),
+               ($2, $4, 'SYN-A', 'linkwork.test.v1', 'linkwork/tests', now(), '{}', 0, 0, now(), NULL, NULL),
+               ($3, $4, 'SYN-P', 'linkwork.test.v1', 'linkwork/tests', now(), '{}', 0, 0, now(), now(), 41)
+        "#,
+    )
+    .bind(waiting)
+    .bind(attempted)
+    .bind(published)
+    .bind(&topic)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    all.run(&pool).await.unwrap();
+    assert_eq!(
+        backlog(&pool).await,
+        2,
+        "the waiting and the attempted row wait"
+    );
+    let attempts: Vec<(i32, i64)> =
+        linkwork_store::sqlx::query_as("SELECT target_partition, scan_from FROM outbox_attempts")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, vec![(0, 0)], "the attempt is kept for recovery");
+    let remembered: Vec<(Uuid, Option<i64>)> =
+        linkwork_store::sqlx::query_as("SELECT event_id, published_offset FROM outbox_published")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(remembered, vec![(published, Some(41))]);
+
+    // The relay goes on from there: the attempted row is looked for on the log (it is
+    // not there) and sent with the waiting one; the published one is not sent again.
+    let mut relay = OutboxRelay::new(pool.clone(), &stack.kafka, RelayConfig::default()).unwrap();
+    assert_eq!(relay.relay_once().await.unwrap(), 2);
+    let on_log = stack.read_topic(&topic, 2, Duration::from_secs(10)).await;
+    assert_eq!(on_log.len(), 2);
+    assert_eq!(backlog(&pool).await, 0);
 }

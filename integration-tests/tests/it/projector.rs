@@ -192,11 +192,10 @@ impl Rig {
     /// Waits until the relay has published every row of the outbox.
     pub(crate) async fn outbox_drained(&self) {
         eventually(Duration::from_secs(60), "the outbox to drain", || async {
-            let pending: Option<i64> =
-                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                    .fetch_one(&self.pool)
-                    .await
-                    .ok();
+            let pending: Option<i64> = sqlx::query_scalar("SELECT count(*) FROM outbox")
+                .fetch_one(&self.pool)
+                .await
+                .ok();
             pending == Some(0)
         })
         .await;
@@ -755,7 +754,7 @@ async fn killing_the_projector_mid_stream_leaves_the_read_models_as_without_the_
     // Each Observation went out once, however the batches fell around the kill.
     rig.outbox_drained().await;
     let published: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM outbox WHERE ce_type = 'linkwork.outcomes.observation.v1'",
+        "SELECT count(*) FROM outbox_published WHERE ce_type = 'linkwork.outcomes.observation.v1'",
     )
     .fetch_one(&rig.pool)
     .await

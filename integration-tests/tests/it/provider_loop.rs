@@ -138,12 +138,11 @@ impl Loop {
             )
             .await;
         eventually(Duration::from_secs(60), "the outbox to drain", || async {
-            let pending: Option<i64> = linkwork_store::sqlx::query_scalar(
-                "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-            )
-            .fetch_one(&self.pool)
-            .await
-            .ok();
+            let pending: Option<i64> =
+                linkwork_store::sqlx::query_scalar("SELECT count(*) FROM outbox")
+                    .fetch_one(&self.pool)
+                    .await
+                    .ok();
             pending == Some(0)
         })
         .await;

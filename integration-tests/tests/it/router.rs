@@ -233,11 +233,10 @@ impl Rig {
 
     async fn outbox_drained(&self) {
         eventually(Duration::from_secs(30), "the outbox to drain", || async {
-            let pending: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                    .fetch_one(&self.pool)
-                    .await
-                    .unwrap();
+            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
             pending == 0
         })
         .await;

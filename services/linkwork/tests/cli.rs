@@ -455,10 +455,7 @@ impl ServeAll {
                     (partition.id(), low, high)
                 })
                 .collect();
-            let pending = common::count(
-                &self.url,
-                "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-            );
+            let pending = common::count(&self.url, "SELECT count(*) FROM outbox");
             let stored = psql(
                 &self.url,
                 &format!(

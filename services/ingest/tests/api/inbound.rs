@@ -87,11 +87,10 @@ async fn raw_fhir_from_an_integration_engine_is_taken_once_or_dead_lettered_with
             .fetch_one(&pool)
             .await
             .unwrap_or(None);
-            let pending: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap_or(1);
+            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(1);
             consumed == Some(5) && pending == 0
         },
     )
