@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures::StreamExt;
 use linkwork_store::outbox::{self, PendingMessage};
 use linkwork_store::sqlx::postgres::PgListener;
 use linkwork_store::sqlx::{self, Connection, PgConnection, PgPool};
@@ -29,6 +30,11 @@ use crate::partitioner::partition_for;
 use crate::producer::{Outbound, ProducerSet};
 use crate::settings::KafkaSettings;
 use crate::BusError;
+
+/// Metadata look-ups in flight at once. Each blocks a thread of tokio's blocking pool
+/// while librdkafka asks the broker, so a first round over 72 partitions must not
+/// start 72 threads.
+const LOOKUPS_AT_ONCE: usize = 8;
 
 /// Advisory lock key of the relay leader (`'linkwork' as bytes`, arbitrary but fixed).
 const LEADER_LOCK: i64 = 0x6c69_6e6b_776f_726b;
@@ -369,51 +375,58 @@ impl OutboxRelay {
         Ok(ids.len() + recovered)
     }
 
-    /// Looks up, all at once, the partition counts of the topics not yet known.
+    /// Looks up the partition counts of the topics not yet known, several at once.
     async fn learn_partition_counts<'t>(
         &mut self,
         topics: impl Iterator<Item = &'t str>,
     ) -> Result<(), BusError> {
-        let unknown: BTreeSet<&str> = topics
+        let unknown: BTreeSet<String> = topics
             .filter(|topic| !self.partition_counts.contains_key(*topic))
+            .map(str::to_owned)
             .collect();
-        let producer = self.producers.any();
-        let counts = futures::future::join_all(
-            unknown
-                .iter()
-                .map(|topic| async move { (*topic, producer.partition_count(topic).await) }),
-        )
-        .await;
+        let producer = self.producers.any().clone();
+        let counts: Vec<(String, Result<i32, BusError>)> = futures::stream::iter(unknown)
+            .map(move |topic| {
+                let producer = producer.clone();
+                async move {
+                    let count = producer.partition_count(&topic).await;
+                    (topic, count)
+                }
+            })
+            .buffer_unordered(LOOKUPS_AT_ONCE)
+            .collect()
+            .await;
         for (topic, count) in counts {
-            self.partition_counts.insert(topic.to_owned(), count?);
+            self.partition_counts.insert(topic, count?);
         }
         Ok(())
     }
 
-    /// Looks up, all at once, the ends of the partitions whose lower bound is not yet
-    /// known (a relay's first round to them); later rounds know them from deliveries.
+    /// Looks up, several at once, the ends of the partitions whose lower bound is not
+    /// yet known (a relay's first round to them); later rounds know them from
+    /// deliveries.
     async fn learn_ends<'t>(
         &mut self,
         partitions: impl Iterator<Item = (&'t str, i32)>,
     ) -> Result<(), BusError> {
-        let unknown: BTreeSet<(&str, i32)> = partitions
-            .filter(|(topic, partition)| {
-                !self
-                    .known_end
-                    .contains_key(&((*topic).to_owned(), *partition))
-            })
+        let unknown: BTreeSet<(String, i32)> = partitions
+            .map(|(topic, partition)| (topic.to_owned(), partition))
+            .filter(|key| !self.known_end.contains_key(key))
             .collect();
-        let producer = self.producers.any();
-        let ends = futures::future::join_all(unknown.iter().map(|(topic, partition)| async move {
-            (
-                *topic,
-                *partition,
-                producer.high_watermark(topic, *partition).await,
-            )
-        }))
-        .await;
-        for (topic, partition, high) in ends {
-            self.known_end.insert((topic.to_owned(), partition), high?);
+        let producer = self.producers.any().clone();
+        let ends: Vec<((String, i32), Result<i64, BusError>)> = futures::stream::iter(unknown)
+            .map(move |key| {
+                let producer = producer.clone();
+                async move {
+                    let high = producer.high_watermark(&key.0, key.1).await;
+                    (key, high)
+                }
+            })
+            .buffer_unordered(LOOKUPS_AT_ONCE)
+            .collect()
+            .await;
+        for (key, high) in ends {
+            self.known_end.insert(key, high?);
         }
         Ok(())
     }
