@@ -181,14 +181,7 @@ impl Producer {
         for message in outbound {
             pending.push(self.enqueue(message).await);
         }
-        let mut results = Vec::with_capacity(pending.len());
-        for delivery in pending {
-            results.push(match delivery {
-                Ok(delivery) => await_delivery(delivery).await,
-                Err(error) => Err(error),
-            });
-        }
-        results
+        await_all(pending).await
     }
 
     /// Hands a message to librdkafka, waiting while its local queue is full.
@@ -377,15 +370,22 @@ impl ProducerSet {
             let producer = self.for_partition(message.topic, message.partition);
             pending.push(producer.enqueue(message).await);
         }
-        let mut results = Vec::with_capacity(pending.len());
-        for delivery in pending {
-            results.push(match delivery {
-                Ok(delivery) => await_delivery(delivery).await,
-                Err(error) => Err(error),
-            });
-        }
-        results
+        await_all(pending).await
     }
+}
+
+/// Waits for each queued message's acknowledgement, in order.
+async fn await_all(
+    pending: Vec<Result<DeliveryFuture, BusError>>,
+) -> Vec<Result<Delivered, BusError>> {
+    let mut results = Vec::with_capacity(pending.len());
+    for delivery in pending {
+        results.push(match delivery {
+            Ok(delivery) => await_delivery(delivery).await,
+            Err(error) => Err(error),
+        });
+    }
+    results
 }
 
 async fn await_delivery(delivery: DeliveryFuture) -> Result<Delivered, BusError> {
