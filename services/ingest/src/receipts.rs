@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use linkwork_domain::ReferralId;
-use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, PgConnection};
 use uuid::Uuid;
 
 /// A receipt as stored.
@@ -52,25 +53,28 @@ pub struct NewClaim<'a> {
     pub content_hash: &'a str,
 }
 
-type Columns<'a> = (
-    Vec<Uuid>,
-    Vec<&'a str>,
-    Vec<&'a str>,
-    Vec<&'a str>,
-    Vec<&'a str>,
-);
-
-/// Claims as the columns `UNNEST` reads.
-fn columns<'a>(claims: &'a [NewClaim<'_>]) -> Columns<'a> {
-    let mut columns: Columns<'a> = Default::default();
+/// Claims as the five arrays `UNNEST` reads (`$1` to `$5`: ids, sources, identifier
+/// systems and values, content hashes), for either statement that takes them.
+fn claim_arguments(claims: &[NewClaim<'_>]) -> Result<PgArguments, sqlx::Error> {
+    let mut ids = Vec::with_capacity(claims.len());
+    let mut sources = Vec::with_capacity(claims.len());
+    let mut systems = Vec::with_capacity(claims.len());
+    let mut values = Vec::with_capacity(claims.len());
+    let mut hashes = Vec::with_capacity(claims.len());
     for claim in claims {
-        columns.0.push(claim.referral_id);
-        columns.1.push(&claim.source);
-        columns.2.push(claim.identifier_system);
-        columns.3.push(claim.identifier_value);
-        columns.4.push(claim.content_hash);
+        ids.push(claim.referral_id);
+        sources.push(claim.source.as_str());
+        systems.push(claim.identifier_system);
+        values.push(claim.identifier_value);
+        hashes.push(claim.content_hash);
     }
-    columns
+    let mut arguments = PgArguments::default();
+    arguments.add(ids).map_err(sqlx::Error::Encode)?;
+    arguments.add(sources).map_err(sqlx::Error::Encode)?;
+    arguments.add(systems).map_err(sqlx::Error::Encode)?;
+    arguments.add(values).map_err(sqlx::Error::Encode)?;
+    arguments.add(hashes).map_err(sqlx::Error::Encode)?;
+    Ok(arguments)
 }
 
 /// Claims many referrals in one statement (distinct ids). Returns the ids this call
@@ -79,8 +83,7 @@ pub async fn claim_many(
     connection: &mut PgConnection,
     claims: &[NewClaim<'_>],
 ) -> Result<Vec<(Uuid, DateTime<Utc>)>, sqlx::Error> {
-    let (ids, sources, systems, values, hashes) = columns(claims);
-    sqlx::query_as::<_, (Uuid, DateTime<Utc>)>(
+    sqlx::query_as_with::<_, (Uuid, DateTime<Utc>), _>(
         r#"
         INSERT INTO ingest_receipts (referral_id, source, identifier_system, identifier_value, content_hash, state)
         SELECT claim.referral_id, claim.source, claim.system, claim.value, claim.hash, 'pending'
@@ -89,12 +92,8 @@ pub async fn claim_many(
         ON CONFLICT (referral_id) DO NOTHING
         RETURNING referral_id, received_at
         "#,
+        claim_arguments(claims)?,
     )
-    .bind(ids)
-    .bind(sources)
-    .bind(systems)
-    .bind(values)
-    .bind(hashes)
     .fetch_all(&mut *connection)
     .await
 }
@@ -284,8 +283,7 @@ pub async fn mark_many_published(
     connection: &mut PgConnection,
     published: &[NewClaim<'_>],
 ) -> Result<(), sqlx::Error> {
-    let (ids, sources, systems, values, hashes) = columns(published);
-    sqlx::query(
+    sqlx::query_with(
         r#"
         INSERT INTO ingest_receipts (referral_id, source, identifier_system, identifier_value, content_hash, state, published_at)
         SELECT claim.referral_id, claim.source, claim.system, claim.value, claim.hash, 'published', now()
@@ -293,12 +291,8 @@ pub async fn mark_many_published(
              AS claim (referral_id, source, system, value, hash)
         ON CONFLICT (referral_id) DO UPDATE SET state = 'published', published_at = COALESCE(ingest_receipts.published_at, now())
         "#,
+        claim_arguments(published)?,
     )
-    .bind(ids)
-    .bind(sources)
-    .bind(systems)
-    .bind(values)
-    .bind(hashes)
     .execute(&mut *connection)
     .await?;
     Ok(())
