@@ -49,10 +49,11 @@ pub struct PendingMessage {
 
 /// Adds messages in one statement. A message whose event id is already in the outbox,
 /// or was published and not yet pruned, is skipped: deciding the same event twice
-/// publishes it once.
+/// publishes it once. The messages are taken, not copied: a router batch's are several
+/// megabytes.
 pub async fn insert(
     connection: &mut PgConnection,
-    messages: &[NewOutboxMessage],
+    messages: Vec<NewOutboxMessage>,
 ) -> Result<u64, StoreError> {
     if messages.is_empty() {
         return Ok(0);
@@ -69,19 +70,19 @@ pub async fn insert(
     let mut payloads = Vec::with_capacity(messages.len());
     for message in messages {
         event_ids.push(message.event_id);
-        topics.push(message.topic.clone());
-        keys.push(message.key.clone());
-        ce_types.push(message.ce_type.clone());
-        ce_sources.push(message.ce_source.clone());
+        topics.push(message.topic);
+        keys.push(message.key);
+        ce_types.push(message.ce_type);
+        ce_sources.push(message.ce_source);
         ce_times.push(message.ce_time);
-        traceparents.push(message.traceparent.clone());
-        tracestates.push(message.tracestate.clone());
+        traceparents.push(message.traceparent);
+        tracestates.push(message.tracestate);
         extra_headers.push(if message.extra_headers.is_empty() {
             None
         } else {
             Some(serde_json::json!(message.extra_headers))
         });
-        payloads.push(message.payload.clone());
+        payloads.push(message.payload);
     }
     let inserted = sqlx::query!(
         r#"

@@ -39,7 +39,7 @@ async fn backlog(pool: &PgPool) -> i64 {
 
 async fn commit(pool: &PgPool, messages: Vec<NewOutboxMessage>) {
     linkwork_store::in_transaction(pool, async |connection| {
-        outbox::insert(connection, &messages).await?;
+        outbox::insert(connection, messages).await?;
         Ok::<_, StoreError>(())
     })
     .await
@@ -53,7 +53,7 @@ async fn a_rolled_back_transaction_publishes_nothing() {
     let topic = stack.topic("it.outbox-rollback", 3).await;
     let refused = message(&topic, "SYN-1");
     let outcome = linkwork_store::in_transaction(&pool, async |connection| {
-        outbox::insert(connection, std::slice::from_ref(&refused)).await?;
+        outbox::insert(connection, vec![refused]).await?;
         // The decision that wrote the row fails afterwards.
         Err::<(), StoreError>(StoreError::Config("decision failed".into()))
     })
@@ -193,7 +193,7 @@ async fn a_message_once_published_is_not_written_to_the_outbox_again() {
 
     // The same decisions written again (a consumer re-applying a batch, say).
     let written = linkwork_store::in_transaction(&pool, async |connection| {
-        outbox::insert(connection, &messages).await
+        outbox::insert(connection, messages).await
     })
     .await
     .unwrap();

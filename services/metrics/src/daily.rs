@@ -132,7 +132,7 @@ pub async fn publish_finished_days(
     .bind(&counts)
     .execute(&mut *transaction)
     .await?;
-    outbox::insert(&mut transaction, &messages).await?;
+    outbox::insert(&mut transaction, messages).await?;
     transaction.commit().await?;
     Ok(days.len())
 }

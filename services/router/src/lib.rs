@@ -355,7 +355,7 @@ impl DeadlineSweeper {
             .map(|event| event.into_message(None, None))
             .collect();
         engine::save(&mut transaction, &routes, &loads).await?;
-        linkwork_store::outbox::insert(&mut transaction, &messages).await?;
+        linkwork_store::outbox::insert(&mut transaction, messages).await?;
         transaction.commit().await?;
         if let Some(notify) = &self.outbox_notify {
             notify.notify_one();

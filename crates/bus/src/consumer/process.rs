@@ -475,7 +475,8 @@ impl<H: Handler> Processor<H> {
             ));
         }
         let handled_at = started.elapsed();
-        outbox::insert(&mut transaction, &messages).await?;
+        let outboxed = messages.len();
+        outbox::insert(&mut transaction, messages).await?;
         let outbox_at = started.elapsed();
 
         let mut advances: Vec<OffsetAdvance> = Vec::new();
@@ -509,7 +510,7 @@ impl<H: Handler> Processor<H> {
         }
         self.report_offsets(false);
         self.status.batch_committed(indices.len(), dead_lettered);
-        if !messages.is_empty() {
+        if outboxed > 0 {
             if let Some(notify) = &self.outbox_notify {
                 notify.notify_one();
             }
@@ -519,7 +520,7 @@ impl<H: Handler> Processor<H> {
             records = indices.len(),
             applied,
             dead_lettered,
-            outbox = messages.len(),
+            outbox = outboxed,
             claim_ms = claimed_at.as_millis() as u64,
             handle_ms = (handled_at - claimed_at).as_millis() as u64,
             outbox_ms = (outbox_at - handled_at).as_millis() as u64,
