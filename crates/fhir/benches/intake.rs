@@ -7,7 +7,7 @@ use std::hint::black_box;
 use chrono::Utc;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use linkwork_domain::Source;
-use linkwork_fhir::{message, referral, IntakeRules};
+use linkwork_fhir::{referral, IntakeRules};
 use serde_json::Value;
 
 /// What both benchmarks read with: a GP as the source, the default rules, now.
@@ -45,15 +45,7 @@ fn bars_bundle(criterion: &mut Criterion) {
     group.bench_function("parse + validate one BaRS message Bundle", |bencher| {
         bencher.iter(|| {
             let bundle: Value = serde_json::from_slice(black_box(&bytes)).expect("JSON");
-            let message = message::read(&bundle).expect("a BaRS message");
-            referral::validate(
-                &source,
-                &message.service_request,
-                &message.resolver,
-                &rules,
-                now,
-            )
-            .expect("valid")
+            referral::read_message(&source, &bundle, &rules, now).expect("valid")
         });
     });
     group.finish();

@@ -156,6 +156,26 @@ pub fn read_service_request(
     validate(source, &located, &resolver, rules, now)
 }
 
+/// A BaRS message Bundle read whole (a file, a benchmark): its envelope
+/// ([`crate::message::read`]), then its ServiceRequest against every rule, as ingest
+/// does for a `new` message. Ingest itself reads the envelope first and validates only
+/// what the message's reason asks for.
+pub fn read_message(
+    source: &Source,
+    bundle: &Value,
+    rules: &IntakeRules,
+    now: DateTime<Utc>,
+) -> Result<ValidatedReferral, Vec<Issue>> {
+    let message = crate::message::read(bundle)?;
+    validate(
+        source,
+        &message.service_request,
+        &message.resolver,
+        rules,
+        now,
+    )
+}
+
 /// Checks a new referral from `source` against every rule.
 pub fn validate(
     source: &Source,

@@ -403,3 +403,16 @@ fn fhir_date_times_of_every_precision_parse() {
     );
     assert_eq!(parse_date_time("02/03/2026"), None);
 }
+
+#[test]
+fn a_bars_message_is_read_whole_and_a_broken_envelope_is_refused() {
+    let bundle = linkwork_testkit::bars_message("SYN-READ-MESSAGE", "new", "active");
+    let referral = read_message(&gp(), &bundle, &IntakeRules::default(), now())
+        .unwrap_or_else(|issues| panic!("{issues:?}"));
+    assert_eq!(referral.identifier.value, "SYN-READ-MESSAGE");
+
+    let mut broken = bundle.clone();
+    broken["type"] = json!("collection");
+    let issues = read_message(&gp(), &broken, &IntakeRules::default(), now()).unwrap_err();
+    assert!(!issues.is_empty());
+}
