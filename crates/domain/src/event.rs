@@ -15,6 +15,7 @@ use crate::need::Need;
 use crate::nhs_number::NhsNumber;
 use crate::outcome::{OutcomeMeasure, Timepoint};
 use crate::postcode::Postcode;
+use crate::resource::ResourceJson;
 use crate::{DecodeError, DomainEvent};
 
 /// A FHIR Identifier reduced to what linkwork uses.
@@ -85,11 +86,11 @@ pub struct ReferralReceived {
     pub content_hash: String,
     /// The FHIR ServiceRequest as received (its id set to the referral id), for the
     /// provider's bundle.
-    pub service_request: serde_json::Value,
+    pub service_request: ResourceJson,
     /// The Patient the ServiceRequest's subject resolved to (contained or in the same
     /// Bundle), when one was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub patient: Option<serde_json::Value>,
+    pub patient: Option<ResourceJson>,
     pub occurred_at: DateTime<Utc>,
 }
 

@@ -11,6 +11,7 @@ pub mod nhs_number;
 pub mod outcome;
 pub mod postcode;
 pub mod referral;
+pub mod resource;
 pub mod schema;
 
 pub use call_log::{CallLogDay, CallLogEvent, CaseClosed, CaseDiverted, CaseOpened, ClosureReason};
@@ -21,6 +22,7 @@ pub use need::Need;
 pub use nhs_number::{NhsNumber, NhsNumberError};
 pub use outcome::{Instrument, OutcomeMeasure, Timepoint};
 pub use postcode::Postcode;
+pub use resource::ResourceJson;
 
 /// An event type family that travels on one topic: its CloudEvents types, its body
 /// codec and its Kafka key.

@@ -100,8 +100,8 @@ impl ValidatedReferral {
             authored_on: self.authored_on,
             asc_case_id: self.asc_case_id,
             content_hash: self.content_hash,
-            service_request: self.service_request,
-            patient: self.patient,
+            service_request: self.service_request.into(),
+            patient: self.patient.map(Into::into),
             occurred_at: received_at,
         }
     }

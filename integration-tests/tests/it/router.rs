@@ -329,7 +329,8 @@ pub(crate) fn referral(number: u32, needs: &[Need], at: DateTime<Utc>) -> Referr
             "code": { "coding": [{ "system": "http://snomed.info/sct", "code": "871731000000106" }] },
             "subject": { "reference": "Patient/p1" },
             "authoredOn": at.to_rfc3339(),
-        }),
+        })
+        .into(),
         patient: None,
         occurred_at: at,
     }

@@ -76,15 +76,13 @@ fn new_referral(received: &ReferralReceived, state: Referral) -> Projected {
                 .map(|id| id.as_str().to_owned()),
             authored_on: received.authored_on,
             received_at: received.occurred_at,
-            service_request: json_text(&received.service_request),
-            patient: received.patient.as_ref().map(json_text),
+            service_request: received.service_request.text().to_owned(),
+            patient: received
+                .patient
+                .as_ref()
+                .map(|patient| patient.text().to_owned()),
         }),
     }
-}
-
-/// JSON text of a value (a FHIR resource as the event carries it).
-fn json_text(value: &serde_json::Value) -> String {
-    value.to_string()
 }
 
 /// The event's body for the history table, as the event is encoded on the log; a

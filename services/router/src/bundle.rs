@@ -16,7 +16,12 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use linkwork_domain::event::{CandidateAssessment, Priority, ReferralReceived};
 use linkwork_domain::{ProviderId, ReferralId};
-use serde_json::{json, Map, Value};
+use std::borrow::Cow;
+
+use linkwork_domain::ResourceJson;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 /// Names the provider in Task.owner and ServiceRequest.performer.
@@ -37,13 +42,13 @@ pub struct Attempt<'a> {
 }
 
 /// The request Bundle for a routing attempt.
-pub fn provider_request(
+pub fn provider_request<'a>(
     bundle_id: Uuid,
-    received: &ReferralReceived,
+    received: &'a ReferralReceived,
     provider: &ProviderRef<'_>,
     attempt: &Attempt<'_>,
     canonical_base: &str,
-) -> Value {
+) -> Collection<'a> {
     let Attempt {
         number: attempt,
         accept_by,
@@ -53,7 +58,7 @@ pub fn provider_request(
     let referral = received.referral_id;
     let owner = provider_reference(provider, canonical_base);
     let mut service_request = service_request(received);
-    service_request.insert("performer".into(), json!([owner.clone()]));
+    service_request.set("performer", Member::Built(json!([owner.clone()])));
     let task = json!({
         "resourceType": "Task",
         "id": referral.task_id(attempt).to_string(),
@@ -82,9 +87,9 @@ pub fn provider_request(
         bundle_id,
         routed_at,
         vec![
-            entry(referral.as_uuid(), Value::Object(service_request)),
+            entry(referral.as_uuid(), Part::Rewritten(service_request)),
             entry(&referral.patient_id(), patient(received)),
-            entry(&referral.task_id(attempt), task),
+            entry(&referral.task_id(attempt), Part::Built(task)),
         ],
     )
 }
@@ -98,7 +103,7 @@ pub fn provider_withdrawal(
     reason: &str,
     at: DateTime<Utc>,
     canonical_base: &str,
-) -> Value {
+) -> Collection<'static> {
     let task = json!({
         "resourceType": "Task",
         "id": referral.task_id(attempt).to_string(),
@@ -113,19 +118,23 @@ pub fn provider_withdrawal(
         "lastModified": instant(at),
         "owner": provider_reference(provider, canonical_base),
     });
-    collection(bundle_id, at, vec![entry(&referral.task_id(attempt), task)])
+    collection(
+        bundle_id,
+        at,
+        vec![entry(&referral.task_id(attempt), Part::Built(task))],
+    )
 }
 
 /// The triage Bundle: the referral and why nobody could take it.
-pub fn triage(
+pub fn triage<'a>(
     bundle_id: Uuid,
-    received: &ReferralReceived,
+    received: &'a ReferralReceived,
     reasons: &[String],
     candidates: &[CandidateAssessment],
     directory_version: &str,
     at: DateTime<Utc>,
     canonical_base: &str,
-) -> Value {
+) -> Collection<'a> {
     let referral = received.referral_id;
     let mut notes: Vec<Value> = reasons
         .iter()
@@ -165,25 +174,129 @@ pub fn triage(
         bundle_id,
         at,
         vec![
-            entry(referral.as_uuid(), Value::Object(service_request(received))),
+            entry(
+                referral.as_uuid(),
+                Part::Rewritten(service_request(received)),
+            ),
             entry(&referral.patient_id(), patient(received)),
-            entry(&task_id, task),
+            entry(&task_id, Part::Built(task)),
         ],
     )
 }
 
-fn collection(id: Uuid, at: DateTime<Utc>, entries: Vec<Value>) -> Value {
-    json!({
-        "resourceType": "Bundle",
-        "id": id.to_string(),
-        "type": "collection",
-        "timestamp": instant(at),
-        "entry": entries,
-    })
+/// A `collection` Bundle, written straight from its parts: the received ServiceRequest
+/// and Patient go out as the text they came in, member by member.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Collection<'a> {
+    resource_type: &'static str,
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    timestamp: String,
+    entry: Vec<Entry<'a>>,
 }
 
-fn entry(id: &Uuid, resource: Value) -> Value {
-    json!({ "fullUrl": urn(id), "resource": resource })
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry<'a> {
+    full_url: String,
+    resource: Part<'a>,
+}
+
+/// A resource in a Bundle: built here as a tree, or rewritten from received text.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Part<'a> {
+    Built(Value),
+    Rewritten(Rewritten<'a>),
+}
+
+fn collection(id: Uuid, at: DateTime<Utc>, entries: Vec<Entry<'_>>) -> Collection<'_> {
+    Collection {
+        resource_type: "Bundle",
+        id: id.to_string(),
+        kind: "collection",
+        timestamp: instant(at),
+        entry: entries,
+    }
+}
+
+fn entry<'a>(id: &Uuid, resource: Part<'a>) -> Entry<'a> {
+    Entry {
+        full_url: urn(id),
+        resource,
+    }
+}
+
+/// A received resource's members, in the order received, with some replaced, added or
+/// left out; `resourceType` and `id` first.
+#[derive(Debug)]
+struct Rewritten<'a> {
+    members: Vec<(Cow<'a, str>, Member<'a>)>,
+}
+
+#[derive(Debug)]
+enum Member<'a> {
+    Text(&'a RawValue),
+    Items(Vec<&'a RawValue>),
+    Built(Value),
+}
+
+impl<'a> Rewritten<'a> {
+    /// `resource`'s members (none when it is not an object), under a new type and id.
+    fn of(resource: &'a ResourceJson, resource_type: &'static str, id: String) -> Self {
+        let mut members = vec![
+            (
+                Cow::Borrowed("resourceType"),
+                Member::Built(json!(resource_type)),
+            ),
+            (Cow::Borrowed("id"), Member::Built(json!(id))),
+        ];
+        members.extend(
+            resource
+                .members()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(name, _)| name != "resourceType" && name != "id")
+                .map(|(name, text)| (name, Member::Text(text))),
+        );
+        Self { members }
+    }
+
+    /// Replaces the member `name`, or adds it at the end.
+    fn set(&mut self, name: &'static str, value: Member<'a>) {
+        match self.members.iter_mut().find(|(member, _)| member == name) {
+            Some((_, member)) => *member = value,
+            None => self.members.push((Cow::Borrowed(name), value)),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&Member<'a>> {
+        self.members
+            .iter()
+            .find(|(member, _)| member == name)
+            .map(|(_, value)| value)
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.members.retain(|(member, _)| member != name);
+    }
+}
+
+impl Serialize for Rewritten<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.members.len()))?;
+        for (name, member) in &self.members {
+            match member {
+                Member::Text(text) => map.serialize_entry(name, text)?,
+                Member::Items(items) => map.serialize_entry(name, items)?,
+                Member::Built(value) => map.serialize_entry(name, value)?,
+            }
+        }
+        map.end()
+    }
 }
 
 fn urn(id: &Uuid) -> String {
@@ -223,17 +336,19 @@ fn requester(received: &ReferralReceived, canonical_base: &str) -> Value {
 
 /// The ServiceRequest as received, its subject pointing at the Patient of the Bundle
 /// (a contained Patient moves out into the Bundle).
-fn service_request(received: &ReferralReceived) -> Map<String, Value> {
-    let mut resource = match &received.service_request {
-        Value::Object(object) => object.clone(),
-        _ => Map::new(),
-    };
-    resource.insert("resourceType".into(), json!("ServiceRequest"));
-    resource.insert("id".into(), json!(received.referral_id.to_string()));
-    if let Some(Value::Array(contained)) = resource.get_mut("contained") {
-        contained.retain(|item| item["resourceType"] != "Patient");
-        if contained.is_empty() {
+fn service_request(received: &ReferralReceived) -> Rewritten<'_> {
+    let mut resource = Rewritten::of(
+        &received.service_request,
+        "ServiceRequest",
+        received.referral_id.to_string(),
+    );
+    if let Some(Member::Text(contained)) = resource.get("contained") {
+        let items: Vec<&RawValue> = serde_json::from_str(contained.get()).unwrap_or_default();
+        let kept: Vec<&RawValue> = items.into_iter().filter(|item| !is_patient(item)).collect();
+        if kept.is_empty() {
             resource.remove("contained");
+        } else {
+            resource.set("contained", Member::Items(kept));
         }
     }
     let mut subject = json!({ "reference": urn(&received.referral_id.patient_id()) });
@@ -243,18 +358,29 @@ fn service_request(received: &ReferralReceived) -> Map<String, Value> {
             "value": nhs_number.to_string(),
         });
     }
-    resource.insert("subject".into(), subject);
+    resource.set("subject", Member::Built(subject));
     resource
 }
 
+/// Whether a contained resource is a Patient.
+fn is_patient(resource: &RawValue) -> bool {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Kind<'a> {
+        #[serde(borrow)]
+        resource_type: Option<Cow<'a, str>>,
+    }
+    serde_json::from_str::<Kind<'_>>(resource.get())
+        .is_ok_and(|kind| kind.resource_type.as_deref() == Some("Patient"))
+}
+
 /// The Patient as sent when there was one, else built from the referral's subject.
-fn patient(received: &ReferralReceived) -> Value {
+fn patient(received: &ReferralReceived) -> Part<'_> {
     let id = received.referral_id.patient_id().to_string();
-    if let Some(Value::Object(sent)) = &received.patient {
-        let mut sent = sent.clone();
-        sent.insert("resourceType".into(), json!("Patient"));
-        sent.insert("id".into(), json!(id));
-        return Value::Object(sent);
+    if let Some(sent) = &received.patient {
+        if sent.members().is_some() {
+            return Part::Rewritten(Rewritten::of(sent, "Patient", id));
+        }
     }
     let subject = &received.subject;
     let mut patient = json!({ "resourceType": "Patient", "id": id });
@@ -286,5 +412,200 @@ fn patient(received: &ReferralReceived) -> Value {
             "preferred": true,
         }]);
     }
-    patient
+    Part::Built(patient)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use linkwork_domain::event::{Identifier, Subject};
+    use linkwork_domain::{Need, NhsNumber, Source};
+
+    use super::*;
+
+    const BASE: &str = "https://linkwork.example";
+
+    fn received(service_request: Value, patient: Option<Value>) -> ReferralReceived {
+        let source = Source::parse("gp:A81001").expect("source");
+        let at = Utc.with_ymd_and_hms(2026, 11, 30, 9, 0, 0).unwrap();
+        ReferralReceived {
+            referral_id: ReferralId::derive(&source, "https://gp.example/referrals", "R-7"),
+            source,
+            source_identifier: Identifier {
+                system: "https://gp.example/referrals".into(),
+                value: "R-7".into(),
+            },
+            subject: Subject {
+                nhs_number: Some(NhsNumber::parse("9990000018").expect("NHS number")),
+                name: None,
+                birth_date: None,
+                postcode: None,
+                language: None,
+            },
+            needs: vec![Need::Loneliness],
+            requester: Some("Dr Ada Finch".into()),
+            priority: Priority::Urgent,
+            authored_on: at,
+            asc_case_id: None,
+            content_hash: "h".into(),
+            service_request: service_request.into(),
+            patient: patient.map(Into::into),
+            occurred_at: at,
+        }
+    }
+
+    fn request(received: &ReferralReceived) -> Value {
+        let provider_id = ProviderId::parse("connectors").expect("provider id");
+        let at = received.occurred_at;
+        let bundle = provider_request(
+            Uuid::nil(),
+            received,
+            &ProviderRef {
+                id: &provider_id,
+                name: "Connectors",
+            },
+            &Attempt {
+                number: 1,
+                accept_by: at,
+                routed_at: at,
+                rule: "nearest",
+            },
+            BASE,
+        );
+        // What goes on the queue is the serialized text; read it back as a reader would.
+        serde_json::from_slice(&serde_json::to_vec(&bundle).expect("serializes")).expect("JSON")
+    }
+
+    #[test]
+    fn the_request_carries_the_service_request_as_sent_with_its_patient_moved_out_and_the_provider_as_performer(
+    ) {
+        let received = received(
+            json!({
+                "resourceType": "ServiceRequest",
+                "id": "gp-own-id",
+                "status": "active",
+                "contained": [
+                    { "resourceType": "Patient", "id": "pat", "name": [{ "family": "Quill" }] },
+                    { "resourceType": "Practitioner", "id": "doc", "name": [{ "family": "Finch" }] },
+                ],
+                "subject": { "reference": "#pat" },
+                "note": [{ "text": "lives alone, \"prefers\" mornings \u{e9}" }],
+            }),
+            Some(
+                json!({ "resourceType": "Patient", "id": "pat", "name": [{ "family": "Quill" }] }),
+            ),
+        );
+        let bundle = request(&received);
+        assert_eq!(bundle["resourceType"], "Bundle");
+        assert_eq!(bundle["type"], "collection");
+        let entries = bundle["entry"].as_array().expect("entries");
+        assert_eq!(entries.len(), 3);
+        let referral = received.referral_id;
+        let service_request = &entries[0]["resource"];
+        assert_eq!(entries[0]["fullUrl"], format!("urn:uuid:{referral}"));
+        assert_eq!(service_request["resourceType"], "ServiceRequest");
+        assert_eq!(service_request["id"], referral.to_string());
+        assert_eq!(service_request["status"], "active");
+        assert_eq!(
+            service_request["note"][0]["text"],
+            "lives alone, \"prefers\" mornings \u{e9}"
+        );
+        assert_eq!(
+            service_request["contained"],
+            json!([{ "resourceType": "Practitioner", "id": "doc", "name": [{ "family": "Finch" }] }])
+        );
+        assert_eq!(
+            service_request["subject"],
+            json!({
+                "reference": format!("urn:uuid:{}", referral.patient_id()),
+                "identifier": { "system": linkwork_fhir::systems::NHS_NUMBER, "value": "9990000018" },
+            })
+        );
+        assert_eq!(
+            service_request["performer"][0]["identifier"]["value"],
+            "connectors"
+        );
+        let patient = &entries[1]["resource"];
+        assert_eq!(
+            *patient,
+            json!({
+                "resourceType": "Patient",
+                "id": referral.patient_id().to_string(),
+                "name": [{ "family": "Quill" }],
+            })
+        );
+        assert_eq!(entries[2]["resource"]["resourceType"], "Task");
+        assert_eq!(entries[2]["resource"]["priority"], "urgent");
+    }
+
+    #[test]
+    fn a_contained_patient_alone_leaves_no_contained_list_and_no_patient_sent_builds_one_from_the_subject(
+    ) {
+        let received = received(
+            json!({
+                "resourceType": "ServiceRequest",
+                "contained": [{ "resourceType": "Patient", "id": "pat" }],
+                "subject": { "reference": "#pat" },
+            }),
+            None,
+        );
+        let bundle = request(&received);
+        let service_request = &bundle["entry"][0]["resource"];
+        assert!(
+            service_request.get("contained").is_none(),
+            "{service_request}"
+        );
+        assert_eq!(
+            bundle["entry"][1]["resource"]["identifier"][0]["value"],
+            "9990000018"
+        );
+    }
+
+    #[test]
+    fn a_service_request_that_is_not_an_object_still_gives_a_well_formed_request() {
+        let received = received(json!("not an object"), Some(json!(42)));
+        let bundle = request(&received);
+        let service_request = &bundle["entry"][0]["resource"];
+        assert_eq!(service_request["resourceType"], "ServiceRequest");
+        assert_eq!(service_request["id"], received.referral_id.to_string());
+        assert_eq!(bundle["entry"][1]["resource"]["resourceType"], "Patient");
+    }
+
+    #[test]
+    fn triage_carries_the_referral_and_every_reason() {
+        let received = received(
+            json!({ "resourceType": "ServiceRequest", "status": "active" }),
+            None,
+        );
+        let candidate = CandidateAssessment {
+            provider_id: ProviderId::parse("connectors").expect("provider id"),
+            eligible: false,
+            excluded_because: vec!["full".into()],
+        };
+        let bundle = triage(
+            Uuid::nil(),
+            &received,
+            &["no provider covers LW9".into()],
+            &[candidate],
+            "v7",
+            received.occurred_at,
+            BASE,
+        );
+        let bundle: Value = serde_json::to_value(&bundle).expect("serializes");
+        assert_eq!(bundle["entry"][0]["resource"]["status"], "active");
+        let notes: Vec<&str> = bundle["entry"][2]["resource"]["note"]
+            .as_array()
+            .expect("notes")
+            .iter()
+            .filter_map(|note| note["text"].as_str())
+            .collect();
+        assert_eq!(
+            notes,
+            [
+                "no provider covers LW9",
+                "Directory version v7",
+                "connectors: full"
+            ]
+        );
+    }
 }

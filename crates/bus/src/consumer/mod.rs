@@ -197,7 +197,7 @@ impl OutboxEvent {
         time: DateTime<Utc>,
         key: String,
         event_type: &str,
-        resource: &serde_json::Value,
+        resource: &impl serde::Serialize,
     ) -> Self {
         Self {
             topic: topic.to_owned(),

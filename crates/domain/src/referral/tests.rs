@@ -45,7 +45,7 @@ fn received(hash: &str) -> ReferralReceived {
         authored_on: at(0),
         asc_case_id: None,
         content_hash: hash.into(),
-        service_request: serde_json::json!({"resourceType": "ServiceRequest"}),
+        service_request: serde_json::json!({"resourceType": "ServiceRequest"}).into(),
         patient: None,
         occurred_at: at(0),
     }

@@ -97,7 +97,7 @@ fn received(at: DateTime<Utc>) -> ReferralReceived {
         authored_on: at,
         asc_case_id: None,
         content_hash: "h1".into(),
-        service_request: serde_json::json!({"resourceType": "ServiceRequest"}),
+        service_request: serde_json::json!({"resourceType": "ServiceRequest"}).into(),
         patient: None,
         occurred_at: at,
     }
