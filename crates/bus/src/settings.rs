@@ -7,6 +7,12 @@ use rdkafka::ClientConfig;
 
 use crate::BusError;
 
+/// librdkafka's `fetch.queue.backoff.ms` for linkwork's consumers: how long it waits to
+/// fetch again once its prefetch queue (`queued.max.messages.kbytes`, kept small so
+/// memory stays flat) was full. librdkafka's default, a second, left a consumer idle
+/// for most of a second each time it caught up with its prefetch.
+pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+
 /// Bootstrap servers plus librdkafka properties passed through from
 /// `LINKWORK_KAFKA_<property>` (security settings, mostly).
 #[derive(Clone, Default)]

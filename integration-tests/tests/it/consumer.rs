@@ -191,6 +191,69 @@ async fn a_consumer_killed_part_way_and_restarted_applies_each_of_10000_events_e
     second.await.unwrap().unwrap();
 }
 
+/// Records openings like [`RecordOpenings`], but its first batch takes `stall` first:
+/// processing that has stopped while the poll thread goes on fetching.
+struct StallOnce {
+    inner: RecordOpenings,
+    stall: Option<Duration>,
+}
+
+impl Handler for StallOnce {
+    type Message = CloudEvent<CallLogEvent>;
+
+    async fn handle(
+        &mut self,
+        transaction: &mut PgConnection,
+        batch: &[Incoming<'_, Self::Message>],
+        effects: &mut Effects,
+    ) -> Result<(), HandlerError> {
+        if let Some(stall) = self.stall.take() {
+            tokio::time::sleep(stall).await;
+        }
+        self.inner.handle(transaction, batch, effects).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processing_that_stalls_beyond_the_poll_threads_hold_pauses_and_then_applies_every_event_once(
+) {
+    let stack = stack();
+    let pool = database_with_table(&stack).await;
+    let topic = stack.topic("it.cases", 4).await;
+    let mut config = config(&unique("cases"), &topic);
+    // A small hand-over queue: the poll thread's own backlog fills at once, it holds,
+    // and (the stall being longer than its hold) pauses the partitions, which drops
+    // what librdkafka had prefetched; resuming must fetch it all again.
+    config.queue_capacity = 64;
+    config.max_batch = 50;
+    let producer = Producer::new(&stack.kafka).unwrap();
+    produce_openings(&producer, &topic, 0..6_000).await;
+
+    let shutdown = CancellationToken::new();
+    let runner = ConsumerRunner::new(
+        config.clone(),
+        stack.kafka.clone(),
+        pool.clone(),
+        StallOnce {
+            inner: RecordOpenings { instance: "only" },
+            stall: Some(Duration::from_secs(4)),
+        },
+    );
+    let task = tokio::spawn(runner.run(shutdown.clone()));
+    eventually(Duration::from_secs(120), "6,000 applied events", || async {
+        rows(&pool).await.0 >= 6_000
+    })
+    .await;
+    stack.caught_up(&pool, &config.name, &topic).await;
+    assert_eq!(
+        rows(&pool).await,
+        (6_000, 6_000),
+        "exactly 6,000 rows, none twice"
+    );
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_the_partitions_and_rebalances_lose_and_duplicate_nothing() {
     let stack = stack();

@@ -146,6 +146,10 @@ fn read_log(
         .set("auto.offset.reset", "error")
         // Bound what librdkafka prefetches: the decoding side keeps up with the broker.
         .set("queued.max.messages.kbytes", "8192")
+        .set(
+            "fetch.queue.backoff.ms",
+            linkwork_bus::FETCH_QUEUE_BACKOFF_MS,
+        )
         .set("fetch.max.bytes", "4194304")
         .create()
         .map_err(|error| format!("Kafka client: {error}"))?;
