@@ -13,6 +13,10 @@ use crate::BusError;
 /// for most of a second each time it caught up with its prefetch.
 pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
+/// librdkafka's `fetch.max.bytes` for linkwork's consumers (default 50 MB): at most one
+/// fetch response of this size is buffered at a time, beside the prefetch queue.
+pub const FETCH_MAX_BYTES: &str = "4194304";
+
 /// Bootstrap servers plus librdkafka properties passed through from
 /// `LINKWORK_KAFKA_<property>` (security settings, mostly).
 #[derive(Clone, Default)]

@@ -47,10 +47,16 @@ pub struct PendingMessage {
     pub scan_from: Option<i64>,
 }
 
-/// Adds messages in one statement. A message whose event id is already in the outbox,
-/// or was published and not yet pruned, is skipped: deciding the same event twice
-/// publishes it once. The messages are taken, not copied: a router batch's are several
-/// megabytes.
+/// The payload bytes one INSERT carries at most (a single larger message goes alone).
+/// sqlx copies a statement's arguments into the connection's write buffer, which keeps
+/// its largest size: one statement for a router batch's messages (12 MB) left 25 MB on
+/// each pooled connection.
+const INSERT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Adds messages, in as few statements as [`INSERT_CHUNK_BYTES`] allows. A message
+/// whose event id is already in the outbox, or was published and not yet pruned, is
+/// skipped: deciding the same event twice publishes it once. The messages are taken,
+/// not copied. Returns how many were added.
 pub async fn insert(
     connection: &mut PgConnection,
     messages: Vec<NewOutboxMessage>,
@@ -58,6 +64,30 @@ pub async fn insert(
     if messages.is_empty() {
         return Ok(0);
     }
+    let mut inserted = 0;
+    let mut chunk = Vec::new();
+    let mut chunk_bytes = 0;
+    for message in messages {
+        if !chunk.is_empty() && chunk_bytes + message.payload.len() > INSERT_CHUNK_BYTES {
+            inserted += insert_chunk(connection, std::mem::take(&mut chunk)).await?;
+            chunk_bytes = 0;
+        }
+        chunk_bytes += message.payload.len();
+        chunk.push(message);
+    }
+    inserted += insert_chunk(connection, chunk).await?;
+    // Wake relays in other processes; in-process relays are woken directly.
+    sqlx::query!("SELECT pg_notify('linkwork_outbox', '')")
+        .execute(&mut *connection)
+        .await?;
+    Ok(inserted)
+}
+
+/// One INSERT of `messages` (not empty).
+async fn insert_chunk(
+    connection: &mut PgConnection,
+    messages: Vec<NewOutboxMessage>,
+) -> Result<u64, StoreError> {
     let mut event_ids = Vec::with_capacity(messages.len());
     let mut topics = Vec::with_capacity(messages.len());
     let mut keys: Vec<Option<String>> = Vec::with_capacity(messages.len());
@@ -116,10 +146,6 @@ pub async fn insert(
     )
     .execute(&mut *connection)
     .await?;
-    // Wake relays in other processes; in-process relays are woken directly.
-    sqlx::query!("SELECT pg_notify('linkwork_outbox', '')")
-        .execute(&mut *connection)
-        .await?;
     Ok(inserted.rows_affected())
 }
 

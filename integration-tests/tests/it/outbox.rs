@@ -267,3 +267,36 @@ async fn an_outbox_of_the_earlier_shape_keeps_its_state_through_the_migration() 
     assert_eq!(on_log.len(), 2);
     assert_eq!(backlog(&pool).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_too_large_for_one_statement_are_all_written_once_and_in_order() {
+    let stack = stack();
+    let pool = stack.database().await;
+    // 2.1 MB of payloads: more than one INSERT carries, so the write is split.
+    let messages: Vec<NewOutboxMessage> = (0..7)
+        .map(|index| {
+            let mut message = message("it.outbox-large", &format!("SYN-{index}"));
+            message.payload = vec![b'x'; 300 * 1024];
+            message
+        })
+        .collect();
+    let mut repeated = message("it.outbox-large", "SYN-0");
+    repeated.event_id = messages[0].event_id;
+    let expected: Vec<Uuid> = messages.iter().map(|message| message.event_id).collect();
+    let mut written = messages;
+    // The same event again, in a later statement than its first copy.
+    written.push(repeated);
+    let inserted = linkwork_store::in_transaction(&pool, async |connection| {
+        outbox::insert(connection, written).await
+    })
+    .await
+    .unwrap();
+    assert_eq!(inserted, 7, "the repeated event is written once");
+    let mut connection = pool.acquire().await.unwrap();
+    let pending = outbox::pending(&mut connection, 100).await.unwrap();
+    let ids: Vec<Uuid> = pending.iter().map(|message| message.event_id).collect();
+    assert_eq!(ids, expected, "every message, once, in the order written");
+    assert!(pending
+        .iter()
+        .all(|message| message.payload.len() == 300 * 1024));
+}

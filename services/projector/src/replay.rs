@@ -150,7 +150,7 @@ fn read_log(
             "fetch.queue.backoff.ms",
             linkwork_bus::FETCH_QUEUE_BACKOFF_MS,
         )
-        .set("fetch.max.bytes", "4194304")
+        .set("fetch.max.bytes", linkwork_bus::FETCH_MAX_BYTES)
         .create()
         .map_err(|error| format!("Kafka client: {error}"))?;
     let mut assignment = TopicPartitionList::new();

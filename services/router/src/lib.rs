@@ -211,7 +211,7 @@ impl Handler for RouterHandler {
                 effects.publish(incoming, message);
             }
         }
-        engine::save(transaction, &routes, &loads).await?;
+        engine::save(transaction, routes, &loads).await?;
         Ok(())
     }
 }
@@ -354,7 +354,7 @@ impl DeadlineSweeper {
             .into_iter()
             .map(|event| event.into_message(None, None))
             .collect();
-        engine::save(&mut transaction, &routes, &loads).await?;
+        engine::save(&mut transaction, routes, &loads).await?;
         linkwork_store::outbox::insert(&mut transaction, messages).await?;
         transaction.commit().await?;
         if let Some(notify) = &self.outbox_notify {

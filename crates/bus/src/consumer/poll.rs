@@ -58,9 +58,11 @@ pub(crate) enum Control {
     Reseek(Vec<TopicPartition>),
 }
 
-/// Backlog length at which the partitions are paused (what librdkafka has already
-/// fetched beyond that stays bounded by `queued.max.messages.kbytes`).
-const PAUSE_AT: usize = 2048;
+/// Backlog length (records polled that the processing task's queue had no room for) at
+/// which polling holds, and, past [`HOLD_BEFORE_PAUSE`], the partitions are paused. What
+/// librdkafka has fetched beyond that stays in its queue, bounded by
+/// `queued.max.messages.kbytes`.
+const PAUSE_AT: usize = 512;
 
 /// How long a full backlog only holds polling back before the partitions are paused.
 const HOLD_BEFORE_PAUSE: Duration = Duration::from_secs(2);
@@ -414,6 +416,9 @@ pub(crate) fn spawn(
         .set("enable.partition.eof", "false")
         // Bound what librdkafka prefetches: memory stays flat however far behind we are.
         .set("queued.max.messages.kbytes", "8192")
+        // And what one fetch may return: librdkafka's default (50 MB) sized its receive
+        // buffers far beyond the prefetch bound.
+        .set("fetch.max.bytes", crate::settings::FETCH_MAX_BYTES)
         // Once that bound has been reached, librdkafka postpones the next fetch by this
         // much (default a whole second); with a bound this small it is reached whenever
         // processing lags, and the consumer then sat idle for up to a second after

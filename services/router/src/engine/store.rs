@@ -99,43 +99,35 @@ pub async fn lock_loads(connection: &mut PgConnection) -> Result<Loads, sqlx::Er
     })
 }
 
-/// Writes the rows and caseloads that changed.
+/// The received bodies one INSERT carries at most: sqlx copies a statement's arguments
+/// into the connection's write buffer, which keeps its largest size.
+const INSERT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Writes the rows and caseloads that changed. The rows are taken: new ones move their
+/// received bodies into the statement rather than copying them.
 pub async fn save(
     connection: &mut PgConnection,
-    routes: &Routes,
+    routes: Routes,
     loads: &Loads,
 ) -> Result<(), sqlx::Error> {
     let mut new = Columns::default();
+    let mut new_bytes = 0;
     let mut updated = Columns::default();
-    for route in routes.values().filter(|route| route.changed) {
+    for route in routes.into_values().filter(|route| route.changed) {
         if route.is_new {
+            let bytes = route.received.as_ref().map_or(0, Vec::len);
+            if !new.ids.is_empty() && new_bytes + bytes > INSERT_CHUNK_BYTES {
+                insert_new(connection, std::mem::take(&mut new)).await?;
+                new_bytes = 0;
+            }
+            new_bytes += bytes;
             new.push(route);
         } else {
             updated.push(route);
         }
     }
     if !new.ids.is_empty() {
-        sqlx::query!(
-            r#"
-            INSERT INTO router_referrals
-                (referral_id, status, provider_id, attempt, confirmed_attempt, accept_by, tried,
-                 reserved, directory_version, received)
-            SELECT * FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::INT[], $5::INT[],
-                                 $6::TIMESTAMPTZ[], $7::TEXT[], $8::BOOL[], $9::TEXT[], $10::BYTEA[])
-            "#,
-            &new.ids,
-            &new.statuses as &[&str],
-            &new.providers as &[Option<String>],
-            &new.attempts,
-            &new.confirmed,
-            &new.accept_by as &[Option<DateTime<Utc>>],
-            &new.tried,
-            &new.reserved,
-            &new.versions,
-            &new.received as &[Option<Vec<u8>>],
-        )
-        .execute(&mut *connection)
-        .await?;
+        insert_new(connection, new).await?;
     }
     if !updated.ids.is_empty() {
         // The content is only ever dropped after receipt, never replaced.
@@ -194,6 +186,32 @@ pub async fn save(
     Ok(())
 }
 
+/// One INSERT of new routing rows.
+async fn insert_new(connection: &mut PgConnection, new: Columns) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"
+        INSERT INTO router_referrals
+            (referral_id, status, provider_id, attempt, confirmed_attempt, accept_by, tried,
+             reserved, directory_version, received)
+        SELECT * FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::INT[], $5::INT[],
+                             $6::TIMESTAMPTZ[], $7::TEXT[], $8::BOOL[], $9::TEXT[], $10::BYTEA[])
+        "#,
+        &new.ids,
+        &new.statuses as &[&str],
+        &new.providers as &[Option<String>],
+        &new.attempts,
+        &new.confirmed,
+        &new.accept_by as &[Option<DateTime<Utc>>],
+        &new.tried,
+        &new.reserved,
+        &new.versions,
+        &new.received as &[Option<Vec<u8>>],
+    )
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
 #[derive(Default)]
 struct Columns {
     ids: Vec<Uuid>,
@@ -210,7 +228,7 @@ struct Columns {
 }
 
 impl Columns {
-    fn push(&mut self, route: &Route) {
+    fn push(&mut self, route: Route) {
         self.ids.push(*route.referral_id.as_uuid());
         self.statuses.push(route.status.code());
         self.providers
@@ -229,9 +247,9 @@ impl Columns {
                 .join(","),
         );
         self.reserved.push(route.reserved);
-        self.versions.push(route.directory_version.clone());
-        self.received.push(route.received.clone());
         self.keep_received.push(route.received.is_some());
+        self.versions.push(route.directory_version);
+        self.received.push(route.received);
     }
 }
 
