@@ -66,6 +66,11 @@ impl Stack {
         pool
     }
 
+    /// The URL of the database test databases are created from.
+    pub fn admin_database_url(&self) -> &str {
+        &self.admin_database_url
+    }
+
     /// A new database with no migrations applied.
     pub async fn empty_database(&self) -> PgPool {
         let name = format!("lw_test_{}", Uuid::new_v4().simple());

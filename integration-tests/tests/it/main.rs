@@ -14,5 +14,6 @@ mod partitioner;
 mod projector;
 mod provider_loop;
 mod router;
+mod store;
 mod topics;
 mod tracing_context;

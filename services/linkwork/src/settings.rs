@@ -124,11 +124,12 @@ impl Settings {
             .map(|url| redact_password(url.expose_secret()))
     }
 
-    /// The database settings; an error naming the variable when it is not set.
+    /// The database settings, the pool warmed (every connection opened at start); an
+    /// error naming the variable when it is not set.
     pub fn database(&self) -> anyhow::Result<DatabaseSettings> {
         use secrecy::ExposeSecret;
         match &self.database_url {
-            Some(url) => Ok(DatabaseSettings::new(url.expose_secret().to_owned())),
+            Some(url) => Ok(DatabaseSettings::new(url.expose_secret().to_owned()).warm()),
             None => bail!("LINKWORK_DATABASE_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/linkwork)"),
         }
     }
