@@ -53,6 +53,79 @@ impl ResourceJson {
     }
 }
 
+impl ResourceJson {
+    /// `value` (an object) with the members `replace` names set to the values given:
+    /// each in its place when `value` has it, else added at the end. Written straight
+    /// from `value`, which is neither cloned nor changed.
+    pub fn from_value_with(value: &Value, replace: &[(&str, &Value)]) -> Self {
+        let Value::Object(members) = value else {
+            return Self::from_value(value);
+        };
+        Self::written(&Replaced {
+            members: members.iter().map(|(name, value)| (name.as_str(), value)),
+            replace,
+        })
+    }
+
+    /// This resource's text with the members `replace` names set (see
+    /// [`ResourceJson::from_value_with`]); as it is when it is not an object.
+    pub fn with(&self, replace: &[(&str, &Value)]) -> Self {
+        let Some(members) = self.members() else {
+            return self.clone();
+        };
+        Self::written(&Replaced {
+            members: members.iter().map(|(name, text)| (name.as_ref(), *text)),
+            replace,
+        })
+    }
+
+    fn written(value: &impl Serialize) -> Self {
+        // Members that are JSON already, names that are strings: this cannot fail.
+        Self(
+            serde_json::value::to_raw_value(value).unwrap_or_else(|error| {
+                unreachable!("a resource's members did not serialize: {error}")
+            }),
+        )
+    }
+}
+
+/// An object's members written in order, those in `replace` swapped for theirs.
+struct Replaced<'a, I> {
+    members: I,
+    replace: &'a [(&'a str, &'a Value)],
+}
+
+impl<'a, I, V> Serialize for Replaced<'a, I>
+where
+    I: Iterator<Item = (&'a str, V)> + Clone,
+    V: Serialize,
+{
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        let mut written = vec![false; self.replace.len()];
+        for (name, value) in self.members.clone() {
+            match self
+                .replace
+                .iter()
+                .position(|(replaced, _)| *replaced == name)
+            {
+                Some(index) => {
+                    map.serialize_entry(name, self.replace[index].1)?;
+                    written[index] = true;
+                }
+                None => map.serialize_entry(name, &value)?,
+            }
+        }
+        for ((name, value), done) in self.replace.iter().zip(written) {
+            if !done {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.end()
+    }
+}
+
 impl From<Value> for ResourceJson {
     fn from(value: Value) -> Self {
         Self::from_value(&value)
@@ -200,6 +273,24 @@ mod tests {
     fn a_resource_that_is_not_an_object_has_no_members_and_text_that_is_not_json_is_refused() {
         assert!(ResourceJson::from_value(&json!([1])).members().is_none());
         assert!(ResourceJson::from_text("{\"a\":".into()).is_err());
+    }
+
+    #[test]
+    fn members_are_replaced_in_place_or_added_at_the_end_and_the_source_is_left_as_it_was() {
+        let value = json!({"resourceType": "ServiceRequest", "id": "theirs", "status": "active"});
+        let id = json!("ours");
+        let meta = json!({"versionId": "1"});
+        let written = ResourceJson::from_value_with(&value, &[("id", &id), ("meta", &meta)]);
+        assert_eq!(
+            written.to_value(),
+            json!({"resourceType": "ServiceRequest", "id": "ours", "status": "active", "meta": {"versionId": "1"}})
+        );
+        assert_eq!(value["id"], "theirs");
+        let again = written.with(&[("meta", &json!({"versionId": "2"}))]);
+        assert_eq!(again.to_value()["meta"]["versionId"], "2");
+        assert_eq!(again.to_value()["id"], "ours");
+        let not_an_object = ResourceJson::from_value(&json!([1]));
+        assert_eq!(not_an_object.with(&[("id", &id)]).text(), "[1]");
     }
 
     #[test]

@@ -8,7 +8,9 @@
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use linkwork_domain::event::{Identifier, PersonName, Priority, ReferralReceived, Subject};
 use linkwork_domain::nhs_number::NHS_NUMBER_SYSTEM;
-use linkwork_domain::{AscCaseId, Need, NhsNumber, Postcode, ReferralId, Source, SourceKind};
+use linkwork_domain::{
+    AscCaseId, Need, NhsNumber, Postcode, ReferralId, ResourceJson, Source, SourceKind,
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -82,8 +84,8 @@ pub struct ValidatedReferral {
     pub authored_on: DateTime<Utc>,
     pub asc_case_id: Option<AscCaseId>,
     pub content_hash: String,
-    /// The ServiceRequest as received, its `id` set to the referral id.
-    pub service_request: Value,
+    /// The ServiceRequest as received, its `id` set to the referral id, as JSON text.
+    pub service_request: ResourceJson,
     pub patient: Option<Value>,
 }
 
@@ -100,7 +102,7 @@ impl ValidatedReferral {
             authored_on: self.authored_on,
             asc_case_id: self.asc_case_id,
             content_hash: self.content_hash,
-            service_request: self.service_request.into(),
+            service_request: self.service_request,
             patient: self.patient.map(Into::into),
             occurred_at: received_at,
         }
@@ -254,10 +256,10 @@ pub fn validate(
         )]);
     };
     let content_hash = content_hash(resource, patient.as_ref().map(|(patient, _)| *patient));
-    let mut service_request = resource.clone();
-    if let Some(fields) = service_request.as_object_mut() {
-        fields.insert("id".into(), Value::String(referral_id.to_string()));
-    }
+    // Written once, here: the event carries this text and the answer to the sender
+    // repeats it.
+    let service_request =
+        ResourceJson::from_value_with(resource, &[("id", &Value::String(referral_id.to_string()))]);
     Ok(ValidatedReferral {
         referral_id,
         source: source.clone(),

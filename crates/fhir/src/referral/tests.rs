@@ -88,7 +88,7 @@ fn a_valid_referral_maps_to_the_received_event() {
         Some("Dr Example, Townley Surgery")
     );
     assert_eq!(
-        referral.service_request["id"],
+        referral.service_request.to_value()["id"],
         referral.referral_id.to_string()
     );
     assert_eq!(referral.patient.as_ref().unwrap()["id"], "p");

@@ -38,16 +38,17 @@ pub async fn create_service_request(
     let referral =
         referral::read_service_request(&source, &body, &state.rules, state.config.clock.now())
             .map_err(FhirError::from_issues)?;
+    // The text the event carries, shared (not copied) with the answer.
     let stored = referral.service_request.clone();
     let referral_id = referral.referral_id;
     let taken = state.intake.submit(referral).await.map_err(intake_error)?;
-    let body = stored_resource(stored, taken.received_at());
-    let mut response = fhir_response(
+    let body = stored.with(&[("meta", &meta(taken.received_at()))]);
+    let mut response = fhir_text_response(
         match taken {
             Taken::Created { .. } => StatusCode::CREATED,
             Taken::Duplicate { .. } => StatusCode::OK,
         },
-        body,
+        body.text().to_owned(),
     );
     let location = format!(
         "{}/fhir/ServiceRequest/{referral_id}/_history/1",
@@ -232,7 +233,7 @@ async fn transaction(
         .collect();
     let stored: Vec<Value> = referrals
         .iter()
-        .map(|referral| referral.service_request.clone())
+        .map(|referral| referral.service_request.to_value())
         .collect();
     let taken = state
         .intake
@@ -287,7 +288,7 @@ async fn batch_of(
     }
     let stored: Vec<Value> = referrals
         .iter()
-        .map(|referral| referral.service_request.clone())
+        .map(|referral| referral.service_request.to_value())
         .collect();
     let outcomes = state
         .intake
@@ -343,12 +344,14 @@ fn status_line(status: StatusCode) -> String {
 /// The ServiceRequest as stored: version 1, last updated when received.
 fn stored_resource(mut resource: Value, received_at: DateTime<Utc>) -> Value {
     if let Some(fields) = resource.as_object_mut() {
-        fields.insert(
-            "meta".into(),
-            json!({"versionId": "1", "lastUpdated": received_at.to_rfc3339_opts(SecondsFormat::Millis, true)}),
-        );
+        fields.insert("meta".into(), meta(received_at));
     }
     resource
+}
+
+/// The `meta` of a stored referral: its one version, and when it was received.
+fn meta(received_at: DateTime<Utc>) -> Value {
+    json!({"versionId": "1", "lastUpdated": received_at.to_rfc3339_opts(SecondsFormat::Millis, true)})
 }
 
 /// Only referral sources holding `referral:submit` may send referrals.
@@ -423,6 +426,11 @@ pub fn intake_error(error: IntakeError) -> FhirError {
         }
         IntakeError::Internal(reason) => FhirError::internal(&IntakeError::Internal(reason)),
     }
+}
+
+/// A FHIR JSON answer whose body is JSON text already.
+fn fhir_text_response(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, FHIR_JSON)], body).into_response()
 }
 
 pub fn fhir_response(status: StatusCode, body: Value) -> Response {
