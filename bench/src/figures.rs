@@ -76,6 +76,18 @@ impl Figure {
         });
         self
     }
+
+    /// Adds to the target that the ratio to the raw figure be at least `ratio` (set
+    /// [`Figure::beside`] and [`Figure::target`] first): the issue asks for both a rate
+    /// and a share of what the parts underneath manage.
+    pub fn and_at_least_of_raw(mut self, ratio: f64, words: &str) -> Self {
+        let enough = self.ratio.is_some_and(|measured| measured >= ratio);
+        if let Some(target) = &mut self.target {
+            target.text = format!("{} and {words} of raw", target.text);
+            target.met &= enough;
+        }
+        self
+    }
 }
 
 /// The middle of sorted values (the mean of the middle two for an even count).
@@ -231,6 +243,29 @@ mod tests {
         let table = table(&[raw, figure]);
         assert!(table.contains("0.25 of raw produce"), "{table}");
         assert!(table.contains("NOT MET: at least 10,000/s"), "{table}");
+    }
+
+    #[test]
+    fn a_rate_target_with_a_share_of_raw_is_met_only_when_both_are() {
+        let raw = Figure::new("routing", "raw", "events/s", vec![40_000.0]);
+        let fast_enough = |runs: Vec<f64>| {
+            Figure::new("routing", "decisions", "events/s", runs)
+                .beside(&raw)
+                .target("at least 20,000/s", Better::Higher, 20_000.0)
+                .and_at_least_of_raw(0.5, "half")
+        };
+        let both = fast_enough(vec![21_000.0]);
+        assert!(both.target.as_ref().unwrap().met);
+        assert_eq!(
+            both.target.as_ref().unwrap().text,
+            "at least 20,000/s and half of raw"
+        );
+        let rate_only = Figure::new("routing", "decisions", "events/s", vec![20_500.0])
+            .beside(&Figure::new("routing", "raw", "events/s", vec![50_000.0]))
+            .target("at least 20,000/s", Better::Higher, 20_000.0)
+            .and_at_least_of_raw(0.5, "half");
+        assert!(!rate_only.target.as_ref().unwrap().met, "0.41 of raw");
+        assert!(!fast_enough(vec![19_000.0]).target.as_ref().unwrap().met);
     }
 
     #[test]
