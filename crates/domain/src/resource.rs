@@ -70,11 +70,20 @@ impl ResourceJson {
     /// This resource's text with the members `replace` names set (see
     /// [`ResourceJson::from_value_with`]); as it is when it is not an object.
     pub fn with(&self, replace: &[(&str, &Value)]) -> Self {
+        self.edited(replace, &[])
+    }
+
+    /// This resource's text with the members `replace` names set and those `remove`
+    /// names left out; as it is when it is not an object.
+    pub fn edited(&self, replace: &[(&str, &Value)], remove: &[&str]) -> Self {
         let Some(members) = self.members() else {
             return self.clone();
         };
         Self::written(&Replaced {
-            members: members.iter().map(|(name, text)| (name.as_ref(), *text)),
+            members: members
+                .iter()
+                .map(|(name, text)| (name.as_ref(), *text))
+                .filter(|(name, _)| !remove.contains(name)),
             replace,
         })
     }
@@ -276,7 +285,8 @@ mod tests {
     }
 
     #[test]
-    fn members_are_replaced_in_place_or_added_at_the_end_and_the_source_is_left_as_it_was() {
+    fn members_are_replaced_in_place_added_at_the_end_or_left_out_and_the_source_is_left_as_it_was()
+    {
         let value = json!({"resourceType": "ServiceRequest", "id": "theirs", "status": "active"});
         let id = json!("ours");
         let meta = json!({"versionId": "1"});
@@ -289,6 +299,11 @@ mod tests {
         let again = written.with(&[("meta", &json!({"versionId": "2"}))]);
         assert_eq!(again.to_value()["meta"]["versionId"], "2");
         assert_eq!(again.to_value()["id"], "ours");
+        let trimmed = again.edited(&[], &["status", "meta"]);
+        assert_eq!(
+            trimmed.to_value(),
+            json!({"resourceType": "ServiceRequest", "id": "ours"})
+        );
         let not_an_object = ResourceJson::from_value(&json!([1]));
         assert_eq!(not_an_object.with(&[("id", &id)]).text(), "[1]");
     }

@@ -15,10 +15,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use linkwork_domain::event::{CandidateAssessment, Priority, ReferralReceived};
-use linkwork_domain::{ProviderId, ReferralId};
-use std::borrow::Cow;
-
-use linkwork_domain::ResourceJson;
+use linkwork_domain::{ProviderId, ReferralId, ResourceJson};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -42,13 +39,13 @@ pub struct Attempt<'a> {
 }
 
 /// The request Bundle for a routing attempt.
-pub fn provider_request<'a>(
+pub fn provider_request(
     bundle_id: Uuid,
-    received: &'a ReferralReceived,
+    received: &ReferralReceived,
     provider: &ProviderRef<'_>,
     attempt: &Attempt<'_>,
     canonical_base: &str,
-) -> Collection<'a> {
+) -> Collection {
     let Attempt {
         number: attempt,
         accept_by,
@@ -57,8 +54,7 @@ pub fn provider_request<'a>(
     } = *attempt;
     let referral = received.referral_id;
     let owner = provider_reference(provider, canonical_base);
-    let mut service_request = service_request(received);
-    service_request.set("performer", Member::Built(json!([owner.clone()])));
+    let service_request = service_request(received, Some(json!([owner.clone()])));
     let task = json!({
         "resourceType": "Task",
         "id": referral.task_id(attempt).to_string(),
@@ -87,7 +83,7 @@ pub fn provider_request<'a>(
         bundle_id,
         routed_at,
         vec![
-            entry(referral.as_uuid(), Part::Rewritten(service_request)),
+            entry(referral.as_uuid(), Part::Received(service_request)),
             entry(&referral.patient_id(), patient(received)),
             entry(&referral.task_id(attempt), Part::Built(task)),
         ],
@@ -103,7 +99,7 @@ pub fn provider_withdrawal(
     reason: &str,
     at: DateTime<Utc>,
     canonical_base: &str,
-) -> Collection<'static> {
+) -> Collection {
     let task = json!({
         "resourceType": "Task",
         "id": referral.task_id(attempt).to_string(),
@@ -126,15 +122,15 @@ pub fn provider_withdrawal(
 }
 
 /// The triage Bundle: the referral and why nobody could take it.
-pub fn triage<'a>(
+pub fn triage(
     bundle_id: Uuid,
-    received: &'a ReferralReceived,
+    received: &ReferralReceived,
     reasons: &[String],
     candidates: &[CandidateAssessment],
     directory_version: &str,
     at: DateTime<Utc>,
     canonical_base: &str,
-) -> Collection<'a> {
+) -> Collection {
     let referral = received.referral_id;
     let mut notes: Vec<Value> = reasons
         .iter()
@@ -176,7 +172,7 @@ pub fn triage<'a>(
         vec![
             entry(
                 referral.as_uuid(),
-                Part::Rewritten(service_request(received)),
+                Part::Received(service_request(received, None)),
             ),
             entry(&referral.patient_id(), patient(received)),
             entry(&task_id, Part::Built(task)),
@@ -185,34 +181,34 @@ pub fn triage<'a>(
 }
 
 /// A `collection` Bundle, written straight from its parts: the received ServiceRequest
-/// and Patient go out as the text they came in, member by member.
+/// and Patient go out as text, never as trees.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Collection<'a> {
+pub struct Collection {
     resource_type: &'static str,
     id: String,
     #[serde(rename = "type")]
     kind: &'static str,
     timestamp: String,
-    entry: Vec<Entry<'a>>,
+    entry: Vec<Entry>,
 }
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Entry<'a> {
+struct Entry {
     full_url: String,
-    resource: Part<'a>,
+    resource: Part,
 }
 
-/// A resource in a Bundle: built here as a tree, or rewritten from received text.
+/// A resource in a Bundle: built here as a tree, or the received text edited.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
-enum Part<'a> {
+enum Part {
     Built(Value),
-    Rewritten(Rewritten<'a>),
+    Received(ResourceJson),
 }
 
-fn collection(id: Uuid, at: DateTime<Utc>, entries: Vec<Entry<'_>>) -> Collection<'_> {
+fn collection(id: Uuid, at: DateTime<Utc>, entries: Vec<Entry>) -> Collection {
     Collection {
         resource_type: "Bundle",
         id: id.to_string(),
@@ -222,80 +218,10 @@ fn collection(id: Uuid, at: DateTime<Utc>, entries: Vec<Entry<'_>>) -> Collectio
     }
 }
 
-fn entry<'a>(id: &Uuid, resource: Part<'a>) -> Entry<'a> {
+fn entry(id: &Uuid, resource: Part) -> Entry {
     Entry {
         full_url: urn(id),
         resource,
-    }
-}
-
-/// A received resource's members, in the order received, with some replaced, added or
-/// left out; `resourceType` and `id` first.
-#[derive(Debug)]
-struct Rewritten<'a> {
-    members: Vec<(Cow<'a, str>, Member<'a>)>,
-}
-
-#[derive(Debug)]
-enum Member<'a> {
-    Text(&'a RawValue),
-    Items(Vec<&'a RawValue>),
-    Built(Value),
-}
-
-impl<'a> Rewritten<'a> {
-    /// `resource`'s members (none when it is not an object), under a new type and id.
-    fn of(resource: &'a ResourceJson, resource_type: &'static str, id: String) -> Self {
-        let mut members = vec![
-            (
-                Cow::Borrowed("resourceType"),
-                Member::Built(json!(resource_type)),
-            ),
-            (Cow::Borrowed("id"), Member::Built(json!(id))),
-        ];
-        members.extend(
-            resource
-                .members()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|(name, _)| name != "resourceType" && name != "id")
-                .map(|(name, text)| (name, Member::Text(text))),
-        );
-        Self { members }
-    }
-
-    /// Replaces the member `name`, or adds it at the end.
-    fn set(&mut self, name: &'static str, value: Member<'a>) {
-        match self.members.iter_mut().find(|(member, _)| member == name) {
-            Some((_, member)) => *member = value,
-            None => self.members.push((Cow::Borrowed(name), value)),
-        }
-    }
-
-    fn get(&self, name: &str) -> Option<&Member<'a>> {
-        self.members
-            .iter()
-            .find(|(member, _)| member == name)
-            .map(|(_, value)| value)
-    }
-
-    fn remove(&mut self, name: &str) {
-        self.members.retain(|(member, _)| member != name);
-    }
-}
-
-impl Serialize for Rewritten<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(Some(self.members.len()))?;
-        for (name, member) in &self.members {
-            match member {
-                Member::Text(text) => map.serialize_entry(name, text)?,
-                Member::Items(items) => map.serialize_entry(name, items)?,
-                Member::Built(value) => map.serialize_entry(name, value)?,
-            }
-        }
-        map.end()
     }
 }
 
@@ -335,22 +261,21 @@ fn requester(received: &ReferralReceived, canonical_base: &str) -> Value {
 }
 
 /// The ServiceRequest as received, its subject pointing at the Patient of the Bundle
-/// (a contained Patient moves out into the Bundle).
-fn service_request(received: &ReferralReceived) -> Rewritten<'_> {
-    let mut resource = Rewritten::of(
-        &received.service_request,
-        "ServiceRequest",
-        received.referral_id.to_string(),
-    );
-    if let Some(Member::Text(contained)) = resource.get("contained") {
-        let items: Vec<&RawValue> = serde_json::from_str(contained.get()).unwrap_or_default();
-        let kept: Vec<&RawValue> = items.into_iter().filter(|item| !is_patient(item)).collect();
-        if kept.is_empty() {
-            resource.remove("contained");
-        } else {
-            resource.set("contained", Member::Items(kept));
-        }
-    }
+/// (a contained Patient moves out into the Bundle), with `performer` when given.
+fn service_request(received: &ReferralReceived, performer: Option<Value>) -> ResourceJson {
+    let sent = &received.service_request;
+    // `None` when it is not an object; `Some(None)` when it has no `contained`.
+    let contained = sent.members().map(|members| {
+        let (_, text) = members.into_iter().find(|(name, _)| name == "contained")?;
+        let items: Vec<&RawValue> = serde_json::from_str(text.get()).unwrap_or_default();
+        Some(
+            items
+                .into_iter()
+                .filter(|item| !is_patient(item))
+                .filter_map(|item| serde_json::from_str::<Value>(item.get()).ok())
+                .collect::<Vec<Value>>(),
+        )
+    });
     let mut subject = json!({ "reference": urn(&received.referral_id.patient_id()) });
     if let Some(nhs_number) = &received.subject.nhs_number {
         subject["identifier"] = json!({
@@ -358,8 +283,32 @@ fn service_request(received: &ReferralReceived) -> Rewritten<'_> {
             "value": nhs_number.to_string(),
         });
     }
-    resource.set("subject", Member::Built(subject));
-    resource
+    let resource_type = json!("ServiceRequest");
+    let id = json!(received.referral_id.to_string());
+    let mut replace = vec![
+        ("resourceType", &resource_type),
+        ("id", &id),
+        ("subject", &subject),
+    ];
+    if let Some(performer) = &performer {
+        replace.push(("performer", performer));
+    }
+    let Some(contained) = contained else {
+        // Not an object: the ServiceRequest is what linkwork knows of it.
+        let built: serde_json::Map<String, Value> = replace
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).clone()))
+            .collect();
+        return ResourceJson::from_value(&Value::Object(built));
+    };
+    let kept = contained.map(Value::Array);
+    let mut remove = Vec::new();
+    match &kept {
+        Some(Value::Array(items)) if items.is_empty() => remove.push("contained"),
+        Some(kept) => replace.push(("contained", kept)),
+        None => {}
+    }
+    sent.edited(&replace, &remove)
 }
 
 /// Whether a contained resource is a Patient.
@@ -368,18 +317,20 @@ fn is_patient(resource: &RawValue) -> bool {
     #[serde(rename_all = "camelCase")]
     struct Kind<'a> {
         #[serde(borrow)]
-        resource_type: Option<Cow<'a, str>>,
+        resource_type: Option<std::borrow::Cow<'a, str>>,
     }
     serde_json::from_str::<Kind<'_>>(resource.get())
         .is_ok_and(|kind| kind.resource_type.as_deref() == Some("Patient"))
 }
 
 /// The Patient as sent when there was one, else built from the referral's subject.
-fn patient(received: &ReferralReceived) -> Part<'_> {
+fn patient(received: &ReferralReceived) -> Part {
     let id = received.referral_id.patient_id().to_string();
     if let Some(sent) = &received.patient {
         if sent.members().is_some() {
-            return Part::Rewritten(Rewritten::of(sent, "Patient", id));
+            return Part::Received(
+                sent.with(&[("resourceType", &json!("Patient")), ("id", &json!(id))]),
+            );
         }
     }
     let subject = &received.subject;
