@@ -9,8 +9,7 @@ use crate::BusError;
 
 /// librdkafka's `fetch.queue.backoff.ms` for linkwork's consumers: how long it waits to
 /// fetch again once its prefetch queue (`queued.max.messages.kbytes`, kept small so
-/// memory stays flat) was full. librdkafka's default, a second, left a consumer idle
-/// for most of a second each time it caught up with its prefetch.
+/// memory stays flat) was full; librdkafka's default is a second.
 pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
 /// librdkafka's `fetch.max.bytes` for linkwork's consumers (default 50 MB): at most one
