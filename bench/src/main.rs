@@ -10,6 +10,7 @@
 //! implementations on the same payloads in the same run (`peers`); alone it needs no
 //! broker or Postgres, and with `--only` the stages named run first.
 
+mod cpu;
 mod env;
 mod figures;
 mod payload;
@@ -103,6 +104,8 @@ struct Report {
     runs: usize,
     sizes: Sizes,
     figures: Vec<Figure>,
+    /// Where the CPU went while each stage was timed, summed over its runs.
+    cpu: Vec<cpu::Row>,
     #[serde(skip_serializing_if = "Option::is_none")]
     peers: Option<peers::Report>,
 }
@@ -157,12 +160,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("target/bench"));
-    let figures = if !args.peers || !args.only.is_empty() {
-        let figures = stages(&args, runs, sizes).await?;
+    let (figures, cpu) = if !args.peers || !args.only.is_empty() {
+        let (figures, cpu) = stages(&args, runs, sizes).await?;
         println!("{}", figures::table(&figures));
-        figures
+        println!("{}", cpu::table(&cpu));
+        (figures, cpu)
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     let peers = if args.peers {
         let script = peers_script();
@@ -184,6 +188,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         runs,
         sizes,
         figures,
+        cpu,
         peers,
     };
     std::fs::create_dir_all(&out)?;
@@ -214,9 +219,14 @@ fn peers_script() -> PathBuf {
 
 /// The pipeline's stages (`--only` chooses), on the broker and Postgres `make bench`
 /// started.
-async fn stages(args: &Args, runs: usize, sizes: Sizes) -> anyhow::Result<Vec<Figure>> {
+async fn stages(
+    args: &Args,
+    runs: usize,
+    sizes: Sizes,
+) -> anyhow::Result<(Vec<Figure>, Vec<cpu::Row>)> {
     let bench = env::Bench::from_env()?;
     let mut figures = Vec::new();
+    let mut cpu = Vec::new();
     let mut memory: Vec<(&str, Vec<f64>)> = Vec::new();
     let runs_stage =
         |stage: &str| args.only.is_empty() || args.only.iter().any(|only| only == stage);
@@ -257,6 +267,8 @@ async fn stages(args: &Args, runs: usize, sizes: Sizes) -> anyhow::Result<Vec<Fi
             .beside(&raw_produce),
         );
         memory.push(("ingest", [peaks(&http), peaks(&inbound)].concat()));
+        cpu.push(cpu_row("ingest over HTTP", &http));
+        cpu.push(cpu_row("ingest over referrals.inbound", &inbound));
         figures.insert(0, raw_produce);
         report_so_far(&figures);
     }
@@ -287,6 +299,8 @@ async fn stages(args: &Args, runs: usize, sizes: Sizes) -> anyhow::Result<Vec<Fi
             .and_at_least_of_raw(0.5, "half"),
         );
         memory.push(("router", peaks(&routed)));
+        cpu.push(cpu_row("raw consume-then-produce", &forwarded));
+        cpu.push(cpu_row("routing", &routed));
         report_so_far(&figures);
     }
 
@@ -319,6 +333,7 @@ async fn stages(args: &Args, runs: usize, sizes: Sizes) -> anyhow::Result<Vec<Fi
             .and_at_least_of_raw(0.5, "half"),
         );
         memory.push(("projector", peaks(&projected)));
+        cpu.push(cpu_row("projection", &projected));
         report_so_far(&figures);
     }
 
@@ -341,6 +356,7 @@ async fn stages(args: &Args, runs: usize, sizes: Sizes) -> anyhow::Result<Vec<Fi
             rates(&replay_rates),
         ));
         memory.push(("replay", peaks(&replay_rates)));
+        cpu.push(cpu_row("replay", &replay_rates));
         report_so_far(&figures);
     }
 
@@ -413,7 +429,12 @@ async fn stages(args: &Args, runs: usize, sizes: Sizes) -> anyhow::Result<Vec<Fi
         );
     }
 
-    Ok(figures)
+    Ok((figures, cpu))
+}
+
+fn cpu_row(stage: &str, measured: &[stages::Measured]) -> cpu::Row {
+    let uses: Vec<cpu::CpuUse> = measured.iter().filter_map(|one| one.cpu).collect();
+    cpu::Row::new(stage, &uses)
 }
 
 /// The figures so far, on stderr: a stage that fails later does not lose them.

@@ -18,6 +18,7 @@ use rdkafka::Message;
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
 
+use crate::cpu::{CpuUse, Snapshot};
 use crate::env::{Bench, Deployment, Served, DEV_SECRET};
 use crate::figures::percentile;
 use crate::payload::{self, CHUNK};
@@ -27,6 +28,8 @@ use crate::payload::{self, CHUNK};
 pub struct Measured {
     pub per_second: f64,
     pub peak_mib: Option<f64>,
+    /// Where the CPU went in the timed window (stages with one clean window).
+    pub cpu: Option<CpuUse>,
 }
 
 /// Ends a stage run whose process did the work: its rate, the process's peak memory,
@@ -36,6 +39,7 @@ async fn finish(
     deployment: Deployment,
     done: usize,
     elapsed: Duration,
+    cpu: CpuUse,
 ) -> anyhow::Result<Measured> {
     let peak = served.peak_mib();
     drop(served);
@@ -43,6 +47,7 @@ async fn finish(
     Ok(Measured {
         per_second: done as f64 / elapsed.as_secs_f64(),
         peak_mib: Some(peak),
+        cpu: Some(cpu),
     })
 }
 
@@ -132,6 +137,7 @@ pub async fn raw_produce(bench: &Bench, count: usize) -> anyhow::Result<Measured
     Ok(Measured {
         per_second: count as f64 / elapsed.as_secs_f64(),
         peak_mib: None,
+        cpu: None,
     })
 }
 
@@ -154,6 +160,7 @@ pub async fn ingest_http(
         .build()?;
     let url = format!("{}/fhir/ServiceRequest", served.base_url());
     let permits = Arc::new(Semaphore::new(concurrency));
+    let cpu = Snapshot::now();
     let began = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for body in bodies {
@@ -188,7 +195,8 @@ pub async fn ingest_http(
             count - accepted
         );
     }
-    finish(served, deployment, accepted, elapsed).await
+    let used = Snapshot::now().since(&cpu, accepted);
+    finish(served, deployment, accepted, elapsed, used).await
 }
 
 /// Ingest over `referrals.inbound`: `count` ServiceRequests put on the topic by an
@@ -203,6 +211,7 @@ pub async fn ingest_inbound(bench: &Bench, count: usize) -> anyhow::Result<Measu
     let bodies: Vec<String> = (0..count)
         .map(|number| payload::service_request(&run, number))
         .collect();
+    let cpu = Snapshot::now();
     let began = Instant::now();
     for chunk in bodies.chunks(CHUNK) {
         let outbound = chunk
@@ -231,7 +240,8 @@ pub async fn ingest_inbound(bench: &Bench, count: usize) -> anyhow::Result<Measu
     )
     .await?;
     let elapsed = began.elapsed();
-    finish(served, deployment, count, elapsed).await
+    let used = Snapshot::now().since(&cpu, count);
+    finish(served, deployment, count, elapsed, used).await
 }
 
 /// Routing: `count` received referrals on the log, decided and put on provider queues.
@@ -259,6 +269,7 @@ pub async fn routing(bench: &Bench, count: usize) -> anyhow::Result<Measured> {
         )?);
     }
     let producer = Producer::new(&bench.kafka)?;
+    let cpu = Snapshot::now();
     let began = Instant::now();
     for chunk in events.chunks(CHUNK) {
         produce_all(&producer, &events_topic, chunk).await?;
@@ -273,7 +284,8 @@ pub async fn routing(bench: &Bench, count: usize) -> anyhow::Result<Measured> {
     .await?;
     let elapsed = began.elapsed();
     let _ = std::fs::remove_file(directory);
-    finish(served, deployment, count, elapsed).await
+    let used = Snapshot::now().since(&cpu, count);
+    finish(served, deployment, count, elapsed, used).await
 }
 
 /// Raw beside routing: the same received events read from the log and written to one
@@ -298,6 +310,7 @@ pub async fn raw_forward(bench: &Bench, count: usize) -> anyhow::Result<Measured
         .set("auto.offset.reset", "earliest")
         .create()?;
     consumer.subscribe(&[&from])?;
+    let cpu = Snapshot::now();
     let began = Instant::now();
     let mut forwarded = 0usize;
     while forwarded < count {
@@ -329,10 +342,12 @@ pub async fn raw_forward(bench: &Bench, count: usize) -> anyhow::Result<Measured
         consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Async)?;
     }
     let elapsed = began.elapsed();
+    let used = Snapshot::now().since(&cpu, count);
     deployment.drop_database().await?;
     Ok(Measured {
         per_second: count as f64 / elapsed.as_secs_f64(),
         peak_mib: None,
+        cpu: Some(used),
     })
 }
 
@@ -370,12 +385,14 @@ pub async fn projection(bench: &Bench, count: usize) -> anyhow::Result<Measured>
     };
     let served = deployment.serve("projector", &[]).await?;
     let mut first: Option<(Instant, i64)> = None;
+    let mut cpu: Option<Snapshot> = None;
     let deadline = Instant::now() + Duration::from_secs(900);
     let finished = loop {
         let now = applied().await?;
         let at = Instant::now();
         if first.is_none() && now > 0 {
             first = Some((at, now));
+            cpu = Some(Snapshot::now());
         }
         if now >= total {
             break at;
@@ -391,7 +408,10 @@ pub async fn projection(bench: &Bench, count: usize) -> anyhow::Result<Measured>
     if counted == 0 {
         bail!("the projector applied all {total} events in its first batch: too few to time");
     }
-    finish(served, deployment, counted, finished - began).await
+    let used = cpu
+        .map(|start| Snapshot::now().since(&start, counted))
+        .unwrap_or_default();
+    finish(served, deployment, counted, finished - began, used).await
 }
 
 /// Raw beside projection: the same events as rows (id, referral, type, JSON body)
@@ -437,6 +457,7 @@ pub async fn raw_copy(bench: &Bench, count: usize) -> anyhow::Result<Measured> {
     Ok(Measured {
         per_second: total as f64 / elapsed.as_secs_f64(),
         peak_mib: None,
+        cpu: None,
     })
 }
 
@@ -458,6 +479,7 @@ pub async fn replay(bench: &Bench, count: usize) -> anyhow::Result<(f64, Measure
     command
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
+    let cpu = Snapshot::now();
     let began = Instant::now();
     let child = command.spawn().context("starting linkwork replay")?;
     let pid = child.id();
@@ -481,6 +503,7 @@ pub async fn replay(bench: &Bench, count: usize) -> anyhow::Result<(f64, Measure
     };
     let output = waiting.await??;
     let elapsed = began.elapsed();
+    let used = Snapshot::now().since(&cpu, total);
     if !output.status.success() {
         bail!(
             "linkwork replay failed: {}",
@@ -494,6 +517,7 @@ pub async fn replay(bench: &Bench, count: usize) -> anyhow::Result<(f64, Measure
         Measured {
             per_second: total as f64 / seconds,
             peak_mib: Some(peak.load(std::sync::atomic::Ordering::Acquire) as f64 / 1024.0),
+            cpu: Some(used),
         },
     ))
 }
