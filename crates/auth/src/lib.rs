@@ -5,9 +5,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use linkwork_domain::{ProviderId, Source};
 use secrecy::{ExposeSecret, SecretString};
@@ -79,13 +81,34 @@ impl std::str::FromStr for Role {
     }
 }
 
+/// The algorithms a production token may be signed with. HS256 is the development
+/// verifier's alone; `none` and every other algorithm are refused.
+pub const ALLOWED_ALGORITHMS: [Algorithm; 2] = [Algorithm::RS256, Algorithm::ES256];
+
+/// The `aud` claim: one audience or several (RFC 7519 §4.1.3 allows either).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<&str> for Audience {
+    fn from(audience: &str) -> Self {
+        Audience::One(audience.to_owned())
+    }
+}
+
 /// The claims linkwork reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub iss: String,
-    pub aud: String,
+    pub aud: Audience,
     pub sub: String,
     pub exp: u64,
+    /// Not valid before (checked when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     #[serde(default)]
     pub iat: Option<u64>,
     pub role: Role,
@@ -133,6 +156,10 @@ pub enum AuthError {
     Malformed,
     #[error("the bearer token has expired")]
     Expired,
+    #[error("the bearer token is not valid yet")]
+    NotYetValid,
+    #[error("the bearer token is signed with an algorithm this service does not accept")]
+    AlgorithmNotAllowed,
     #[error("the bearer token's signature does not verify")]
     BadSignature,
     #[error("the bearer token is for another issuer or audience")]
@@ -165,10 +192,224 @@ pub enum Verifier {
         validation: Validation,
     },
     Jwks {
-        keys: HashMap<Option<String>, (DecodingKey, Algorithm)>,
+        keys: JwksKeys,
         issuer: String,
         audience: String,
     },
+}
+
+/// The verification keys of a JWKS, by key id, each with the one algorithm it verifies.
+type KeyMap = HashMap<Option<String>, (DecodingKey, Algorithm)>;
+
+/// How often the JWKS file is looked at for a change (a rotation or a revoked key).
+const JWKS_RECHECK: Duration = Duration::from_secs(30);
+
+/// A token with a key id not in the set looks at the file at once, but no more often
+/// than this: unknown key ids cannot make every request read the file.
+const JWKS_UNKNOWN_KID_RECHECK: Duration = Duration::from_secs(1);
+
+/// A JWKS, re-read from its file when the file changes: keys are rotated by adding the
+/// new key (new `kid`) to the file before tokens are signed with it, and revoked by
+/// removing them. A file that no longer parses keeps the keys read last, with a warning.
+pub struct JwksKeys {
+    path: Option<PathBuf>,
+    recheck: Duration,
+    unknown_kid_recheck: Duration,
+    state: RwLock<KeyState>,
+}
+
+impl fmt::Debug for JwksKeys {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("JwksKeys")
+            .field("path", &self.path)
+            .field("keys", &self.len())
+            .field("recheck", &self.recheck)
+            .finish()
+    }
+}
+
+struct KeyState {
+    keys: KeyMap,
+    stamp: Option<FileStamp>,
+    checked: Instant,
+}
+
+/// What says a file changed: its modification time and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: metadata.modified().ok(),
+        len: metadata.len(),
+    })
+}
+
+impl JwksKeys {
+    fn fixed(keys: KeyMap) -> Self {
+        JwksKeys {
+            path: None,
+            recheck: JWKS_RECHECK,
+            unknown_kid_recheck: JWKS_UNKNOWN_KID_RECHECK,
+            state: RwLock::new(KeyState {
+                keys,
+                stamp: None,
+                checked: Instant::now(),
+            }),
+        }
+    }
+
+    fn from_file(
+        path: &Path,
+        recheck: Duration,
+        unknown_kid_recheck: Duration,
+    ) -> Result<Self, String> {
+        let before = stamp(path);
+        let text = std::fs::read_to_string(path).map_err(|error| error.to_string())?;
+        Ok(JwksKeys {
+            path: Some(path.to_owned()),
+            recheck,
+            unknown_kid_recheck,
+            state: RwLock::new(KeyState {
+                keys: parse_jwks(&text)?,
+                stamp: before,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys
+            .len()
+    }
+
+    /// Re-reads the file if it changed and was last looked at more than `after` ago.
+    fn refresh(&self, after: Duration) {
+        let Some(path) = &self.path else { return };
+        let known = {
+            let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+            if state.checked.elapsed() < after {
+                return;
+            }
+            state.stamp
+        };
+        let now = stamp(path);
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        state.checked = Instant::now();
+        if now == known {
+            return;
+        }
+        match std::fs::read_to_string(path)
+            .map_err(|error| error.to_string())
+            .and_then(|text| parse_jwks(&text))
+        {
+            Ok(keys) => {
+                tracing::info!(path = %path.display(), keys = keys.len(), "JWKS re-read");
+                state.keys = keys;
+                state.stamp = now;
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    %reason,
+                    "the JWKS file changed but cannot be used; keeping the keys read last"
+                );
+                state.stamp = now;
+            }
+        }
+    }
+
+    /// Verifies `token` with the key its header names.
+    fn decode(&self, token: &str, issuer: &str, audience: &str) -> Result<Claims, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        if !ALLOWED_ALGORITHMS.contains(&header.alg) {
+            return Err(AuthError::AlgorithmNotAllowed);
+        }
+        self.refresh(self.recheck);
+        let known = |state: &KeyState| match &header.kid {
+            Some(_) => state.keys.contains_key(&header.kid),
+            None => state.keys.len() == 1,
+        };
+        if !known(&self.state.read().unwrap_or_else(PoisonError::into_inner)) {
+            self.refresh(self.unknown_kid_recheck);
+        }
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let (key, algorithm) = match &header.kid {
+            Some(_) => state.keys.get(&header.kid),
+            // A token without a key id is accepted only when there is one key to try.
+            None => (state.keys.len() == 1)
+                .then(|| state.keys.values().next())
+                .flatten(),
+        }
+        .ok_or(AuthError::UnknownKey)?;
+        if header.alg != *algorithm {
+            return Err(AuthError::BadSignature);
+        }
+        let mut validation = Validation::new(*algorithm);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        Ok(jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map_err(classify)?
+            .claims)
+    }
+}
+
+/// The signing keys of a JWKS document: RSA keys verify RS256, P-256 keys ES256; a key
+/// whose `alg` says otherwise, or of another kind, is refused; encryption keys are left
+/// out.
+fn parse_jwks(document: &str) -> Result<KeyMap, String> {
+    let set: JwkSet =
+        serde_json::from_str(document).map_err(|error| format!("not a JWKS: {error}"))?;
+    let mut keys = HashMap::new();
+    for jwk in &set.keys {
+        if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
+            continue;
+        }
+        let algorithm = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+                Algorithm::ES256
+            }
+            _ => return Err("only RSA (RS256) and EC P-256 (ES256) keys are accepted".into()),
+        };
+        let stated = jwk.common.key_algorithm;
+        let agrees = match stated {
+            None => true,
+            Some(KeyAlgorithm::RS256) => algorithm == Algorithm::RS256,
+            Some(KeyAlgorithm::ES256) => algorithm == Algorithm::ES256,
+            Some(_) => false,
+        };
+        if !agrees {
+            return Err(format!(
+                "key {:?} states an algorithm other than RS256 or ES256 for its kind",
+                jwk.common.key_id.as_deref().unwrap_or("(no kid)")
+            ));
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|error| format!("unusable key: {error}"))?;
+        if keys
+            .insert(jwk.common.key_id.clone(), (key, algorithm))
+            .is_some()
+        {
+            return Err(format!(
+                "two keys have the key id {:?}: each key needs its own",
+                jwk.common.key_id.as_deref().unwrap_or("(none)")
+            ));
+        }
+    }
+    if keys.is_empty() {
+        return Err("the JWKS has no signing keys".into());
+    }
+    Ok(keys)
 }
 
 impl fmt::Debug for Verifier {
@@ -181,7 +422,7 @@ impl fmt::Debug for Verifier {
                 audience,
             } => formatter
                 .debug_struct("Verifier::Jwks")
-                .field("keys", &keys.len())
+                .field("keys", keys)
                 .field("issuer", issuer)
                 .field("audience", audience)
                 .finish(),
@@ -206,11 +447,7 @@ impl Verifier {
                     .ok_or(ConfigError::Missing("LINKWORK_AUTH_ISSUER"))?;
                 let audience = get("LINKWORK_AUTH_AUDIENCE")
                     .ok_or(ConfigError::Missing("LINKWORK_AUTH_AUDIENCE"))?;
-                let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Jwks {
-                    path: path.clone(),
-                    reason: error.to_string(),
-                })?;
-                Self::jwks(&text, issuer, audience)
+                Self::jwks_file(Path::new(&path), issuer, audience)
                     .map_err(|reason| ConfigError::Jwks { path, reason })
             }
         }
@@ -225,29 +462,23 @@ impl Verifier {
         validation.set_issuer(&[DEV_ISSUER]);
         validation.set_audience(&[DEV_AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
         Ok(Verifier::Dev { secret, validation })
     }
 
-    /// Production tokens: RS256 or ES256 keys from a JWKS document.
+    /// Production tokens: RS256 or ES256 keys from a JWKS document, fixed.
     pub fn jwks(document: &str, issuer: String, audience: String) -> Result<Self, String> {
-        let set: JwkSet =
-            serde_json::from_str(document).map_err(|error| format!("not a JWKS: {error}"))?;
-        let mut keys = HashMap::new();
-        for jwk in &set.keys {
-            let key =
-                DecodingKey::from_jwk(jwk).map_err(|error| format!("unusable key: {error}"))?;
-            let algorithm = match &jwk.algorithm {
-                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-                _ => return Err("only RSA (RS256) and EC P-256 (ES256) keys are accepted".into()),
-            };
-            keys.insert(jwk.common.key_id.clone(), (key, algorithm));
-        }
-        if keys.is_empty() {
-            return Err("the JWKS has no keys".into());
-        }
         Ok(Verifier::Jwks {
-            keys,
+            keys: JwksKeys::fixed(parse_jwks(document)?),
+            issuer,
+            audience,
+        })
+    }
+
+    /// Production tokens: RS256 or ES256 keys from a JWKS file, re-read when it changes.
+    pub fn jwks_file(path: &Path, issuer: String, audience: String) -> Result<Self, String> {
+        Ok(Verifier::Jwks {
+            keys: JwksKeys::from_file(path, JWKS_RECHECK, JWKS_UNKNOWN_KID_RECHECK)?,
             issuer,
             audience,
         })
@@ -266,24 +497,7 @@ impl Verifier {
                 keys,
                 issuer,
                 audience,
-            } => {
-                let header =
-                    jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
-                let (key, algorithm) = keys
-                    .get(&header.kid)
-                    .or_else(|| (keys.len() == 1).then(|| keys.values().next()).flatten())
-                    .ok_or(AuthError::UnknownKey)?;
-                if header.alg != *algorithm {
-                    return Err(AuthError::BadSignature);
-                }
-                let mut validation = Validation::new(*algorithm);
-                validation.set_issuer(&[issuer]);
-                validation.set_audience(&[audience]);
-                validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-                jsonwebtoken::decode::<Claims>(token, key, &validation)
-                    .map_err(classify)?
-                    .claims
-            }
+            } => keys.decode(token, issuer, audience)?,
         };
         let valid_client = match claims.role {
             Role::Source => Source::parse(&claims.sub).is_ok(),
@@ -308,6 +522,8 @@ fn classify(error: jsonwebtoken::errors::Error) -> AuthError {
     use jsonwebtoken::errors::ErrorKind;
     match error.kind() {
         ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
         ErrorKind::InvalidSignature => AuthError::BadSignature,
         ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => AuthError::WrongIssuerOrAudience,
         _ => AuthError::Malformed,
@@ -331,6 +547,7 @@ pub fn dev_token(
         aud: DEV_AUDIENCE.into(),
         sub: client.into(),
         exp: now + ttl_seconds,
+        nbf: None,
         iat: Some(now),
         role,
         scope: scopes.join(" "),
