@@ -34,6 +34,8 @@ pub enum IssueCode {
     Login,
     /// Authenticated, but not allowed.
     Forbidden,
+    /// A request that would put data where it must not go (an identifier in a URL).
+    Security,
     /// Too large.
     TooCostly,
     Throttled,

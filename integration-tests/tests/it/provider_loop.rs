@@ -230,6 +230,26 @@ impl Loop {
             .await
     }
 
+    /// POST of search parameters as a form body (`POST .../_search`).
+    async fn post_form(&self, path: &str, token: &str, form: &[(&str, &str)]) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .header("accept", "application/fhir+json")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string(form).unwrap())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     async fn put(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
         self.send(reqwest::Method::PUT, path, token, Some(body))
             .await
@@ -703,11 +723,18 @@ async fn a_provider_cannot_read_or_update_another_providers_referral() {
     assert_eq!(code, 403);
     assert_eq!(run.version(referral).await, before, "nothing was recorded");
 
-    // The holder and the referrer find it by NHS number, one page at a time.
+    // The holder and the referrer find it by NHS number (a posted form: never in a
+    // URL), one page at a time.
     let nhs = linkwork_testkit::NHS_NUMBERS[0];
     let second = run.routed_referral(&unique("GP")).await;
+    let identifier = format!("https://fhir.nhs.uk/Id/nhs-number|{nhs}");
+    let form = [("subject:identifier", identifier.as_str()), ("_count", "1")];
     let (code, page) = run
-        .get(&format!("/fhir/ServiceRequest?subject:identifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}&_count=1"), &provider("connectors"))
+        .post_form(
+            "/fhir/ServiceRequest/_search",
+            &provider("connectors"),
+            &form,
+        )
         .await;
     assert_eq!((code, page["total"].as_i64()), (200, Some(2)), "{page}");
     assert_eq!(page["entry"].as_array().unwrap().len(), 1);
@@ -722,8 +749,14 @@ async fn a_provider_cannot_read_or_update_another_providers_referral() {
         .unwrap()
         .trim_start_matches(&run.address)
         .to_owned();
-    let (code, page_two) = run.get(&next_path, &provider("connectors")).await;
-    assert_eq!(code, 200);
+    assert!(
+        next_path.starts_with("/fhir/ServiceRequest/_search?") && !next_path.contains(nhs),
+        "the link names the POST endpoint and not the NHS number: {next_path}"
+    );
+    let (code, page_two) = run
+        .post_form(&next_path, &provider("connectors"), &form)
+        .await;
+    assert_eq!(code, 200, "{page_two}");
     let ids: Vec<&str> = [&page, &page_two]
         .iter()
         .map(|p| p["entry"][0]["resource"]["id"].as_str().unwrap())
@@ -1025,5 +1058,156 @@ async fn a_task_is_patched_along_the_lifecycle_and_bad_patches_are_refused() {
         run.version(referral).await,
         before + 3,
         "the acceptance, the hold and the resumption, nothing else"
+    );
+}
+
+#[tokio::test]
+async fn an_nhs_number_is_refused_in_a_url_and_found_through_a_posted_form() {
+    let run = Loop::start().await;
+    let referral = run.routed_referral(&unique("GP")).await;
+    let nhs = linkwork_testkit::NHS_NUMBERS[0];
+    let identifier = format!("https://fhir.nhs.uk/Id/nhs-number|{nhs}");
+
+    // In the query string of a GET, or of the POST itself: refused, and why.
+    for (method, path) in [
+        (
+            reqwest::Method::GET,
+            format!("/fhir/ServiceRequest?subject:identifier={identifier}"),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/fhir/ServiceRequest?subject%3Aidentifier={nhs}"),
+        ),
+    ] {
+        let (code, outcome) = run.send(method, &path, &gp(), None).await;
+        assert_eq!(code, 400, "{outcome}");
+        assert_eq!(outcome["issue"][0]["code"], "security", "{outcome}");
+        assert!(
+            outcome["issue"][0]["diagnostics"]
+                .as_str()
+                .unwrap()
+                .contains("/fhir/ServiceRequest/_search"),
+            "{outcome}"
+        );
+    }
+    let (code, outcome) = run
+        .post_form(
+            &format!("/fhir/ServiceRequest/_search?subject:identifier={nhs}"),
+            &gp(),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (code, outcome["issue"][0]["code"].as_str()),
+        (400, Some("security")),
+        "{outcome}"
+    );
+
+    // In the form: found, by the referrer.
+    let (code, found) = run
+        .post_form(
+            "/fhir/ServiceRequest/_search",
+            &gp(),
+            &[("subject:identifier", identifier.as_str())],
+        )
+        .await;
+    assert_eq!(code, 200, "{found}");
+    let ids: Vec<&str> = found["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&referral.to_string().as_str()), "{found}");
+    for link in found["link"].as_array().unwrap() {
+        assert!(!link["url"].as_str().unwrap().contains(nhs), "{link}");
+    }
+
+    // A body that is not a form is refused with an OperationOutcome.
+    let (code, outcome) = run
+        .post(
+            "/fhir/ServiceRequest/_search",
+            &gp(),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(code, 415, "{outcome}");
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+}
+
+/// Log output kept in memory.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(
+            &self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_owned()
+    }
+}
+
+// One thread, so that the subscriber set for this test alone sees the HTTP handling.
+#[tokio::test(flavor = "current_thread")]
+async fn request_logs_name_the_path_and_never_the_query_or_an_nhs_number() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("debug,tower_http=trace,h2=off,hyper=off,rdkafka=off,sqlx=off")
+        .with_writer({
+            let captured = captured.clone();
+            move || captured.clone()
+        })
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let run = Loop::start().await;
+    run.routed_referral(&unique("GP")).await;
+    let nhs = linkwork_testkit::NHS_NUMBERS[0];
+    let identifier = format!("https://fhir.nhs.uk/Id/nhs-number|{nhs}");
+    // Refused, but its URL reached the server all the same.
+    let (code, _) = run
+        .get(
+            &format!("/fhir/ServiceRequest?subject:identifier={identifier}"),
+            &gp(),
+        )
+        .await;
+    assert_eq!(code, 400);
+    let (code, _) = run
+        .post_form(
+            "/fhir/ServiceRequest/_search",
+            &gp(),
+            &[("subject:identifier", identifier.as_str())],
+        )
+        .await;
+    assert_eq!(code, 200);
+
+    let logs = captured.text();
+    assert!(
+        logs.contains("/fhir/ServiceRequest/_search"),
+        "the request spans were captured: {logs}"
+    );
+    assert!(!logs.contains(nhs), "an NHS number in the logs: {logs}");
+    assert!(
+        !logs.contains("subject:identifier"),
+        "a query string in the logs: {logs}"
     );
 }

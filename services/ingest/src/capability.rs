@@ -36,7 +36,7 @@ pub fn statement(base_url: &str, software_version: &str) -> Value {
                 "interaction": [{"code": "create"}, {"code": "read"}, {"code": "history-instance"}, {"code": "search-type"}],
                 "conditionalCreate": false,
                 "searchParam": [
-                    {"name": "subject:identifier", "type": "token", "documentation": "NHS number (https://fhir.nhs.uk/Id/nhs-number|<number>)"},
+                    {"name": "subject:identifier", "type": "token", "documentation": "NHS number (https://fhir.nhs.uk/Id/nhs-number|<number>), only in the form body of POST /fhir/ServiceRequest/_search: a URL carrying it is refused (400, issue code security); the searchset's links leave it out and name the POST endpoint, to which the form is posted again"},
                     {"name": "performer", "type": "reference", "documentation": "the provider's directory id"},
                     {"name": "status", "type": "token", "documentation": "linkwork's referral status (requested, accepted, in-progress, ...)"},
                     {"name": "_count", "type": "number", "documentation": "page size, at most 100; next links page on"}

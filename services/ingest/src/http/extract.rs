@@ -124,6 +124,40 @@ impl FromRequest<AppState> for JsonPatch {
     }
 }
 
+/// Search parameters sent as a form body (`application/x-www-form-urlencoded`), as FHIR's
+/// `POST [type]/_search` takes them: what must not sit in a URL (an NHS number) goes
+/// here.
+#[derive(Debug)]
+pub struct SearchForm(pub Vec<(String, String)>);
+
+fn is_form(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+}
+
+impl FromRequest<AppState> for SearchForm {
+    type Rejection = FhirError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = read_body(request, state, is_form, "application/x-www-form-urlencoded").await?;
+        serde_urlencoded::from_bytes(&bytes)
+            .map(SearchForm)
+            .map_err(|_| {
+                FhirError::one(
+                    StatusCode::BAD_REQUEST,
+                    Issue::error(
+                        IssueCode::Structure,
+                        "the body is not application/x-www-form-urlencoded search parameters",
+                    ),
+                )
+            })
+    }
+}
+
 /// Reads a JSON body of an accepted content type within the size limit.
 async fn read_json(
     request: Request,
@@ -131,6 +165,19 @@ async fn read_json(
     accepted: fn(&str) -> bool,
     expected: &str,
 ) -> Result<Value, FhirError> {
+    let bytes = read_body(request, state, accepted, expected).await?;
+    linkwork_fhir::parse::json(&bytes)
+        .map_err(|issue| FhirError::one(StatusCode::BAD_REQUEST, issue))
+}
+
+/// Reads a body of an accepted content type within the size limit (JSON is the only
+/// `_format`).
+async fn read_body(
+    request: Request,
+    state: &AppState,
+    accepted: fn(&str) -> bool,
+    expected: &str,
+) -> Result<axum::body::Bytes, FhirError> {
     {
         let format = request
             .uri()
@@ -201,11 +248,9 @@ async fn read_json(
             }
             return Err(too_large());
         }
-        let bytes = read_limited(request.into_body(), limit)
+        read_limited(request.into_body(), limit)
             .await
-            .map_err(|_| too_large())?;
-        linkwork_fhir::parse::json(&bytes)
-            .map_err(|issue| FhirError::one(StatusCode::BAD_REQUEST, issue))
+            .map_err(|_| too_large())
     }
 }
 

@@ -146,6 +146,10 @@ pub fn router(state: AppState) -> Router {
             "/fhir/ServiceRequest",
             post(fhir::create_service_request).get(read::search_service_requests),
         )
+        .route(
+            "/fhir/ServiceRequest/_search",
+            post(read::post_search_service_requests),
+        )
         .route("/fhir/$process-message", post(fhir::process_message))
         .route("/fhir", post(fhir::post_bundle))
         .route("/fhir/ServiceRequest/{id}", get(read::service_request))
@@ -198,7 +202,19 @@ pub fn router(state: AppState) -> Router {
         .merge(fhir)
         // Bodies are read (and limited) by the extractors, with FHIR answers.
         .layer(DefaultBodyLimit::disable())
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // A request's span names its method and path, never its query string: search
+        // parameters may identify a person (they are refused in URLs, but a caller may
+        // still send them) and request logs are kept and shipped.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                tracing::debug_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    version = ?request.version(),
+                )
+            }),
+        )
         .with_state(state)
 }
 

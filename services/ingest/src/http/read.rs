@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::error::FhirError;
-use super::extract::Caller;
+use super::extract::{Caller, SearchForm};
 use super::fhir::fhir_response;
 use super::AppState;
 
@@ -212,15 +212,29 @@ fn searchset(
     count: i64,
 ) -> Value {
     let public = &state.config.public_base_url;
+    // A search by an identifier was posted: its links name the POST endpoint, and the
+    // client posts its form again to them; the identifier never goes into a link.
+    let identifying = params
+        .iter()
+        .any(|(name, _)| IDENTIFYING_PARAMETERS.contains(&name.as_str()));
     let query = |offset: i64| {
         let mut parts: Vec<String> = params
             .iter()
-            .filter(|(name, _)| name != "_offset" && name != "_count")
+            .filter(|(name, _)| {
+                name != "_offset"
+                    && name != "_count"
+                    && !IDENTIFYING_PARAMETERS.contains(&name.as_str())
+            })
             .map(|(name, value)| format!("{name}={}", encode(value)))
             .collect();
         parts.push(format!("_count={count}"));
         parts.push(format!("_offset={offset}"));
-        format!("{public}/fhir/{path}?{}", parts.join("&"))
+        let endpoint = if identifying {
+            format!("{path}/_search")
+        } else {
+            path.to_owned()
+        };
+        format!("{public}/fhir/{endpoint}?{}", parts.join("&"))
     };
     let mut links = vec![json!({ "relation": "self", "url": query(offset) })];
     if offset + count < total {
@@ -281,14 +295,70 @@ const SEARCH_PARAMETERS: [&str; 6] = [
     "_format",
 ];
 
-/// `GET /fhir/ServiceRequest?subject:identifier=<system>|<nhs number>&performer=<provider>&status=<status>`.
-/// A referrer sees the referrals it sent, a provider those it holds.
+/// Search parameters that identify a person: accepted only in a form body
+/// (`POST /fhir/ServiceRequest/_search`), never in a URL, which proxies and access logs
+/// keep.
+const IDENTIFYING_PARAMETERS: [&str; 1] = ["subject:identifier"];
+
+fn identifier_in_url(pairs: &[(String, String)]) -> Result<(), FhirError> {
+    match pairs
+        .iter()
+        .find(|(name, _)| IDENTIFYING_PARAMETERS.contains(&name.as_str()))
+    {
+        None => Ok(()),
+        Some((name, _)) => Err(FhirError::one(
+            StatusCode::BAD_REQUEST,
+            Issue::error(
+                IssueCode::Security,
+                format!(
+                    "{name} identifies a person and is never accepted in a URL (proxies and \
+                     access logs keep URLs): POST the search to /fhir/ServiceRequest/_search \
+                     with the parameters as an application/x-www-form-urlencoded body"
+                ),
+            )
+            .at(name.clone()),
+        )),
+    }
+}
+
+/// `GET /fhir/ServiceRequest?performer=<provider>&status=<status>`. A referrer sees the
+/// referrals it sent, a provider those it holds. By NHS number: the POST form below.
 pub async fn search_service_requests(
     State(state): State<AppState>,
     caller: Caller,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, FhirError> {
     caller.require(scopes::REFERRAL_READ)?;
+    identifier_in_url(&pairs)?;
+    search_referrals(&state, &caller, pairs).await
+}
+
+/// `POST /fhir/ServiceRequest/_search` with `subject:identifier=<system>|<nhs number>`
+/// (and the other parameters) in an `application/x-www-form-urlencoded` body; paging
+/// parameters may also be in the URL, as the searchset's links put them.
+pub async fn post_search_service_requests(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(in_url): Query<Vec<(String, String)>>,
+    SearchForm(form): SearchForm,
+) -> Result<Response, FhirError> {
+    caller.require(scopes::REFERRAL_READ)?;
+    identifier_in_url(&in_url)?;
+    // Paging in the URL (a link followed) wins over paging in the form (re-posted).
+    let paging_in_url = |name: &str| in_url.iter().any(|(given, _)| given == name);
+    let mut pairs: Vec<(String, String)> = form
+        .into_iter()
+        .filter(|(name, _)| !paging_in_url(name))
+        .collect();
+    pairs.extend(in_url);
+    search_referrals(&state, &caller, pairs).await
+}
+
+async fn search_referrals(
+    state: &AppState,
+    caller: &Caller,
+    pairs: Vec<(String, String)>,
+) -> Result<Response, FhirError> {
     if let Some((unknown, _)) = pairs
         .iter()
         .find(|(name, _)| !SEARCH_PARAMETERS.contains(&name.as_str()))
@@ -347,11 +417,11 @@ pub async fn search_service_requests(
                     .as_deref()
                     .is_some_and(|p| p != principal.client)
                 {
-                    return Err(forbidden(&caller, "another provider's referrals"));
+                    return Err(forbidden(caller, "another provider's referrals"));
                 }
                 search.provider = Some(principal.client.clone());
             }
-            _ => return Err(forbidden(&caller, "referrals")),
+            _ => return Err(forbidden(caller, "referrals")),
         }
     }
     let mut connection = state.pool.acquire().await.map_err(database)?;
@@ -364,7 +434,7 @@ pub async fn search_service_requests(
         .map(|view| {
             json!({
                 "fullUrl": format!("{public}/fhir/ServiceRequest/{}", view.referral_id),
-                "resource": current(&state, view),
+                "resource": current(state, view),
                 "search": { "mode": "match" },
             })
         })
@@ -372,7 +442,7 @@ pub async fn search_service_requests(
     Ok(fhir_response(
         StatusCode::OK,
         searchset(
-            &state,
+            state,
             "ServiceRequest",
             total,
             entries,
