@@ -66,6 +66,23 @@ impl Role {
     }
 }
 
+impl Role {
+    /// Whether a client of this role may hold `scope` (an administrator holds all).
+    pub fn may_hold(self, client: &str, scope: &str) -> bool {
+        self == Role::Admin || self.default_scopes(client).contains(&scope)
+    }
+
+    /// The role in words, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Source => "referral source",
+            Role::Provider => "provider",
+            Role::Data => "data team",
+            Role::Admin => "administrator",
+        }
+    }
+}
+
 impl std::str::FromStr for Role {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
@@ -126,10 +143,20 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Whether the token grants `scope`. A scope counts only for a role that may hold
+    /// it (those of [`Role::default_scopes`]): a source's token that says `admin` or
+    /// `referral:respond`, or a GP's that says `call-log:submit`, grants nothing more.
+    /// `admin` (an administrator's) grants every scope.
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.scopes
-            .iter()
-            .any(|granted| granted == scope || granted == scopes::ADMIN)
+        let holds = |wanted: &str| {
+            self.may_hold(wanted) && self.scopes.iter().any(|granted| granted == wanted)
+        };
+        holds(scope) || holds(scopes::ADMIN)
+    }
+
+    /// Whether this caller's role may hold `scope` at all (whatever its token says).
+    pub fn may_hold(&self, scope: &str) -> bool {
+        self.role.may_hold(&self.client, scope)
     }
 
     /// The referral source this caller is, if it is one.

@@ -351,3 +351,69 @@ fn a_jwks_file_is_not_read_again_before_its_recheck_interval() {
     );
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn a_scope_counts_only_for_a_role_that_may_hold_it() {
+    let verify = |role: Role, client: &str, scopes: &[&str]| {
+        dev()
+            .verify(&dev_token(&secret(), role, client, scopes, 60).unwrap())
+            .unwrap()
+    };
+    // A source whose token claims everything gets a source's scopes only.
+    let source = verify(
+        Role::Source,
+        "gp:A81001",
+        &[
+            scopes::ADMIN,
+            scopes::REFERRAL_RESPOND,
+            scopes::OUTCOMES_READ,
+            scopes::CALL_LOG_SUBMIT,
+            scopes::REFERRAL_SUBMIT,
+        ],
+    );
+    assert!(source.has_scope(scopes::REFERRAL_SUBMIT));
+    for refused in [
+        scopes::ADMIN,
+        scopes::REFERRAL_RESPOND,
+        scopes::OUTCOMES_READ,
+        scopes::CALL_LOG_SUBMIT,
+    ] {
+        assert!(!source.has_scope(refused), "{refused}");
+    }
+    // The call log is ASC's alone.
+    assert!(
+        verify(Role::Source, "asc", &[scopes::CALL_LOG_SUBMIT]).has_scope(scopes::CALL_LOG_SUBMIT)
+    );
+    // A provider is not a data team; a data team reads no referral.
+    let provider = verify(
+        Role::Provider,
+        "townley-connectors",
+        &[scopes::OUTCOMES_READ, scopes::ADMIN],
+    );
+    assert!(!provider.has_scope(scopes::OUTCOMES_READ));
+    assert!(!provider.has_scope(scopes::ADMIN));
+    let data = verify(
+        Role::Data,
+        "evaluation-team",
+        &[scopes::REFERRAL_READ, scopes::OUTCOMES_READ],
+    );
+    assert!(data.has_scope(scopes::OUTCOMES_READ));
+    assert!(!data.has_scope(scopes::REFERRAL_READ));
+    // A scope the token does not carry is not granted, even to its role.
+    assert!(!verify(
+        Role::Provider,
+        "townley-connectors",
+        &[scopes::REFERRAL_READ]
+    )
+    .has_scope(scopes::REFERRAL_RESPOND));
+    // An administrator's `admin` grants everything.
+    let admin = verify(Role::Admin, "ops", &[scopes::ADMIN]);
+    for scope in [
+        scopes::ADMIN,
+        scopes::REFERRAL_READ,
+        scopes::OUTCOMES_READ,
+        scopes::CALL_LOG_SUBMIT,
+    ] {
+        assert!(admin.has_scope(scope), "{scope}");
+    }
+}

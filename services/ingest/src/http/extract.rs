@@ -54,6 +54,13 @@ impl Caller {
     pub fn require(&self, scope: &str) -> Result<(), FhirError> {
         if self.0.has_scope(scope) {
             Ok(())
+        } else if !self.0.may_hold(scope) {
+            Err(FhirError::forbidden(format!(
+                "client {} is a {} and {scope} is not a {}'s scope",
+                self.0.client,
+                self.0.role.name(),
+                self.0.role.name()
+            )))
         } else {
             Err(FhirError::forbidden(format!(
                 "client {} lacks the scope {scope} this needs",

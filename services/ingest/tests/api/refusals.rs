@@ -278,7 +278,7 @@ fn cases() -> Vec<Case> {
                 "townley-connectors",
                 &[scopes::REFERRAL_SUBMIT],
             )),
-            ..case("", referral_with(|_| {}), 403, D("not a referral source"))
+            ..case("", referral_with(|_| {}), 403, D("not a provider's scope"))
         },
         Case {
             name: "unknown route",
