@@ -58,6 +58,9 @@ impl Role {
                     scopes::CALL_LOG_SUBMIT,
                 ]
             }
+            // One identity for every person who refers themselves: it may send, never
+            // read back (it would read everyone's self-referrals).
+            Role::Source if client == "self" => vec![scopes::REFERRAL_SUBMIT],
             Role::Source => vec![scopes::REFERRAL_SUBMIT, scopes::REFERRAL_READ],
             Role::Provider => vec![scopes::REFERRAL_RESPOND, scopes::REFERRAL_READ],
             Role::Data => vec![scopes::OUTCOMES_READ],

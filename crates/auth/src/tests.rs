@@ -417,3 +417,21 @@ fn a_scope_counts_only_for_a_role_that_may_hold_it() {
         assert!(admin.has_scope(scope), "{scope}");
     }
 }
+
+#[test]
+fn the_shared_self_referral_identity_may_send_but_never_read() {
+    let token = dev_token(
+        &secret(),
+        Role::Source,
+        "self",
+        &[scopes::REFERRAL_SUBMIT, scopes::REFERRAL_READ],
+        60,
+    )
+    .unwrap();
+    let principal = dev().verify(&token).unwrap();
+    assert!(principal.has_scope(scopes::REFERRAL_SUBMIT));
+    assert!(!principal.has_scope(scopes::REFERRAL_READ));
+    assert!(!Role::Source
+        .default_scopes("self")
+        .contains(&scopes::REFERRAL_READ));
+}

@@ -1211,3 +1211,66 @@ async fn request_logs_name_the_path_and_never_the_query_or_an_nhs_number() {
         "a query string in the logs: {logs}"
     );
 }
+
+#[tokio::test]
+async fn a_self_referral_is_accepted_but_the_shared_self_identity_reads_nothing_back() {
+    let run = Loop::start().await;
+    let me = token(Role::Source, "self");
+    let (code, created) = run
+        .post(
+            "/fhir/ServiceRequest",
+            &me,
+            &linkwork_testkit::gp_referral(&unique("SELF")),
+        )
+        .await;
+    assert_eq!(code, 201, "{created}");
+    let referral = ReferralId::from_uuid(Uuid::parse_str(created["id"].as_str().unwrap()).unwrap());
+    // In the read models (routed or in triage: the check of wait_for_status reads with
+    // the GP's token, and this is not the GP's referral).
+    eventually(
+        Duration::from_secs(60),
+        "the self-referral projected",
+        || async {
+            let status: Option<String> = linkwork_store::sqlx::query_scalar(
+                "SELECT status FROM projection.referrals WHERE referral_id = $1",
+            )
+            .bind(referral.as_uuid())
+            .fetch_optional(&run.pool)
+            .await
+            .ok() // the projector may not have built its schema yet
+            .flatten();
+            status.is_some()
+        },
+    )
+    .await;
+
+    // Not by id, not its history, its Task or its outcomes, not by search: the token is
+    // every self-referrer's at once.
+    for path in [
+        format!("/fhir/ServiceRequest/{referral}"),
+        format!("/fhir/ServiceRequest/{referral}/_history"),
+        format!("/fhir/Task/{}", referral.task_id(1)),
+        format!("/fhir/Observation?based-on=ServiceRequest/{referral}"),
+        "/fhir/ServiceRequest?status=requested".to_owned(),
+    ] {
+        let (code, outcome) = run.get(&path, &me).await;
+        assert_eq!(code, 403, "{path}: {outcome}");
+        assert!(
+            outcome["issue"][0]["diagnostics"]
+                .as_str()
+                .unwrap()
+                .contains("self-referral is one identity for many people"),
+            "{outcome}"
+        );
+    }
+    let nhs = linkwork_testkit::NHS_NUMBERS[0];
+    let identifier = format!("https://fhir.nhs.uk/Id/nhs-number|{nhs}");
+    let (code, _) = run
+        .post_form(
+            "/fhir/ServiceRequest/_search",
+            &me,
+            &[("subject:identifier", identifier.as_str())],
+        )
+        .await;
+    assert_eq!(code, 403);
+}

@@ -56,10 +56,14 @@ impl Caller {
             Ok(())
         } else if !self.0.may_hold(scope) {
             Err(FhirError::forbidden(format!(
-                "client {} is a {} and {scope} is not a {}'s scope",
+                "client {} (a {}) may not hold the scope {scope}{}",
                 self.0.client,
                 self.0.role.name(),
-                self.0.role.name()
+                if self.0.client == "self" {
+                    ": self-referral is one identity for many people, so it sends and never reads back"
+                } else {
+                    ""
+                }
             )))
         } else {
             Err(FhirError::forbidden(format!(

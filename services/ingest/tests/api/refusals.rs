@@ -278,7 +278,12 @@ fn cases() -> Vec<Case> {
                 "townley-connectors",
                 &[scopes::REFERRAL_SUBMIT],
             )),
-            ..case("", referral_with(|_| {}), 403, D("not a provider's scope"))
+            ..case(
+                "",
+                referral_with(|_| {}),
+                403,
+                D("(a provider) may not hold the scope referral:submit"),
+            )
         },
         Case {
             name: "unknown route",
