@@ -704,9 +704,22 @@ async fn each_referral_metric_comes_out_as_worked_out_by_hand() {
         (4, 3, 1, 0)
     );
     assert!((swemwbs.change.unwrap().mean - 3.75).abs() < 1e-9);
-    let mut baselines = swemwbs.baseline_scores.clone();
-    baselines.sort_unstable();
-    assert_eq!(baselines, [14, 17, 18, 20]);
+    // Counts per score, not each person's pair.
+    let baselines: Vec<(i64, i64)> = swemwbs
+        .distribution
+        .iter()
+        .filter(|at| at.baseline > 0)
+        .map(|at| (at.score, at.baseline))
+        .collect();
+    assert_eq!(baselines, [(14, 1), (17, 1), (18, 1), (20, 1)]);
+    assert_eq!(
+        swemwbs
+            .distribution
+            .iter()
+            .map(|at| at.follow_up)
+            .sum::<i64>(),
+        4
+    );
 
     // Activities: walking group (R1, R3), lunch club (R2), benefits advice (R2, a
     // service): 4 attendances by 3 referrals, 2 distinct groups.

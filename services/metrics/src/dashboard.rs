@@ -256,29 +256,23 @@ fn outcome_chart(out: &mut String, instrument: &InstrumentChange) {
         &format!("{}: before and after", instrument.name),
         &description,
     );
-    let low = instrument
-        .baseline_scores
-        .iter()
-        .chain(&instrument.follow_up_scores)
-        .min()
-        .copied()
-        .unwrap_or(0);
-    let high = instrument
-        .baseline_scores
-        .iter()
-        .chain(&instrument.follow_up_scores)
-        .max()
-        .copied()
-        .unwrap_or(0);
+    let low = instrument.distribution.first().map_or(0, |at| at.score);
+    let high = instrument.distribution.last().map_or(0, |at| at.score);
     let scores: Vec<i64> = (low..=high).collect();
-    let count = |values: &[i64], score: i64| values.iter().filter(|v| **v == score).count() as f64;
+    let at = |score: i64| {
+        instrument
+            .distribution
+            .iter()
+            .find(|at| at.score == score)
+            .copied()
+    };
     let before: Vec<f64> = scores
         .iter()
-        .map(|score| count(&instrument.baseline_scores, *score))
+        .map(|score| at(*score).map_or(0.0, |at| at.baseline as f64))
         .collect();
     let after: Vec<f64> = scores
         .iter()
-        .map(|score| count(&instrument.follow_up_scores, *score))
+        .map(|score| at(*score).map_or(0.0, |at| at.follow_up as f64))
         .collect();
     let labels: Vec<String> = scores.iter().map(i64::to_string).collect();
     bars(out, &labels, &[("#9a9a9a", &before), ("#1d5fa8", &after)]);

@@ -162,9 +162,43 @@ pub struct InstrumentChange {
     pub mean_baseline: Option<f64>,
     pub mean_follow_up: Option<f64>,
     pub change: Option<MeanWithInterval>,
-    /// Baseline and follow-up totals, for before/after distributions.
-    pub baseline_scores: Vec<i64>,
-    pub follow_up_scores: Vec<i64>,
+    /// How many people had each score at baseline and at follow-up, lowest score
+    /// first (scores nobody had are left out). Counts, never a person's own pair: a
+    /// list of each person's scores in matching order would let anyone who knows one
+    /// person's baseline read their follow-up.
+    pub distribution: Vec<ScoreCount>,
+}
+
+/// People at one score of an instrument, before and after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ScoreCount {
+    pub score: i64,
+    pub baseline: i64,
+    pub follow_up: i64,
+}
+
+/// Counts per score of baseline and follow-up totals.
+fn distribution(pairs: &[(i64, i64)]) -> Vec<ScoreCount> {
+    let mut counts: BTreeMap<i64, ScoreCount> = BTreeMap::new();
+    for (baseline, follow_up) in pairs {
+        counts
+            .entry(*baseline)
+            .or_insert(ScoreCount {
+                score: *baseline,
+                baseline: 0,
+                follow_up: 0,
+            })
+            .baseline += 1;
+        counts
+            .entry(*follow_up)
+            .or_insert(ScoreCount {
+                score: *follow_up,
+                baseline: 0,
+                follow_up: 0,
+            })
+            .follow_up += 1;
+    }
+    counts.into_values().collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -347,8 +381,7 @@ fn outcomes(pairs: &[OutcomePair], completers: i64) -> Outcomes {
             mean_baseline: mean(of_this.iter().map(|(b, _)| *b as f64).collect()),
             mean_follow_up: mean(of_this.iter().map(|(_, f)| *f as f64).collect()),
             change: stats::mean_with_interval(&changes),
-            baseline_scores: of_this.iter().map(|(b, _)| *b).collect(),
-            follow_up_scores: of_this.iter().map(|(_, f)| *f).collect(),
+            distribution: distribution(&of_this),
         });
     }
 
@@ -409,5 +442,57 @@ mod tests {
         assert_eq!(period.from().to_rfc3339(), "2026-03-01T00:00:00+00:00");
         // British Summer Time began on 29 March 2026.
         assert_eq!(period.to().to_rfc3339(), "2026-03-31T23:00:00+00:00");
+    }
+
+    fn pair(person: u128, instrument: Instrument, baseline: i64, follow_up: i64) -> OutcomePair {
+        OutcomePair {
+            referral_id: uuid::Uuid::from_u128(person),
+            instrument: instrument.code().to_owned(),
+            baseline,
+            follow_up,
+        }
+    }
+
+    #[test]
+    fn outcomes_carry_counts_per_score_and_no_persons_own_scores() {
+        let pairs = [
+            pair(1, Instrument::Ucla3, 8, 5),
+            pair(2, Instrument::Ucla3, 6, 5),
+            pair(3, Instrument::Ucla3, 8, 8),
+        ];
+        let outcomes = outcomes(&pairs, 3);
+        let ucla = &outcomes.instruments[0];
+        assert_eq!(
+            ucla.distribution,
+            [
+                ScoreCount {
+                    score: 5,
+                    baseline: 0,
+                    follow_up: 2
+                },
+                ScoreCount {
+                    score: 6,
+                    baseline: 1,
+                    follow_up: 0
+                },
+                ScoreCount {
+                    score: 8,
+                    baseline: 2,
+                    follow_up: 1
+                },
+            ]
+        );
+        // Nothing in the published JSON is a list of scores in people's order.
+        let json = serde_json::to_value(&outcomes).unwrap();
+        let text = json.to_string();
+        assert!(
+            !text.contains("baseline_scores") && !text.contains("follow_up_scores"),
+            "{text}"
+        );
+        for field in json["instruments"][0].as_object().unwrap().values() {
+            if let Some(items) = field.as_array() {
+                assert!(items.iter().all(|item| item.is_object()), "{field}");
+            }
+        }
     }
 }
