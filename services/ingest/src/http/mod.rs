@@ -16,10 +16,10 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post, put, MethodRouter};
 use axum::Router;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use linkwork_auth::{scopes, Verifier};
+use linkwork_auth::{scopes, Role, Verifier};
 use linkwork_fhir::{IntakeRules, Issue, IssueCode, OperationOutcome};
 use sqlx::PgPool;
 
@@ -139,57 +139,148 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
-    let fhir = Router::new()
-        .route("/fhir/metadata", get(fhir::metadata))
-        .route(
-            "/fhir/ServiceRequest",
-            post(fhir::create_service_request).get(read::search_service_requests),
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: health, the CapabilityStatement.
+    Open,
+    /// A client whose token grants this scope (for its role: [`linkwork_auth::Principal::has_scope`]).
+    Scope(&'static str),
+    /// As `Scope`, and the client must be of this role: sending a referral is a
+    /// source's act and changing one a provider's, which an administrator's token does
+    /// not stand in for.
+    ScopeAs(&'static str, Role),
+}
+
+/// One route of the API and who may call it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+const fn spec(method: &'static str, path: &'static str, access: Access) -> RouteSpec {
+    RouteSpec {
+        method,
+        path,
+        access,
+    }
+}
+
+/// Every FHIR and call-log route with its access and handler: the router is built
+/// from this table and the access test walks it, so neither can miss a route the
+/// other has.
+fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
+    use Access::{Open, Scope, ScopeAs};
+    const SUBMIT: Access = ScopeAs(scopes::REFERRAL_SUBMIT, Role::Source);
+    const RESPOND: Access = ScopeAs(scopes::REFERRAL_RESPOND, Role::Provider);
+    let record = |resource: &'static str| {
+        post(
+            move |state: State<AppState>, caller: Caller, body: FhirJson| {
+                provider::record(state, caller, body, resource)
+            },
         )
-        .route(
-            "/fhir/ServiceRequest/_search",
-            post(read::post_search_service_requests),
-        )
-        .route("/fhir/$process-message", post(fhir::process_message))
-        .route("/fhir", post(fhir::post_bundle))
-        .route("/fhir/ServiceRequest/{id}", get(read::service_request))
-        .route(
-            "/fhir/ServiceRequest/{id}/_history",
-            get(read::service_request_history),
-        )
-        .route(
-            "/fhir/Task/{id}",
-            get(read::task)
-                .put(provider::update_task)
-                .patch(provider::patch_task),
-        )
-        .route(
-            "/fhir/Observation",
-            get(read::search_observations).post(
-                |state: State<AppState>, caller: Caller, body: FhirJson| {
-                    provider::record(state, caller, body, "Observation")
-                },
+    };
+    vec![
+        (spec("GET", "/fhir/metadata", Open), get(fhir::metadata)),
+        (
+            spec("POST", "/fhir/ServiceRequest", SUBMIT),
+            post(fhir::create_service_request),
+        ),
+        (
+            spec("GET", "/fhir/ServiceRequest", Scope(scopes::REFERRAL_READ)),
+            get(read::search_service_requests),
+        ),
+        (
+            spec(
+                "POST",
+                "/fhir/ServiceRequest/_search",
+                Scope(scopes::REFERRAL_READ),
             ),
-        )
-        .route(
-            "/fhir/Communication",
-            post(|state: State<AppState>, caller: Caller, body: FhirJson| {
-                provider::record(state, caller, body, "Communication")
-            }),
-        )
-        .route(
-            "/fhir/Procedure",
-            post(|state: State<AppState>, caller: Caller, body: FhirJson| {
-                provider::record(state, caller, body, "Procedure")
-            }),
-        )
-        .route(
-            "/fhir/Consent",
-            post(|state: State<AppState>, caller: Caller, body: FhirJson| {
-                provider::record(state, caller, body, "Consent")
-            }),
-        )
-        .route("/asc/call-log", post(call_log))
+            post(read::post_search_service_requests),
+        ),
+        (
+            spec("POST", "/fhir/$process-message", SUBMIT),
+            post(fhir::process_message),
+        ),
+        (spec("POST", "/fhir", SUBMIT), post(fhir::post_bundle)),
+        (
+            spec(
+                "GET",
+                "/fhir/ServiceRequest/{id}",
+                Scope(scopes::REFERRAL_READ),
+            ),
+            get(read::service_request),
+        ),
+        (
+            spec(
+                "GET",
+                "/fhir/ServiceRequest/{id}/_history",
+                Scope(scopes::REFERRAL_READ),
+            ),
+            get(read::service_request_history),
+        ),
+        (
+            spec("GET", "/fhir/Task/{id}", Scope(scopes::REFERRAL_READ)),
+            get(read::task),
+        ),
+        (
+            spec("PUT", "/fhir/Task/{id}", RESPOND),
+            put(provider::update_task),
+        ),
+        (
+            spec("PATCH", "/fhir/Task/{id}", RESPOND),
+            patch(provider::patch_task),
+        ),
+        (
+            spec("GET", "/fhir/Observation", Scope(scopes::REFERRAL_READ)),
+            get(read::search_observations),
+        ),
+        (
+            spec("POST", "/fhir/Observation", RESPOND),
+            record("Observation"),
+        ),
+        (
+            spec("POST", "/fhir/Communication", RESPOND),
+            record("Communication"),
+        ),
+        (
+            spec("POST", "/fhir/Procedure", RESPOND),
+            record("Procedure"),
+        ),
+        (spec("POST", "/fhir/Consent", RESPOND), record("Consent")),
+        (
+            spec("POST", "/asc/call-log", Scope(scopes::CALL_LOG_SUBMIT)),
+            post(call_log),
+        ),
+    ]
+}
+
+/// Every route of the API beside health, with who may call it.
+pub fn routes() -> Vec<RouteSpec> {
+    table().into_iter().map(|(spec, _)| spec).collect()
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
+    for (spec, handler) in table() {
+        let handler = match spec.access {
+            Access::Open => handler,
+            Access::Scope(_) | Access::ScopeAs(..) => handler.route_layer(
+                axum::middleware::from_fn_with_state((state.clone(), spec.access), authorize),
+            ),
+        };
+        match by_path.iter_mut().find(|(path, _)| *path == spec.path) {
+            Some((_, methods)) => *methods = std::mem::take(methods).merge(handler),
+            None => by_path.push((spec.path, handler)),
+        }
+    }
+    let fhir = by_path
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(path, methods)
+        })
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -216,6 +307,46 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .with_state(state)
+}
+
+/// The route's access, enforced before anything else of the request is read: a
+/// missing or bad token is 401, a token without the route's scope 403, whatever the
+/// body. The verified caller is handed to the handler (which checks what the route
+/// alone can: whose referral it is).
+async fn authorize(
+    State((state, access)): State<(AppState, Access)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let principal =
+        match linkwork_auth::bearer(header).and_then(|token| state.verifier.verify(token)) {
+            Ok(principal) => principal,
+            Err(error) => return FhirError::unauthorized(error).into_response(),
+        };
+    let caller = Caller(principal);
+    let (scope, role) = match access {
+        Access::Open => return next.run(request).await,
+        Access::Scope(scope) => (scope, None),
+        Access::ScopeAs(scope, role) => (scope, Some(role)),
+    };
+    if let Err(refused) = caller.require(scope) {
+        return refused.into_response();
+    }
+    if let Some(role) = role.filter(|role| *role != caller.0.role) {
+        return FhirError::forbidden(format!(
+            "client {} (a {}) may not do this: only a {} may",
+            caller.0.client,
+            caller.0.role.name(),
+            role.name()
+        ))
+        .into_response();
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
 }
 
 /// Admits a FHIR request while fewer than `max_in_flight` are being handled; beyond

@@ -6,6 +6,7 @@
     reason = "tests and their helpers panic with the failing value"
 )]
 
+mod access;
 mod bars;
 mod broker_down;
 mod bundles;
