@@ -1274,3 +1274,182 @@ async fn a_self_referral_is_accepted_but_the_shared_self_identity_reads_nothing_
         .await;
     assert_eq!(code, 403);
 }
+
+/// What identifies the test person, and the secrets of the run: none may appear in a
+/// log line or on a data-team topic.
+fn identifying(run_tokens: &[&str]) -> Vec<String> {
+    let mut needles: Vec<String> = linkwork_testkit::NHS_NUMBERS
+        .iter()
+        .map(|number| (*number).to_owned())
+        .collect();
+    // Also as NHS numbers are written for people: 999 000 0018.
+    needles.push("999 000 0018".into());
+    needles.extend(
+        [
+            "Brightwater",
+            "1 Invented Row",
+            "LS1 4AP",
+            "1941-05-06",
+            DEV_SECRET,
+        ]
+        .map(str::to_owned),
+    );
+    // The pseudonym key ([7; 32]) as hex and as base64.
+    needles.push("07".repeat(32));
+    needles.push("BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc".into());
+    needles.extend(run_tokens.iter().map(|token| (*token).to_owned()));
+    // A token's signature alone is secret enough to look for.
+    needles.extend(
+        run_tokens
+            .iter()
+            .filter_map(|token| token.rsplit('.').next().map(str::to_owned)),
+    );
+    needles
+}
+
+// One thread, so that the subscriber set for this test alone sees the whole loop.
+#[tokio::test(flavor = "current_thread")]
+async fn no_identifier_token_or_key_reaches_a_log_line_or_a_data_team_topic() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("trace,h2=off,hyper=off,hyper_util=off,reqwest=off,rdkafka=off,sqlx=off,tokio=off,runtime=off")
+        .with_writer({
+            let captured = captured.clone();
+            move || captured.clone()
+        })
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let run = Loop::start().await;
+    let connectors = provider("connectors");
+    let referrer = gp();
+    let referral = run.routed_referral(&unique("GP")).await;
+    let task_path = format!("/fhir/Task/{}", referral.task_id(1));
+    for (how, body) in [
+        ("PUT", task(referral, 1, "accepted", None)),
+        (
+            "POST /fhir/Consent",
+            json!({
+                "resourceType": "Consent",
+                "status": "active",
+                "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "research" }] },
+                "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
+                "provision": { "data": [{ "meaning": "related", "reference": { "reference": format!("ServiceRequest/{referral}") } }] },
+            }),
+        ),
+        (
+            "POST /fhir/Observation",
+            score(
+                referral,
+                "ucla-3",
+                None,
+                8,
+                "baseline",
+                "2026-03-10T10:00:00Z",
+            ),
+        ),
+        ("PUT", task(referral, 1, "in-progress", None)),
+        (
+            "POST /fhir/Observation",
+            score(
+                referral,
+                "ucla-3",
+                None,
+                5,
+                "follow-up",
+                "2026-06-01T10:00:00Z",
+            ),
+        ),
+        ("PUT", task(referral, 1, "completed", None)),
+    ] {
+        let (status, answer) = match how.strip_prefix("POST ") {
+            Some(path) => run.post(path, &connectors, &body).await,
+            None => run.put(&task_path, &connectors, &body).await,
+        };
+        assert!(status == 200 || status == 201, "{how}: {status} {answer}");
+    }
+    run.wait_for_status(referral, "completed").await;
+
+    // Refusals, which are where identifiers tend to slip into messages: a referral
+    // whose NHS number fails its check digit, a read by the wrong provider, a forged
+    // token, a search by NHS number in a URL, and a bad update on provider.responses.
+    let mut bad = linkwork_testkit::gp_referral(&unique("GP"));
+    bad["contained"][0]["identifier"][0]["value"] = json!("9990000019");
+    let (status, _) = run.post("/fhir/ServiceRequest", &referrer, &bad).await;
+    assert_eq!(status, 422);
+    let (status, _) = run
+        .get(
+            &format!("/fhir/ServiceRequest/{referral}"),
+            &provider("reconnect"),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let forged = format!("{referrer}x");
+    let (status, _) = run
+        .get(&format!("/fhir/ServiceRequest/{referral}"), &forged)
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = run
+        .get(
+            &format!(
+                "/fhir/ServiceRequest?subject:identifier={}",
+                linkwork_testkit::NHS_NUMBERS[0]
+            ),
+            &referrer,
+        )
+        .await;
+    assert_eq!(status, 400);
+    run.respond(
+        referral,
+        Some("connectors"),
+        serde_json::to_string(&json!({
+            "resourceType": "Observation",
+            "subject": { "identifier": { "value": linkwork_testkit::NHS_NUMBERS[0] } },
+            "note": [{ "text": "Ada Brightwater, 1 Invented Row, LS1 4AP" }]
+        }))
+        .unwrap()
+        .as_bytes(),
+    )
+    .await;
+    run.responses_settled().await;
+
+    let needles = identifying(&[&connectors, &referrer, &forged]);
+    let logs = captured.text();
+    assert!(
+        logs.contains("path=/fhir/Task/") && logs.contains("dead_lettered=1"),
+        "the loop's logs were captured, the dead letter among them: {logs}"
+    );
+    for needle in &needles {
+        let found: Vec<&str> = logs
+            .lines()
+            .filter(|line| line.contains(needle.as_str()))
+            .collect();
+        assert!(found.is_empty(), "{needle:?} in the logs: {found:#?}");
+    }
+
+    // The data team's topic: what a data team reads.
+    let pseudonymised = run
+        .stack
+        .read_topic(
+            &run.names.topic(OUTCOMES_OBSERVATIONS_PSEUDONYMISED),
+            2,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(
+        pseudonymised.len(),
+        2,
+        "baseline and follow-up, with consent"
+    );
+    for message in &pseudonymised {
+        let text = String::from_utf8_lossy(&message.payload);
+        let headers = format!("{:?}", message.headers);
+        for needle in &needles {
+            assert!(
+                !text.contains(needle.as_str()) && !headers.contains(needle.as_str()),
+                "{needle:?} on the data team's topic: {text} {headers}"
+            );
+        }
+    }
+}
