@@ -334,4 +334,23 @@ fn print_summary(summary: &DemoSummary, base_url: &str, end: NaiveDate) {
     println!("   Metrics (JSON): {base_url}/api/metrics?{period}");
     println!("   MeasureReports: {base_url}/fhir/MeasureReport?{period}");
     println!("   FHIR API:       {base_url}/fhir/metadata (tokens: linkwork dev-token)");
+    // The figures are for data teams, commissioners and administrators: a token to
+    // sign in to the dashboard with (or to send as a bearer token to the JSON and FHIR
+    // routes), from the demo's development secret.
+    let token = std::env::var("LINKWORK_AUTH_DEV_SECRET")
+        .ok()
+        .and_then(|secret| {
+            linkwork_auth::dev_token(
+                &secrecy::SecretString::from(secret),
+                linkwork_auth::Role::Commissioner,
+                "demo-commissioner",
+                &linkwork_auth::Role::Commissioner.default_scopes("demo-commissioner"),
+                8 * 3600,
+            )
+            .ok()
+        });
+    if let Some(token) = token {
+        println!("   Sign in to the dashboard (a commissioner's token, 8 hours):");
+        println!("   {token}");
+    }
 }

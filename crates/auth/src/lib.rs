@@ -45,6 +45,8 @@ pub enum Role {
     Provider,
     /// A data team.
     Data,
+    /// A commissioner: reads the aggregate figures, never a person's record.
+    Commissioner,
     Admin,
 }
 
@@ -63,7 +65,7 @@ impl Role {
             Role::Source if client == "self" => vec![scopes::REFERRAL_SUBMIT],
             Role::Source => vec![scopes::REFERRAL_SUBMIT, scopes::REFERRAL_READ],
             Role::Provider => vec![scopes::REFERRAL_RESPOND, scopes::REFERRAL_READ],
-            Role::Data => vec![scopes::OUTCOMES_READ],
+            Role::Data | Role::Commissioner => vec![scopes::OUTCOMES_READ],
             Role::Admin => vec![scopes::ADMIN],
         }
     }
@@ -81,6 +83,7 @@ impl Role {
             Role::Source => "referral source",
             Role::Provider => "provider",
             Role::Data => "data team",
+            Role::Commissioner => "commissioner",
             Role::Admin => "administrator",
         }
     }
@@ -93,9 +96,10 @@ impl std::str::FromStr for Role {
             "source" => Ok(Role::Source),
             "provider" => Ok(Role::Provider),
             "data" => Ok(Role::Data),
+            "commissioner" => Ok(Role::Commissioner),
             "admin" => Ok(Role::Admin),
             other => Err(format!(
-                "{other:?} is not a role (source, provider, data, admin)"
+                "{other:?} is not a role (source, provider, data, commissioner, admin)"
             )),
         }
     }
@@ -532,7 +536,7 @@ impl Verifier {
         let valid_client = match claims.role {
             Role::Source => Source::parse(&claims.sub).is_ok(),
             Role::Provider => ProviderId::parse(&claims.sub).is_ok(),
-            Role::Data | Role::Admin => !claims.sub.is_empty(),
+            Role::Data | Role::Commissioner | Role::Admin => !claims.sub.is_empty(),
         };
         if !valid_client {
             return Err(AuthError::BadClient {

@@ -230,6 +230,21 @@ pub struct Process {
     http_addr: Option<SocketAddr>,
 }
 
+/// The development secret of the processes [`Process::start`] builds.
+pub const PROCESS_DEV_SECRET: &str = "integration-tests-process-development-secret-0123456789";
+
+/// A token for such a process: `client` in `role`, with the role's scopes.
+pub fn process_token(role: linkwork_auth::Role, client: &str) -> String {
+    linkwork_auth::dev_token(
+        &secrecy::SecretString::from(PROCESS_DEV_SECRET),
+        role,
+        client,
+        &role.default_scopes(client),
+        600,
+    )
+    .expect("a development token")
+}
+
 impl Process {
     /// Builds and starts `services` on `names`, with the small topics declaration and
     /// what `configure` changes in the settings (a clock, a pseudonym key, ...).
@@ -240,13 +255,14 @@ impl Process {
         services: Services,
         configure: impl FnOnce(&mut TopologySettings),
     ) -> Process {
-        let mut settings = TopologySettings::new(
-            stack.kafka.clone(),
-            names.clone(),
-            services,
-            HttpSettings::new("127.0.0.1:0".parse().expect("an address")),
-        )
-        .expect("the built-in topics declaration");
+        let mut http = HttpSettings::new("127.0.0.1:0".parse().expect("an address"));
+        http.verifier = Some(
+            linkwork_auth::Verifier::dev(secrecy::SecretString::from(PROCESS_DEV_SECRET))
+                .expect("a development verifier"),
+        );
+        let mut settings =
+            TopologySettings::new(stack.kafka.clone(), names.clone(), services, http)
+                .expect("the built-in topics declaration");
         settings.topics = Stack::small_declaration();
         configure(&mut settings);
         let own = sqlx::postgres::PgPoolOptions::new()

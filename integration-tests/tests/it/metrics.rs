@@ -24,7 +24,7 @@ use linkwork_metrics::referrals::Period;
 use linkwork_store::sqlx;
 use serde_json::Value;
 
-use crate::helpers::{eventually, unique, Process};
+use crate::helpers::{eventually, process_token, unique, Process};
 use crate::projector::{change, outcome, Rig};
 use crate::router::referral;
 
@@ -759,7 +759,12 @@ async fn measure_reports_parse_as_fhir_r4_and_carry_the_figures() {
         let client = client.clone();
         let url = format!("{base}/fhir/MeasureReport{query}");
         async move {
-            let response = client.get(url).send().await.unwrap();
+            let response = client
+                .get(url)
+                .bearer_auth(commissioner())
+                .send()
+                .await
+                .unwrap();
             let status = response.status().as_u16();
             let body: Value = response.json().await.unwrap();
             (status, body)
@@ -846,7 +851,10 @@ async fn measure_reports_parse_as_fhir_r4_and_carry_the_figures() {
     assert_eq!(refused["resourceType"], "OperationOutcome");
 
     // The same figures for Prometheus, from the configured baseline to today.
-    let scrape = reqwest::get(format!("{base}/metrics"))
+    let scrape = client
+        .get(format!("{base}/metrics"))
+        .bearer_auth(commissioner())
+        .send()
         .await
         .unwrap()
         .text()
@@ -920,13 +928,30 @@ async fn the_dashboard_in_headless_chromium_shows_every_chart_and_the_json_apis_
     let fixture = Fixture::new().await;
     let base = fixture.serve();
     let query = format!("?period-start={}&period-end={}", baseline(), end());
-    let api: Value = reqwest::get(format!("{base}/api/metrics{query}"))
+    let client = reqwest::Client::new();
+    let api: Value = client
+        .get(format!("{base}/api/metrics{query}"))
+        .bearer_auth(commissioner())
+        .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let url = format!("{base}/dashboard{query}");
+    // The page as a signed-in browser gets it (the sign-in is tested apart), rendered
+    // by Chromium from a file: headless Chromium sends no token.
+    let page = client
+        .get(format!("{base}/dashboard{query}"))
+        .bearer_auth(commissioner())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let file =
+        std::env::temp_dir().join(format!("linkwork-dashboard-{}.html", uuid::Uuid::new_v4()));
+    std::fs::write(&file, html).unwrap();
+    let url = format!("file://{}", file.display());
     let dom = tokio::task::spawn_blocking({
         let url = url.clone();
         move || headless(&["--dump-dom", &url])
@@ -1050,6 +1075,175 @@ async fn the_dashboard_in_headless_chromium_shows_every_chart_and_the_json_apis_
         let bytes = std::fs::read(&path).unwrap_or_else(|_| panic!("{} written", path.display()));
         assert!(bytes.starts_with(b"\x89PNG"), "{} is a PNG", path.display());
     }
+}
+
+/// A commissioner's token for the fixture's process.
+fn commissioner() -> String {
+    process_token(linkwork_auth::Role::Commissioner, "townley-icb")
+}
+
+#[tokio::test]
+async fn the_figures_are_only_for_data_teams_commissioners_and_administrators() {
+    let fixture = Fixture::new().await;
+    let base = fixture.serve();
+    let client = reqwest::Client::new();
+    let query = format!("?period-start={}&period-end={}", baseline(), end());
+    let forged = linkwork_auth::dev_token(
+        &secrecy::SecretString::from("another-secret-that-is-at-least-32-bytes-long"),
+        linkwork_auth::Role::Commissioner,
+        "townley-icb",
+        &[linkwork_auth::scopes::OUTCOMES_READ],
+        600,
+    )
+    .unwrap();
+    use linkwork_auth::Role;
+    for path in [
+        "/api/metrics",
+        "/api/metrics/call-log",
+        "/api/metrics/referrals",
+        "/fhir/MeasureReport",
+        "/metrics",
+    ] {
+        let url = format!("{base}{path}{query}");
+        let status = |token: Option<String>| {
+            let mut request = client.get(&url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            async move {
+                let response = request.send().await.unwrap();
+                let status = response.status().as_u16();
+                let text = response.text().await.unwrap();
+                (status, text)
+            }
+        };
+        let (code, body) = status(None).await;
+        assert_eq!(code, 401, "{path} without a token: {body}");
+        assert!(body.contains("OperationOutcome"), "{body}");
+        assert_eq!(status(Some(forged.clone())).await.0, 401, "{path} forged");
+        for (role, client_id) in [
+            (Role::Source, "gp:A81001"),
+            (Role::Source, "asc"),
+            (Role::Provider, "townley-connectors"),
+        ] {
+            let (code, body) = status(Some(process_token(role, client_id))).await;
+            assert_eq!(code, 403, "{path} for {role:?} {client_id}: {body}");
+        }
+        for (role, client_id) in [
+            (Role::Data, "evaluation-team"),
+            (Role::Commissioner, "townley-icb"),
+            (Role::Admin, "ops"),
+        ] {
+            let (code, body) = status(Some(process_token(role, client_id))).await;
+            assert_eq!(code, 200, "{path} for {role:?} {client_id}: {body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_asks_for_a_token_once_and_keeps_it_in_an_http_only_cookie() {
+    let fixture = Fixture::new().await;
+    let base = fixture.serve();
+    // No redirects followed: each answer is looked at.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let query = format!("?period-start={}&period-end={}", baseline(), end());
+
+    // Not signed in: the sign-in form, which will bring the browser back here.
+    let page = client
+        .get(format!("{base}/dashboard{query}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 401);
+    let form = page.text().await.unwrap();
+    assert!(form.contains(r#"action="/dashboard/session""#), "{form}");
+    assert!(
+        form.contains(&format!("/dashboard{}", query.replace('&', "&amp;"))),
+        "{form}"
+    );
+    assert!(
+        !form.contains("data-metric"),
+        "no figures before signing in"
+    );
+
+    // A provider's token is refused, with the form again.
+    let provider = process_token(linkwork_auth::Role::Provider, "townley-connectors");
+    let refused = client
+        .post(format!("{base}/dashboard/session"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            serde_urlencoded::to_string([("token", provider.as_str()), ("next", "/dashboard")])
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused.headers().get("set-cookie").is_none());
+
+    // A commissioner's: a cookie for the dashboard alone, not readable by scripts,
+    // and back to the page asked for (never somewhere else).
+    let signed_in = client
+        .post(format!("{base}/dashboard/session"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            serde_urlencoded::to_string([
+                ("token", commissioner().as_str()),
+                ("next", &format!("/dashboard{query}")),
+            ])
+            .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    assert_eq!(
+        signed_in.headers()["location"].to_str().unwrap(),
+        format!("/dashboard{query}")
+    );
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for attribute in [
+        "linkwork_dashboard=",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/dashboard",
+    ] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let elsewhere = client
+        .post(format!("{base}/dashboard/session"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            serde_urlencoded::to_string([
+                ("token", commissioner().as_str()),
+                ("next", "https://evil.example/"),
+            ])
+            .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.headers()["location"], "/dashboard");
+
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let page = client
+        .get(format!("{base}/dashboard{query}"))
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page
+        .text()
+        .await
+        .unwrap()
+        .contains("data-metric=\"open-at-end\""));
 }
 
 #[test]

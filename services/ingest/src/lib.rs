@@ -86,7 +86,7 @@ impl Application {
         mut settings: IngestSettings,
         kafka: &KafkaSettings,
         pool: PgPool,
-        verifier: Verifier,
+        verifier: impl Into<std::sync::Arc<Verifier>>,
     ) -> Result<Self, std::io::Error> {
         let listener = TcpListener::bind(settings.http_addr).await?;
         if settings.http.public_base_url.is_empty() {
@@ -105,7 +105,7 @@ impl Application {
         .with_group_commit(intake::GroupCommit::default());
         let state = http::AppState::new(
             intake,
-            verifier,
+            verifier.into(),
             settings.rules,
             settings.bars_targets,
             settings.http,

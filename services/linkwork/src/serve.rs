@@ -79,7 +79,7 @@ pub async fn run_with_clock(
     if services.projector {
         topology_settings.pseudonym_key = Some(settings.pseudonym_key()?);
     }
-    if services.ingest {
+    if services.ingest || services.metrics {
         topology_settings.http.verifier = Some(linkwork_auth::Verifier::from_env()?);
     }
     topology_settings.clock = clock;

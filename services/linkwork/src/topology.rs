@@ -65,8 +65,7 @@ pub struct HttpSettings {
     pub addr: SocketAddr,
     /// Base of absolute URLs in responses; empty for the listening address.
     pub public_base_url: String,
-    /// Who may call ingest. Needed only when ingest runs, so `serve metrics` starts
-    /// without the token settings.
+    /// Who may call ingest and read the metrics. Needed when either runs.
     pub verifier: Option<Verifier>,
     /// How long ingest waits for the broker's acknowledgement before answering 503.
     pub delivery_timeout: Duration,
@@ -236,18 +235,26 @@ impl Topology {
             Ok(())
         });
 
-        let metrics_routes = services.metrics.then(|| {
-            linkwork_metrics::http::router(
+        let verifier = http.verifier.map(std::sync::Arc::new);
+        let metrics_routes = if services.metrics {
+            let verifier = verifier
+                .clone()
+                .context("the metrics routes need a token verifier")?;
+            Some(linkwork_metrics::http::router(
                 pool.clone(),
                 linkwork_metrics::http::MetricsConfig {
                     baseline: call_log_baseline,
                     clock: clock.clone(),
+                    secure_cookies: http.public_base_url.starts_with("https://"),
                     ..linkwork_metrics::http::MetricsConfig::default()
                 },
-            )
-        });
+                verifier,
+            ))
+        } else {
+            None
+        };
         if services.ingest {
-            let verifier = http.verifier.context("ingest needs a token verifier")?;
+            let verifier = verifier.context("ingest needs a token verifier")?;
             let mut ingest = IngestSettings::new(http.addr);
             ingest.http.public_base_url = http.public_base_url.clone();
             ingest.http.clock = clock.clone();

@@ -343,9 +343,18 @@ fn serve_all_takes_referrals_and_provider_responses_and_replay_rebuilds_the_same
     wait_for(&referrals[0], "accepted");
     wait_for(&referrals[1], "accepted");
     wait_for(&referrals[2], "requested");
-    // The metrics routes are served beside ingest's in `serve all`.
+    // The metrics routes are served beside ingest's in `serve all`, for those who
+    // read aggregates.
+    let commissioner = deployment.token(linkwork_auth::Role::Commissioner, "townley-icb");
+    let refused = client
+        .get(format!("{base}/api/metrics"))
+        .bearer_auth(&gp)
+        .send()
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
     let metrics: serde_json::Value = client
         .get(format!("{base}/api/metrics"))
+        .bearer_auth(&commissioner)
         .send()
         .unwrap()
         .json()
@@ -358,10 +367,15 @@ fn serve_all_takes_referrals_and_provider_responses_and_replay_rebuilds_the_same
         .get(format!(
             "{base}/fhir/MeasureReport?measure=provider-response"
         ))
+        .bearer_auth(&commissioner)
         .send()
         .unwrap();
     assert_eq!(reports.status().as_u16(), 200);
-    let dashboard = client.get(format!("{base}/dashboard")).send().unwrap();
+    let dashboard = client
+        .get(format!("{base}/dashboard"))
+        .bearer_auth(&commissioner)
+        .send()
+        .unwrap();
     assert_eq!(dashboard.status().as_u16(), 200);
     assert!(dashboard
         .text()

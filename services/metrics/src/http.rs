@@ -2,20 +2,26 @@
 //! MeasureReports (`/fhir/MeasureReport?measure=`), as Prometheus gauges (`/metrics`)
 //! and as a dashboard (`/dashboard`).
 //!
-//! Everything here is an aggregate over many people with no identifier in it, the kind
-//! of figure a published service evaluation carries, so these routes take no token;
-//! a deployment that wants them private puts them behind its own sign-on.
+//! Everything here is an aggregate with no identifier in it, and still only for those
+//! who read aggregates: a bearer token granting `outcomes:read` (a data team, a
+//! commissioner, an administrator). In a browser the dashboard asks for the token once,
+//! in a sign-in form, and keeps it in an HttpOnly cookie for the dashboard alone. The
+//! process's admin listener (`/metrics` there) stays open and carries no business
+//! figure.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::{Form, Query, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{NaiveDate, Utc};
 use chrono_tz::Europe::London;
+use linkwork_auth::{scopes, AuthError, Principal, Verifier};
 use linkwork_domain::Clock;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
@@ -39,6 +45,9 @@ pub struct MetricsConfig {
     pub canonical_base: String,
     /// What "today" is, for periods that do not say where they end.
     pub clock: Clock,
+    /// Mark the dashboard's session cookie `Secure` (the service is reached over
+    /// HTTPS).
+    pub secure_cookies: bool,
 }
 
 impl Default for MetricsConfig {
@@ -47,6 +56,7 @@ impl Default for MetricsConfig {
             baseline: None,
             canonical_base: linkwork_fhir::systems::DEFAULT_CANONICAL_BASE.into(),
             clock: Clock::system(),
+            secure_cookies: false,
         }
     }
 }
@@ -55,18 +65,154 @@ impl Default for MetricsConfig {
 struct AppState {
     pool: PgPool,
     config: MetricsConfig,
+    verifier: Arc<Verifier>,
 }
 
+/// The cookie the dashboard's sign-in sets: the token itself, sent back only to
+/// `/dashboard` and never readable by a script.
+pub const SESSION_COOKIE: &str = "linkwork_dashboard";
+
 /// The metrics routes, to serve alone (`linkwork serve metrics`) or beside ingest's.
-pub fn router(pool: PgPool, config: MetricsConfig) -> Router {
-    Router::new()
+pub fn router(pool: PgPool, config: MetricsConfig, verifier: Arc<Verifier>) -> Router {
+    let state = AppState {
+        pool,
+        config,
+        verifier,
+    };
+    let figures = Router::new()
         .route("/api/metrics", get(all_json))
         .route("/api/metrics/call-log", get(call_log_json))
         .route("/api/metrics/referrals", get(referrals_json))
         .route("/fhir/MeasureReport", get(measure_reports))
         .route("/metrics", get(prometheus))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            bearer_reader,
+        ));
+    Router::new()
+        .merge(figures)
         .route("/dashboard", get(dashboard_page))
-        .with_state(AppState { pool, config })
+        .route("/dashboard/session", post(sign_in))
+        .with_state(state)
+}
+
+/// A caller who may read the figures, from the token given.
+fn reader(verifier: &Verifier, token: &str) -> Result<Principal, MetricsError> {
+    let principal = verifier.verify(token).map_err(MetricsError::unauthorized)?;
+    if principal.has_scope(scopes::OUTCOMES_READ) {
+        Ok(principal)
+    } else {
+        Err(MetricsError {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "client {} (a {}) may not read the figures: they are for data teams, commissioners and administrators (scope outcomes:read)",
+                principal.client,
+                principal.role.name()
+            ),
+        })
+    }
+}
+
+/// The figures' routes take a bearer token granting `outcomes:read`.
+async fn bearer_reader(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    match linkwork_auth::bearer(header)
+        .map_err(MetricsError::unauthorized)
+        .and_then(|token| reader(&state.verifier, token))
+    {
+        Ok(_) => next.run(request).await,
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// The token of the dashboard's session cookie, if the request carries one.
+fn session_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == SESSION_COOKIE && !value.is_empty()).then_some(value)
+        })
+}
+
+/// Where a sign-in may send the browser back to: a dashboard URL of this service.
+fn dashboard_target(next: Option<&String>) -> String {
+    next.filter(|next| {
+        next.starts_with("/dashboard")
+            && !next.starts_with("/dashboard/session")
+            && !next.contains(['\\', '\r', '\n'])
+    })
+    .cloned()
+    .unwrap_or_else(|| "/dashboard".to_owned())
+}
+
+/// `POST /dashboard/session` (form: `token`, `next`): checks the token like the figures'
+/// routes do and keeps it in the session cookie.
+async fn sign_in(
+    State(state): State<AppState>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let target = dashboard_target(form.get("next"));
+    let token = form.get("token").map(|token| token.trim()).unwrap_or("");
+    match reader(&state.verifier, token) {
+        Ok(_) => {
+            let mut cookie =
+                format!("{SESSION_COOKIE}={token}; Path=/dashboard; HttpOnly; SameSite=Strict");
+            if state.config.secure_cookies {
+                cookie.push_str("; Secure");
+            }
+            (
+                StatusCode::SEE_OTHER,
+                [(header::LOCATION, target), (header::SET_COOKIE, cookie)],
+            )
+                .into_response()
+        }
+        Err(refused) => sign_in_page(refused.status, &refused.message, &target),
+    }
+}
+
+/// The dashboard's sign-in form, answered when it has no valid token.
+fn sign_in_page(status: StatusCode, problem: &str, target: &str) -> Response {
+    let escape = |text: &str| html_escape::encode_double_quoted_attribute(text).into_owned();
+    let body = format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>linkwork dashboard: sign in</title></head>
+<body style="font-family: sans-serif; max-width: 36rem; margin: 3rem auto">
+<h1>Sign in</h1>
+<p>The dashboard is for data teams, commissioners and administrators. Paste your access token (a JWT granting <code>outcomes:read</code>).</p>
+<p role="alert">{problem}</p>
+<form method="post" action="/dashboard/session">
+<input type="hidden" name="next" value="{target}">
+<label>Access token <input type="password" name="token" autocomplete="off" required></label>
+<button type="submit">Sign in</button>
+</form></body></html>"#,
+        problem = escape(problem),
+        target = escape(target),
+    );
+    let mut response = (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+            ),
+        ],
+        body,
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
 }
 
 /// Everything the dashboard shows, as one JSON document.
@@ -91,6 +237,13 @@ pub struct MetricsError {
 }
 
 impl MetricsError {
+    fn unauthorized(error: AuthError) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            message: error.to_string(),
+        }
+    }
+
     fn bad_request(message: String) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
@@ -120,10 +273,11 @@ impl From<sqlx::Error> for MetricsError {
 
 impl IntoResponse for MetricsError {
     fn into_response(self) -> Response {
-        let code = if self.status == StatusCode::BAD_REQUEST {
-            "invalid"
-        } else {
-            "transient"
+        let code = match self.status {
+            StatusCode::BAD_REQUEST => "invalid",
+            StatusCode::UNAUTHORIZED => "login",
+            StatusCode::FORBIDDEN => "forbidden",
+            _ => "transient",
         };
         let outcome = json!({
             "resourceType": "OperationOutcome",
@@ -435,7 +589,31 @@ async fn prometheus(State(state): State<AppState>) -> Result<Response, MetricsEr
 async fn dashboard_page(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
+    request: Request,
 ) -> Result<Response, MetricsError> {
+    // A bearer token (from a proxy that signs people in) or the sign-in's cookie.
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let token = linkwork_auth::bearer(header)
+        .ok()
+        .or_else(|| session_token(request.headers()));
+    let target = request
+        .uri()
+        .path_and_query()
+        .map(|path| path.as_str().to_owned());
+    let target = dashboard_target(target.as_ref());
+    let Some(token) = token else {
+        return Ok(sign_in_page(
+            StatusCode::UNAUTHORIZED,
+            "Not signed in.",
+            &target,
+        ));
+    };
+    if let Err(refused) = reader(&state.verifier, token) {
+        return Ok(sign_in_page(refused.status, &refused.message, &target));
+    }
     let period = period(&state, &params).await?;
     let snapshot = snapshot(&state.pool, period).await?;
     Ok((

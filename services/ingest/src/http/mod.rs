@@ -73,7 +73,7 @@ impl Default for HttpConfig {
 
 pub struct Inner {
     pub intake: Intake,
-    pub verifier: Verifier,
+    pub verifier: Arc<Verifier>,
     pub limiter: DefaultKeyedRateLimiter<String>,
     /// One permit per FHIR request in flight.
     pub in_flight: Arc<tokio::sync::Semaphore>,
@@ -113,7 +113,7 @@ impl Deref for AppState {
 impl AppState {
     pub fn new(
         intake: Intake,
-        verifier: Verifier,
+        verifier: Arc<Verifier>,
         rules: IntakeRules,
         bars_targets: BarsTargets,
         config: HttpConfig,

@@ -66,7 +66,7 @@ fn may_read(caller: &Caller, referral: &ReferralView) -> bool {
     match principal.role {
         Role::Source => principal.client == referral.source,
         Role::Provider => referral.provider_id.as_deref() == Some(principal.client.as_str()),
-        Role::Data | Role::Admin => false,
+        Role::Data | Role::Commissioner | Role::Admin => false,
     }
 }
 

@@ -10,12 +10,13 @@ use secrecy::SecretString;
 use crate::helpers::{spawn_app, token, token_with, TestApp};
 
 /// Callers of every kind, each with its role's scopes.
-const CALLERS: [(Role, &str); 6] = [
+const CALLERS: [(Role, &str); 7] = [
     (Role::Source, "gp:A81001"),
     (Role::Source, "self"),
     (Role::Source, "asc"),
     (Role::Provider, "townley-connectors"),
     (Role::Data, "evaluation-team"),
+    (Role::Commissioner, "townley-icb"),
     (Role::Admin, "ops"),
 ];
 
@@ -29,7 +30,7 @@ fn passes(scope: &str, role: Role, client: &str) -> bool {
         scopes::REFERRAL_READ => match role {
             Role::Source => client != "self",
             Role::Provider | Role::Admin => true,
-            Role::Data => false,
+            Role::Data | Role::Commissioner => false,
         },
         scopes::REFERRAL_RESPOND => role == Role::Provider,
         scopes::CALL_LOG_SUBMIT => client == "asc" || role == Role::Admin,
