@@ -325,6 +325,17 @@ fn task(referral: ReferralId, attempt: u32, status: &str, reason: Option<&str>) 
     task
 }
 
+/// The person's consent to share outcomes for evaluation, as a provider records it.
+fn consent(referral: ReferralId) -> Value {
+    json!({
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "research" }] },
+        "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
+        "provision": { "data": [{ "meaning": "related", "reference": { "reference": format!("ServiceRequest/{referral}") } }] },
+    })
+}
+
 fn score(
     referral: ReferralId,
     instrument: &str,
@@ -368,16 +379,7 @@ async fn a_gp_referral_is_routed_accepted_scored_completed_and_reads_back() {
 
     let steps: Vec<(&str, Value)> = vec![
         ("PUT", task(referral, 1, "accepted", None)),
-        (
-            "POST /fhir/Consent",
-            json!({
-                "resourceType": "Consent",
-                "status": "active",
-                "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "research" }] },
-                "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
-                "provision": { "data": [{ "meaning": "related", "reference": { "reference": format!("ServiceRequest/{referral}") } }] },
-            }),
-        ),
+        ("POST /fhir/Consent", consent(referral)),
         (
             "POST /fhir/Observation",
             score(
@@ -1328,16 +1330,7 @@ async fn no_identifier_token_or_key_reaches_a_log_line_or_a_data_team_topic() {
     let task_path = format!("/fhir/Task/{}", referral.task_id(1));
     for (how, body) in [
         ("PUT", task(referral, 1, "accepted", None)),
-        (
-            "POST /fhir/Consent",
-            json!({
-                "resourceType": "Consent",
-                "status": "active",
-                "scope": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "research" }] },
-                "category": [{ "coding": [{ "system": "http://loinc.org", "code": "59284-0" }] }],
-                "provision": { "data": [{ "meaning": "related", "reference": { "reference": format!("ServiceRequest/{referral}") } }] },
-            }),
-        ),
+        ("POST /fhir/Consent", consent(referral)),
         (
             "POST /fhir/Observation",
             score(
