@@ -157,10 +157,7 @@ pub fn parse(
             check::<resources::Procedure>(resource, "Procedure")?;
             activity(resource, provider, canonical_base, now).map_err(|issue| vec![issue])
         }
-        "Consent" => {
-            check::<resources::Consent>(resource, "Consent")?;
-            consent(resource, provider, now).map_err(|issue| vec![issue])
-        }
+        "Consent" => parse_consent(resource, Actor::Provider(provider.clone()), now),
         "" => Err(vec![required("resourceType", "resourceType is missing")]),
         other => Err(vec![Issue::error(
             IssueCode::NotSupported,
@@ -519,11 +516,24 @@ fn activity(
     })
 }
 
-fn consent(
+/// A Consent (to share outcomes for evaluation) given or withdrawn by `actor`: the
+/// provider holding the referral or its referrer (the domain decides who may).
+pub fn parse_consent(
     resource: &Value,
-    provider: &ProviderId,
+    actor: Actor,
     now: DateTime<Utc>,
-) -> Result<Submission, Issue> {
+) -> Result<Submission, Vec<Issue>> {
+    if resource.get("resourceType").and_then(Value::as_str) != Some("Consent") {
+        return Err(vec![invalid(
+            "resourceType",
+            "POST /fhir/Consent takes a Consent",
+        )]);
+    }
+    check::<resources::Consent>(resource, "Consent")?;
+    consent(resource, actor, now).map_err(|issue| vec![issue])
+}
+
+fn consent(resource: &Value, actor: Actor, now: DateTime<Utc>) -> Result<Submission, Issue> {
     let data = resource
         .pointer("/provision/data/0/reference")
         .ok_or_else(|| {
@@ -536,7 +546,7 @@ fn consent(
     let change = ConsentChange {
         referral_id: referral,
         scope: ConsentScope::Evaluation,
-        recorded_by: Actor::Provider(provider.clone()),
+        recorded_by: actor,
         occurred_at: now,
     };
     let command = match resource.get("status").and_then(Value::as_str) {

@@ -1446,3 +1446,49 @@ async fn no_identifier_token_or_key_reaches_a_log_line_or_a_data_team_topic() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_referrer_may_record_and_withdraw_consent_and_no_other_referrer_may() {
+    let run = Loop::start().await;
+    let referral = run.routed_referral(&unique("GP")).await;
+    let consented = || async {
+        linkwork_store::sqlx::query_scalar::<_, bool>(
+            "SELECT consent_to_evaluation FROM projection.referrals WHERE referral_id = $1",
+        )
+        .bind(referral.as_uuid())
+        .fetch_one(&run.pool)
+        .await
+        .unwrap()
+    };
+    assert!(!consented().await);
+
+    // Another GP, and the shared self-referral identity: refused, nothing recorded.
+    for (who, token) in [
+        ("another GP", token(Role::Source, "gp:B82002")),
+        ("self", token(Role::Source, "self")),
+        ("a data team", token(Role::Data, "evaluation-team")),
+    ] {
+        let (code, outcome) = run.post("/fhir/Consent", &token, &consent(referral)).await;
+        assert_eq!(code, 403, "{who}: {outcome}");
+    }
+    let before = run.version(referral).await;
+
+    // The referrer, as the person told the GP.
+    let (code, recorded) = run.post("/fhir/Consent", &gp(), &consent(referral)).await;
+    assert_eq!(code, 201, "{recorded}");
+    eventually(Duration::from_secs(30), "consent projected", || async {
+        consented().await
+    })
+    .await;
+    assert_eq!(run.version(referral).await, before + 1);
+
+    // And withdrawn by the referrer again.
+    let mut withdrawal = consent(referral);
+    withdrawal["status"] = json!("inactive");
+    let (code, answer) = run.post("/fhir/Consent", &gp(), &withdrawal).await;
+    assert_eq!(code, 201, "{answer}");
+    eventually(Duration::from_secs(30), "withdrawal projected", || async {
+        !consented().await
+    })
+    .await;
+}

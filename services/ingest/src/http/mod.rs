@@ -150,6 +150,8 @@ pub enum Access {
     /// source's act and changing one a provider's, which an administrator's token does
     /// not stand in for.
     ScopeAs(&'static str, Role),
+    /// Any one of these (scope, role) pairs.
+    AnyOf(&'static [(&'static str, Role)]),
 }
 
 /// One route of the API and who may call it.
@@ -172,7 +174,7 @@ const fn spec(method: &'static str, path: &'static str, access: Access) -> Route
 /// from this table and the access test walks it, so neither can miss a route the
 /// other has.
 fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
-    use Access::{Open, Scope, ScopeAs};
+    use Access::{AnyOf, Open, Scope, ScopeAs};
     const SUBMIT: Access = ScopeAs(scopes::REFERRAL_SUBMIT, Role::Source);
     const RESPOND: Access = ScopeAs(scopes::REFERRAL_RESPOND, Role::Provider);
     let record = |resource: &'static str| {
@@ -249,7 +251,17 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             spec("POST", "/fhir/Procedure", RESPOND),
             record("Procedure"),
         ),
-        (spec("POST", "/fhir/Consent", RESPOND), record("Consent")),
+        (
+            spec(
+                "POST",
+                "/fhir/Consent",
+                AnyOf(&[
+                    (scopes::REFERRAL_RESPOND, Role::Provider),
+                    (scopes::REFERRAL_SUBMIT, Role::Source),
+                ]),
+            ),
+            post(provider::record_consent),
+        ),
         (
             spec("POST", "/asc/call-log", Scope(scopes::CALL_LOG_SUBMIT)),
             post(call_log),
@@ -267,7 +279,7 @@ pub fn router(state: AppState) -> Router {
     for (spec, handler) in table() {
         let handler = match spec.access {
             Access::Open => handler,
-            Access::Scope(_) | Access::ScopeAs(..) => handler.route_layer(
+            Access::Scope(_) | Access::ScopeAs(..) | Access::AnyOf(_) => handler.route_layer(
                 axum::middleware::from_fn_with_state((state.clone(), spec.access), authorize),
             ),
         };
@@ -332,6 +344,16 @@ async fn authorize(
         Access::Open => return next.run(request).await,
         Access::Scope(scope) => (scope, None),
         Access::ScopeAs(scope, role) => (scope, Some(role)),
+        Access::AnyOf(pairs) => {
+            // The pair of the caller's role, else the first (whose refusal is shown).
+            let (scope, role) = pairs
+                .iter()
+                .find(|(_, role)| *role == caller.0.role)
+                .or_else(|| pairs.first())
+                .copied()
+                .unwrap_or((scopes::ADMIN, Role::Admin));
+            (scope, Some(role))
+        }
     };
     if let Err(refused) = caller.require(scope) {
         return refused.into_response();

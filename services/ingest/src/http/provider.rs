@@ -1,6 +1,7 @@
 //! Providers' writes: `PUT /fhir/Task/{id}` (status changes), `POST /fhir/Observation`
 //! (outcome measures), `POST /fhir/Communication` (contacts), `POST /fhir/Procedure`
-//! (activities attended), `POST /fhir/Consent` (consent to share for evaluation).
+//! (activities attended), `POST /fhir/Consent` (consent to share for evaluation, which
+//! the referrer may also record).
 
 use std::time::Duration;
 
@@ -236,7 +237,54 @@ pub async fn record(
         ));
     }
     let submission = read(&body, &provider, None, &state)?;
-    let applied = apply(&state, &submission).await?;
+    answer(&state, submission, body, expected).await
+}
+
+/// `POST /fhir/Consent`: consent to share outcomes for evaluation, given or withdrawn
+/// by the provider holding the referral or by its referrer, as the person told them.
+/// The shared self-referral identity cannot: it is every self-referrer at once.
+pub async fn record_consent(
+    state: State<AppState>,
+    caller: Caller,
+    body: FhirJson,
+) -> Result<Response, FhirError> {
+    if caller.0.role == Role::Provider {
+        return record(state, caller, body, "Consent").await;
+    }
+    let State(state) = state;
+    let FhirJson(body) = body;
+    let source = caller
+        .0
+        .source()
+        .filter(|source| *source != linkwork_domain::Source::SelfReferral)
+        .ok_or_else(|| {
+            FhirError::forbidden(format!(
+                "client {} may not record consent: the provider holding the referral or its referrer may{}",
+                caller.0.client,
+                if caller.0.client == "self" {
+                    " (self-referral is one identity for many people)"
+                } else {
+                    ""
+                }
+            ))
+        })?;
+    let submission = provider::parse_consent(
+        &body,
+        linkwork_domain::Actor::Source(source),
+        state.config.clock.now(),
+    )
+    .map_err(FhirError::from_issues)?;
+    answer(&state, submission, body, "Consent").await
+}
+
+/// Applies a submission and answers with the resource as recorded.
+async fn answer(
+    state: &AppState,
+    submission: Submission,
+    body: Value,
+    expected: &'static str,
+) -> Result<Response, FhirError> {
+    let applied = apply(state, &submission).await?;
     let id = match &submission.command {
         linkwork_domain::referral::Command::RecordOutcome(outcome) => outcome.observation_id,
         _ => applied

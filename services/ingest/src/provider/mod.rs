@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-pub use linkwork_fhir::provider::{parse, Submission, TaskTarget};
+pub use linkwork_fhir::provider::{parse, parse_consent, Submission, TaskTarget};
 
 /// Why a provider's message was not applied.
 #[derive(Debug, thiserror::Error)]
