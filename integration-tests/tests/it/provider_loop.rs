@@ -1156,6 +1156,21 @@ impl std::io::Write for Captured {
 }
 
 impl Captured {
+    /// Captures, on this thread, what `filter` lets through, until the guard drops.
+    fn install(filter: &str) -> (Captured, tracing::subscriber::DefaultGuard) {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer({
+                let captured = captured.clone();
+                move || captured.clone()
+            })
+            .with_ansi(false)
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        (captured, guard)
+    }
+
     fn text(&self) -> String {
         String::from_utf8_lossy(
             &self
@@ -1170,16 +1185,8 @@ impl Captured {
 // One thread, so that the subscriber set for this test alone sees the HTTP handling.
 #[tokio::test(flavor = "current_thread")]
 async fn request_logs_name_the_path_and_never_the_query_or_an_nhs_number() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("debug,tower_http=trace,h2=off,hyper=off,rdkafka=off,sqlx=off")
-        .with_writer({
-            let captured = captured.clone();
-            move || captured.clone()
-        })
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) =
+        Captured::install("debug,tower_http=trace,h2=off,hyper=off,rdkafka=off,sqlx=off");
 
     let run = Loop::start().await;
     run.routed_referral(&unique("GP")).await;
@@ -1312,16 +1319,7 @@ fn identifying(run_tokens: &[&str]) -> Vec<String> {
 // One thread, so that the subscriber set for this test alone sees the whole loop.
 #[tokio::test(flavor = "current_thread")]
 async fn no_identifier_token_or_key_reaches_a_log_line_or_a_data_team_topic() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("trace,h2=off,hyper=off,hyper_util=off,reqwest=off,rdkafka=off,sqlx=off,tokio=off,runtime=off")
-        .with_writer({
-            let captured = captured.clone();
-            move || captured.clone()
-        })
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::install("trace,h2=off,hyper=off,hyper_util=off,reqwest=off,rdkafka=off,sqlx=off,tokio=off,runtime=off");
 
     let run = Loop::start().await;
     let connectors = provider("connectors");
