@@ -1097,13 +1097,9 @@ async fn the_figures_are_only_for_data_teams_commissioners_and_administrators() 
     )
     .unwrap();
     use linkwork_auth::Role;
-    for path in [
-        "/api/metrics",
-        "/api/metrics/call-log",
-        "/api/metrics/referrals",
-        "/fhir/MeasureReport",
-        "/metrics",
-    ] {
+    let paths = linkwork_metrics::http::figure_routes();
+    assert_eq!(paths.len(), 5, "{paths:?}");
+    for path in paths {
         let url = format!("{base}{path}{query}");
         let status = |token: Option<String>| {
             let mut request = client.get(&url);
