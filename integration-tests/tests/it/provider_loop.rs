@@ -255,6 +255,22 @@ impl Loop {
             .await
     }
 
+    /// The provider's steps on a referral's first Task, each answered 2xx: `PUT` updates
+    /// the Task, `POST <path>` records a resource.
+    async fn provide(&self, referral: ReferralId, provider: &str, steps: &[(&str, Value)]) {
+        let task_path = format!("/fhir/Task/{}", referral.task_id(1));
+        for (how, body) in steps {
+            let (status, answer) = match how.strip_prefix("POST ") {
+                Some(path) => self.post(path, provider, body).await,
+                None => self.put(&task_path, provider, body).await,
+            };
+            assert!(
+                status == 200 || status == 201,
+                "{how} {body}: {status} {answer}"
+            );
+        }
+    }
+
     /// Posts a GP referral and waits until its Task is on a provider's queue and in the
     /// read models.
     async fn routed_referral(&self, reference: &str) -> ReferralId {
@@ -449,16 +465,7 @@ async fn a_gp_referral_is_routed_accepted_scored_completed_and_reads_back() {
         ),
         ("PUT", task(referral, 1, "completed", None)),
     ];
-    for (how, body) in &steps {
-        let (status, answer) = match how.strip_prefix("POST ") {
-            Some(path) => run.post(path, &connectors, body).await,
-            None => run.put(&task_path, &connectors, body).await,
-        };
-        assert!(
-            status == 200 || status == 201,
-            "{how} {body}: {status} {answer}"
-        );
-    }
+    run.provide(referral, &connectors, &steps).await;
     run.wait_for_status(referral, "completed").await;
 
     let (_, service_request) = run
@@ -1325,8 +1332,7 @@ async fn no_identifier_token_or_key_reaches_a_log_line_or_a_data_team_topic() {
     let connectors = provider("connectors");
     let referrer = gp();
     let referral = run.routed_referral(&unique("GP")).await;
-    let task_path = format!("/fhir/Task/{}", referral.task_id(1));
-    for (how, body) in [
+    let steps = [
         ("PUT", task(referral, 1, "accepted", None)),
         ("POST /fhir/Consent", consent(referral)),
         (
@@ -1353,13 +1359,8 @@ async fn no_identifier_token_or_key_reaches_a_log_line_or_a_data_team_topic() {
             ),
         ),
         ("PUT", task(referral, 1, "completed", None)),
-    ] {
-        let (status, answer) = match how.strip_prefix("POST ") {
-            Some(path) => run.post(path, &connectors, &body).await,
-            None => run.put(&task_path, &connectors, &body).await,
-        };
-        assert!(status == 200 || status == 201, "{how}: {status} {answer}");
-    }
+    ];
+    run.provide(referral, &connectors, &steps).await;
     run.wait_for_status(referral, "completed").await;
 
     // Refusals, which are where identifiers tend to slip into messages: a referral
