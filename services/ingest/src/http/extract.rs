@@ -87,16 +87,20 @@ pub struct FhirJson(pub Value);
 /// Content types accepted for FHIR JSON (parameters such as `charset` or
 /// `fhirVersion` are allowed).
 fn is_json(content_type: &str) -> bool {
-    let essence = content_type
+    matches!(
+        media_type(content_type).as_str(),
+        "application/fhir+json" | "application/json"
+    )
+}
+
+/// A content type without its parameters, lower-cased.
+fn media_type(content_type: &str) -> String {
+    content_type
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
-        .to_ascii_lowercase();
-    matches!(
-        essence.as_str(),
-        "application/fhir+json" | "application/json"
-    )
+        .to_ascii_lowercase()
 }
 
 /// `_format` values that mean JSON.
@@ -123,12 +127,7 @@ impl FromRequest<AppState> for FhirJson {
 pub struct JsonPatch(pub Value);
 
 fn is_json_patch(content_type: &str) -> bool {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .eq_ignore_ascii_case("application/json-patch+json")
+    media_type(content_type) == "application/json-patch+json"
 }
 
 impl FromRequest<AppState> for JsonPatch {
@@ -148,12 +147,7 @@ impl FromRequest<AppState> for JsonPatch {
 pub struct SearchForm(pub Vec<(String, String)>);
 
 fn is_form(content_type: &str) -> bool {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    media_type(content_type) == "application/x-www-form-urlencoded"
 }
 
 impl FromRequest<AppState> for SearchForm {
