@@ -13,6 +13,7 @@
 //! story (see [`runs`]): new people from the day the last run stopped, and the
 //! summary covers every run.
 
+use linkwork_metrics::disclosure::{Count, Disclosure};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -41,15 +42,15 @@ pub struct DemoOptions {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DemoSummary {
     pub received: i64,
-    pub by_source: Vec<(String, i64)>,
+    pub by_source: Vec<(String, Count)>,
     pub routed: i64,
     pub accepted: i64,
     pub completed: i64,
     pub loneliness_improved_percent: Option<f64>,
     pub wellbeing_improved_percent: Option<f64>,
-    pub open_at_baseline: i64,
-    pub open_at_end: i64,
-    pub reduction: i64,
+    pub open_at_baseline: Count,
+    pub open_at_end: Count,
+    pub reduction: Count,
     pub reduction_percent: Option<f64>,
 }
 
@@ -277,7 +278,8 @@ pub async fn summary(
         start: baseline,
         end,
     };
-    let snapshot = linkwork_metrics::http::snapshot(pool, period).await?;
+    // As published: suppressed as the metrics service suppresses them.
+    let snapshot = linkwork_metrics::http::snapshot(pool, period, Disclosure::default()).await?;
     Ok(DemoSummary {
         received,
         by_source: snapshot

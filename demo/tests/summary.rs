@@ -92,6 +92,7 @@ fn the_demo_without_waiting_drives_the_borough_and_its_summary_agrees_with_the_r
                 start: chrono::NaiveDate::from_ymd_opt(2025, 5, 31).unwrap(),
                 end: end.parse().unwrap(),
             },
+            linkwork_metrics::disclosure::Disclosure::default(),
         )
         .await
         .unwrap()
@@ -109,7 +110,7 @@ fn the_demo_without_waiting_drives_the_borough_and_its_summary_agrees_with_the_r
         "{line} vs {call_log:?}"
     );
     assert!(
-        call_log.open_at_baseline >= 920,
+        call_log.open_at_baseline.value().unwrap() >= 920,
         "the seed evaluation's backlog"
     );
     let sources: String = snapshot

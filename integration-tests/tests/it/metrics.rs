@@ -20,6 +20,7 @@ use linkwork_domain::{
     DomainEvent, EventId, Instrument, Need, OutcomeMeasure, ProviderId, ReferralEvent, Source,
     Timepoint,
 };
+use linkwork_metrics::disclosure::{Count, Disclosure};
 use linkwork_metrics::referrals::Period;
 use linkwork_store::sqlx;
 use serde_json::Value;
@@ -31,6 +32,11 @@ use crate::router::referral;
 // ---------------------------------------------------------------------------------
 // The call log: 920 open at the baseline, 576 at the end, and six people whose
 // returns to ASC are known.
+
+/// A count as the worked examples show it (the hand-made sets are a handful of people).
+fn n(value: i64) -> Count {
+    Count::shown(value)
+}
 
 fn baseline() -> NaiveDate {
     NaiveDate::from_ymd_opt(2025, 6, 1).unwrap()
@@ -421,7 +427,13 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// The sets served with suppression off, so the worked figures can be read.
     async fn new() -> Fixture {
+        Fixture::with(Disclosure::none()).await
+    }
+
+    /// The sets served with `disclosure`.
+    async fn with(disclosure: Disclosure) -> Fixture {
         let rig = Rig::new().await;
         let calls = rig.names.topic(ASC_CALL_LOG);
         let call_log = call_log_events();
@@ -448,6 +460,7 @@ impl Fixture {
         let process = rig
             .start_with(services, |settings| {
                 settings.call_log_baseline = Some(baseline());
+                settings.disclosure = disclosure;
                 // The day after the sets end.
                 settings.clock = linkwork_domain::Clock::manual(
                     end()
@@ -488,25 +501,31 @@ impl Fixture {
 async fn the_call_log_falls_from_920_to_576_a_reduction_of_344_or_37_4_percent_with_returns_counted(
 ) {
     let fixture = Fixture::new().await;
-    let report = linkwork_metrics::call_log::report(&fixture.rig.pool, baseline(), end())
-        .await
-        .unwrap();
-    assert_eq!(report.open_at_baseline, 920);
-    assert_eq!(report.open_at_end, 576);
-    assert_eq!(report.reduction, 344);
+    let report = linkwork_metrics::call_log::report(
+        &fixture.rig.pool,
+        baseline(),
+        end(),
+        Disclosure::none(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.open_at_baseline, n(920));
+    assert_eq!(report.open_at_end, n(576));
+    assert_eq!(report.reduction, n(344));
     assert_eq!(report.reduction_percent, Some(37.4));
-    assert_eq!((report.opened, report.closed), (13, 357));
-    assert_eq!(report.diverted, 144);
+    assert_eq!((report.opened, report.closed), (n(13), n(357)));
+    assert_eq!(report.diverted, n(144));
 
     let returns = report.returns;
-    assert_eq!(returns.with_person, 6);
-    assert_eq!(returns.without_person, 138);
-    assert_eq!(returns.returned_within_90_days, 2, "P1 and P5");
+    assert_eq!(returns.with_person, n(6));
+    assert_eq!(returns.without_person, n(138));
+    assert_eq!(returns.returned_within_90_days, n(2), "P1 and P5");
     assert_eq!(
-        returns.followed_up, 5,
+        returns.followed_up,
+        n(5),
         "all but P4, whose 90 days are not over"
     );
-    assert_eq!(returns.window_open, 1, "P4");
+    assert_eq!(returns.window_open, n(1), "P4");
     assert_eq!(returns.return_percent, Some(40.0));
 
     // One figure per day, baseline to end. By the end of 13 June 2025 (day 12): the
@@ -514,8 +533,8 @@ async fn the_call_log_falls_from_920_to_576_a_reduction_of_344_or_37_4_percent_w
     let days = (end() - baseline()).num_days() as usize + 1;
     assert_eq!(report.daily.len(), days);
     assert_eq!(report.daily[0].date, baseline());
-    assert_eq!(report.daily[12].open, 708);
-    assert_eq!(report.daily[days - 1].open, 576);
+    assert_eq!(report.daily[12].open, n(708));
+    assert_eq!(report.daily[days - 1].open, n(576));
 
     // The daily record for data teams: one message per finished day, exactly once.
     let topic = unique("metrics.call-log");
@@ -579,13 +598,14 @@ async fn the_call_log_falls_from_920_to_576_a_reduction_of_344_or_37_4_percent_w
 #[tokio::test]
 async fn each_referral_metric_comes_out_as_worked_out_by_hand() {
     let fixture = Fixture::new().await;
-    let report = linkwork_metrics::referrals::report(&fixture.rig.pool, period())
-        .await
-        .unwrap();
+    let report =
+        linkwork_metrics::referrals::report(&fixture.rig.pool, period(), Disclosure::none())
+            .await
+            .unwrap();
 
     // Referrals by source and month.
-    assert_eq!(report.referrals, 6);
-    let months: Vec<(&str, &str, i64)> = report
+    assert_eq!(report.referrals, n(6));
+    let months: Vec<(&str, &str, Count)> = report
         .by_source
         .iter()
         .map(|row| (row.month.as_str(), row.source.as_str(), row.referrals))
@@ -593,17 +613,17 @@ async fn each_referral_metric_comes_out_as_worked_out_by_hand() {
     assert_eq!(
         months,
         [
-            ("2026-03", "gp", 1),
-            ("2026-03", "hospital", 1),
-            ("2026-04", "asc", 1),
-            ("2026-04", "self", 1),
-            ("2026-05", "contact-centre", 1),
-            ("2026-05", "org", 1),
+            ("2026-03", "gp", n(1)),
+            ("2026-03", "hospital", n(1)),
+            ("2026-04", "asc", n(1)),
+            ("2026-04", "self", n(1)),
+            ("2026-05", "contact-centre", n(1)),
+            ("2026-05", "org", n(1)),
         ]
     );
 
     // First contact after 3, 5, 1, 2 and 0.5 days: median 2, mean 11.5 / 5 = 2.3.
-    assert_eq!(report.first_contact.contacted, 5);
+    assert_eq!(report.first_contact.contacted, n(5));
     assert_eq!(report.first_contact.median_days, Some(2.0));
     assert_eq!(report.first_contact.mean_days, Some(2.3));
 
@@ -625,7 +645,7 @@ async fn each_referral_metric_comes_out_as_worked_out_by_hand() {
             connectors.unanswered,
             connectors.awaiting
         ),
-        (5, 3, 1, 1, 0)
+        (n(5), n(3), n(1), n(1), n(0))
     );
     assert_eq!(connectors.acceptance_percent, Some(60.0));
     assert_eq!(connectors.median_days_to_accept, Some(2.0));
@@ -642,15 +662,15 @@ async fn each_referral_metric_comes_out_as_worked_out_by_hand() {
             reconnect.unanswered,
             reconnect.awaiting
         ),
-        (3, 2, 0, 0, 1)
+        (n(3), n(2), n(0), n(0), n(1))
     );
     assert_eq!(reconnect.acceptance_percent, Some(100.0));
     assert_eq!(reconnect.median_days_to_accept, Some(2.3), "2.25 days");
 
     // Completed: R1, R2, R3, R6.
-    assert_eq!(report.completions, 4);
+    assert_eq!(report.completions, n(4));
     let outcomes = &report.outcomes;
-    assert_eq!(outcomes.completers, 4);
+    assert_eq!(outcomes.completers, n(4));
     // Loneliness (UCLA-3, lower is better): R1 8→5 and R3 9→4 improved, R2 6→7 did not.
     assert_eq!(
         (
@@ -658,7 +678,7 @@ async fn each_referral_metric_comes_out_as_worked_out_by_hand() {
             outcomes.loneliness.improved,
             outcomes.loneliness.improved_percent
         ),
-        (3, 2, Some(66.7))
+        (n(3), n(2), Some(66.7))
     );
     // Wellbeing (SWEMWBS, higher is better): R1 +7, R3 +1, R6 +7 improved; R2 unchanged.
     assert_eq!(
@@ -667,7 +687,7 @@ async fn each_referral_metric_comes_out_as_worked_out_by_hand() {
             outcomes.wellbeing.improved,
             outcomes.wellbeing.improved_percent
         ),
-        (4, 3, Some(75.0))
+        (n(4), n(3), Some(75.0))
     );
     let ucla = outcomes
         .instruments
@@ -676,7 +696,7 @@ async fn each_referral_metric_comes_out_as_worked_out_by_hand() {
         .unwrap();
     assert_eq!(
         (ucla.pairs, ucla.improved, ucla.unchanged, ucla.worse),
-        (3, 2, 0, 1)
+        (n(3), n(2), n(0), n(1))
     );
     // Changes -3, +1, -5: mean -7/3; sample sd sqrt(28/3); t(0.975, 2) = 4.302653.
     let change = ucla.change.unwrap();
@@ -701,22 +721,30 @@ async fn each_referral_metric_comes_out_as_worked_out_by_hand() {
             swemwbs.unchanged,
             swemwbs.worse
         ),
-        (4, 3, 1, 0)
+        (n(4), n(3), n(1), n(0))
     );
     assert!((swemwbs.change.unwrap().mean - 3.75).abs() < 1e-9);
-    // Counts per score, not each person's pair.
-    let baselines: Vec<(i64, i64)> = swemwbs
+    // Counts per band of scores, not each person's pair: baselines 14, 17, 18, 20.
+    let baselines: Vec<(i64, i64, Count)> = swemwbs
         .distribution
         .iter()
-        .filter(|at| at.baseline > 0)
-        .map(|at| (at.score, at.baseline))
+        .map(|band| (band.low, band.high, band.baseline))
         .collect();
-    assert_eq!(baselines, [(14, 1), (17, 1), (18, 1), (20, 1)]);
+    assert_eq!(
+        baselines,
+        [
+            (7, 12, n(0)),
+            (13, 18, n(3)),
+            (19, 24, n(1)),
+            (25, 30, n(0)),
+            (31, 35, n(0))
+        ]
+    );
     assert_eq!(
         swemwbs
             .distribution
             .iter()
-            .map(|at| at.follow_up)
+            .filter_map(|band| band.follow_up.value())
             .sum::<i64>(),
         4
     );
@@ -729,7 +757,7 @@ async fn each_referral_metric_comes_out_as_worked_out_by_hand() {
             report.activities.people,
             report.activities.distinct_groups
         ),
-        (4, 3, 2)
+        (n(4), n(3), n(2))
     );
     // Consent among accepted referrals R1, R2, R3, R5, R6: R1, R3, R6 = 60%.
     assert_eq!(
@@ -738,7 +766,7 @@ async fn each_referral_metric_comes_out_as_worked_out_by_hand() {
             report.consent.consented,
             report.consent.consent_percent
         ),
-        (5, 3, Some(60.0))
+        (n(5), n(3), Some(60.0))
     );
 }
 
@@ -1265,7 +1293,7 @@ async fn the_evaluation_report_states_the_worked_figures_in_markdown_and_html() 
         start: baseline(),
         end: end(),
     };
-    let snapshot = linkwork_metrics::http::snapshot(&fixture.rig.pool, period)
+    let snapshot = linkwork_metrics::http::snapshot(&fixture.rig.pool, period, Disclosure::none())
         .await
         .unwrap();
     let directory = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("report"));
@@ -1294,4 +1322,180 @@ async fn the_evaluation_report_states_the_worked_figures_in_markdown_and_html() 
     assert!(!html.contains("<script"));
     // No person or case identifier in an evaluation summary.
     assert!(!markdown.contains("SYN-") && !markdown.contains("999"));
+}
+
+/// Every number in a JSON document with its path, but the period's and the
+/// disclosure note's own.
+fn numbers_in(json: &Value, path: &str, out: &mut Vec<(String, f64)>) {
+    match json {
+        Value::Object(map) => {
+            for (key, value) in map {
+                if key != "disclosure" && key != "period" {
+                    numbers_in(value, &format!("{path}.{key}"), out);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (index, value) in items.iter().enumerate() {
+                numbers_in(value, &format!("{path}[{index}]"), out);
+            }
+        }
+        Value::Number(number) => out.push((path.to_owned(), number.as_f64().unwrap())),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn periods_holding_one_to_four_people_publish_no_count_of_them_anywhere() {
+    // As deployed: counts below 5 suppressed, periods of at least 28 days.
+    let fixture = Fixture::with(Disclosure::default()).await;
+    let base = fixture.serve();
+    let client = reqwest::Client::new();
+    let token = commissioner();
+    let get = |path: String| {
+        let request = client.get(format!("{base}{path}")).bearer_auth(&token);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+
+    // March holds R1 and R2; March and April R1 to R4; the whole set six referrals,
+    // one from each kind of source, four completers, three with loneliness scores.
+    for (start, end, people) in [
+        ("2026-03-01", "2026-03-31", 2),
+        ("2026-03-01", "2026-04-30", 4),
+        ("2026-03-01", "2026-08-31", 6),
+    ] {
+        let query = format!("?period-start={start}&period-end={end}");
+        let (code, body) = get(format!("/api/metrics/referrals{query}")).await;
+        assert_eq!(code, 200, "{body}");
+        let report: Value = serde_json::from_str(&body).unwrap();
+        if people >= 5 {
+            // Six referrals may be counted, but not the one from each kind of source
+            // they are made of.
+            assert_eq!(report["referrals"], people, "{body}");
+            let kinds = report["by_source_total"].as_object().unwrap();
+            assert_eq!(kinds.len(), 6);
+            assert!(kinds.values().all(Value::is_null), "{body}");
+            continue;
+        }
+        assert!(report["referrals"].is_null(), "{people} referrals: {body}");
+        let mut numbers = Vec::new();
+        numbers_in(&report, "", &mut numbers);
+        // No count of 1 to 4 anywhere (offers, of which there are more than people,
+        // may reach 5), and nothing worked out from the people themselves.
+        for (path, value) in &numbers {
+            assert!(
+                *value == 0.0
+                    || *value >= 5.0
+                    || path.ends_with(".low")
+                    || path.ends_with(".high")
+                    || path.ends_with("_percent"),
+                "{start}..{end}: {path} = {value}"
+            );
+        }
+        for figure in [
+            "/completions",
+            "/first_contact/contacted",
+            "/first_contact/median_days",
+            "/outcomes/completers",
+            "/outcomes/loneliness/improved_percent",
+            "/outcomes/wellbeing/improved_percent",
+            "/activities/people",
+            "/activities/attended",
+            "/consent/consented",
+            "/consent/consent_percent",
+        ] {
+            let value = report.pointer(figure);
+            assert!(
+                value.is_none_or(|value| value.is_null() || value == 0),
+                "{start}..{end}: {figure} = {value:?}"
+            );
+        }
+        for instrument in report["outcomes"]["instruments"].as_array().unwrap() {
+            assert!(instrument["pairs"].is_null() && instrument["change"].is_null());
+        }
+        assert!(report["disclosure"]["suppressed_counts"].as_i64().unwrap() > 0);
+        assert_eq!(report["disclosure"]["threshold"], 5);
+
+        // The same in the MeasureReports: masked counts, no scores.
+        let (code, body) = get(format!("/fhir/MeasureReport{query}")).await;
+        assert_eq!(code, 200, "{body}");
+        let bundle: Value = serde_json::from_str(&body).unwrap();
+        let mut masked = 0;
+        for entry in bundle["entry"].as_array().unwrap() {
+            let resource = &entry["resource"];
+            if resource["id"].as_str().unwrap().starts_with("call-log") {
+                continue;
+            }
+            fhir_parse(resource);
+            let mut numbers = Vec::new();
+            numbers_in(&resource["group"], "", &mut numbers);
+            for (path, value) in &numbers {
+                assert!(
+                    *value == 0.0 || *value >= 5.0 || path.contains("measureScore"),
+                    "{}: {path} = {value}",
+                    resource["id"]
+                );
+            }
+            masked += resource.to_string().matches("\"masked\"").count();
+        }
+        assert!(masked > 5, "suppressed counts say why: {body}");
+
+        // The dashboard and the evaluation report say "suppressed" where a count was.
+        let (code, page) = get(format!("/dashboard{query}")).await;
+        assert_eq!(code, 200);
+        assert!(
+            page.contains(r#"data-metric="referrals">suppressed<"#),
+            "{page}"
+        );
+    }
+
+    // The evaluation report for March and April.
+    let period = Period {
+        start: NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
+        end: NaiveDate::from_ymd_opt(2026, 4, 30).unwrap(),
+    };
+    let snapshot =
+        linkwork_metrics::http::snapshot(&fixture.rig.pool, period, Disclosure::default())
+            .await
+            .unwrap();
+    let markdown = linkwork_metrics::report::markdown(&snapshot);
+    assert!(
+        markdown.contains("**suppressed** referrals were received"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("counts from 1 to 4 are shown as *suppressed*"),
+        "{markdown}"
+    );
+
+    // The Prometheus figures leave a suppressed figure out rather than show it.
+    let (code, text) = get("/metrics".to_owned()).await;
+    assert_eq!(code, 200);
+    let referral_lines: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("linkwork_referrals"))
+        .collect();
+    assert!(
+        referral_lines.is_empty(),
+        "a referral count of one person per source was published: {referral_lines:?}"
+    );
+    assert!(
+        text.contains("linkwork_asc_open_cases "),
+        "large counts stay: {text}"
+    );
+
+    // A period too short to be about more than a handful of people is refused, and
+    // one of exactly 28 days is given.
+    let (code, body) =
+        get("/api/metrics/referrals?period-start=2026-03-02&period-end=2026-03-02".into()).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("at least 28 days"), "{body}");
+    let (code, _) = get("/api/metrics?period-start=2026-03-01&period-end=2026-03-28".into()).await;
+    assert_eq!(code, 200);
+    let (code, _) =
+        get("/fhir/MeasureReport?period-start=2026-03-01&period-end=2026-03-27".into()).await;
+    assert_eq!(code, 400);
 }

@@ -65,7 +65,10 @@ pub async fn report(
         start: from,
         end: to,
     };
-    let snapshot = linkwork_metrics::http::snapshot(&pool, period).await?;
+    let disclosure = linkwork_metrics::disclosure::Disclosure {
+        threshold: settings.small_number_threshold,
+    };
+    let snapshot = linkwork_metrics::http::snapshot(&pool, period, disclosure).await?;
     let (markdown, html) = linkwork_metrics::report::write(&snapshot, out)?;
     let log = &snapshot.call_log;
     println!(

@@ -85,6 +85,10 @@ pub async fn run_with_clock(
     topology_settings.clock = clock;
     topology_settings.directory_file = settings.directory_file.clone();
     topology_settings.call_log_baseline = settings.call_log_baseline;
+    topology_settings.disclosure = linkwork_metrics::disclosure::Disclosure {
+        threshold: settings.small_number_threshold,
+    };
+    topology_settings.minimum_period_days = settings.minimum_period_days;
     let mut topology = Topology::build(topology_settings, pool.clone()).await?;
 
     let admin = crate::admin::router(crate::admin::Admin {

@@ -35,6 +35,25 @@ pub struct Settings {
     /// Requests a minute each client identity may make of ingest's HTTP API
     /// (`LINKWORK_REQUESTS_PER_MINUTE`, default 6,000; a tenth of it may come at once).
     pub requests_per_minute: u32,
+    /// Published counts below this are suppressed (`LINKWORK_SMALL_NUMBER_THRESHOLD`,
+    /// default 5).
+    pub small_number_threshold: i64,
+    /// The shortest period the metrics are given for
+    /// (`LINKWORK_METRICS_MINIMUM_PERIOD_DAYS`, default 28).
+    pub minimum_period_days: i64,
+}
+
+/// A whole number of at least 1 from `name`, or `default` when unset or empty.
+fn positive(name: &str, default: u64) -> anyhow::Result<u64> {
+    match std::env::var(name) {
+        Ok(text) if !text.trim().is_empty() => text
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|value| *value > 0)
+            .with_context(|| format!("{name} {text:?} is not a positive whole number")),
+        _ => Ok(default),
+    }
 }
 
 impl Settings {
@@ -59,20 +78,27 @@ impl Settings {
             ),
             _ => None,
         };
-        let requests_per_minute = match std::env::var("LINKWORK_REQUESTS_PER_MINUTE") {
-            Ok(text) if !text.trim().is_empty() => text
-                .trim()
-                .parse::<u32>()
-                .ok()
-                .filter(|limit| *limit > 0)
-                .with_context(|| {
-                    format!("LINKWORK_REQUESTS_PER_MINUTE {text:?} is not a positive whole number")
-                })?,
-            _ => linkwork_ingest::http::HttpConfig::default().requests_per_minute,
-        };
+        let requests_per_minute = u32::try_from(positive(
+            "LINKWORK_REQUESTS_PER_MINUTE",
+            linkwork_ingest::http::HttpConfig::default()
+                .requests_per_minute
+                .into(),
+        )?)
+        .context("LINKWORK_REQUESTS_PER_MINUTE is too large")?;
+        let small_number_threshold = positive(
+            "LINKWORK_SMALL_NUMBER_THRESHOLD",
+            linkwork_metrics::disclosure::Disclosure::DEFAULT_THRESHOLD as u64,
+        )? as i64;
+        let minimum_period_days = positive(
+            "LINKWORK_METRICS_MINIMUM_PERIOD_DAYS",
+            linkwork_metrics::http::DEFAULT_MINIMUM_PERIOD_DAYS as u64,
+        )?
+        .min(36_600) as i64;
         Ok(Self {
             names: linkwork_bus::Names::from_env(),
             requests_per_minute,
+            small_number_threshold: small_number_threshold.min(1_000_000),
+            minimum_period_days,
             call_log_baseline,
             kafka,
             kafka_error,
@@ -182,6 +208,8 @@ mod tests {
             call_log_baseline: None,
             names: linkwork_bus::Names::default(),
             requests_per_minute: 6_000,
+            small_number_threshold: 5,
+            minimum_period_days: 28,
         };
         let printed = format!("{settings:?}");
         assert!(!printed.contains("hunter2"), "{printed}");

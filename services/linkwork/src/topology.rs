@@ -105,6 +105,10 @@ pub struct TopologySettings {
     pub topics: TopicsFile,
     /// The date the call-log reduction is measured from; the first case's day when unset.
     pub call_log_baseline: Option<chrono::NaiveDate>,
+    /// Small-number suppression of every published figure.
+    pub disclosure: linkwork_metrics::disclosure::Disclosure,
+    /// The shortest period the metrics are given for, in days.
+    pub minimum_period_days: i64,
     /// How often the metrics service publishes finished days to `metrics.call-log`;
     /// `None`: this process does not publish them (another metrics process does: the
     /// records are published once whichever publishes them).
@@ -133,6 +137,8 @@ impl TopologySettings {
             directory_file: None,
             topics: crate::topics_command::load(None)?,
             call_log_baseline: None,
+            disclosure: linkwork_metrics::disclosure::Disclosure::default(),
+            minimum_period_days: linkwork_metrics::http::DEFAULT_MINIMUM_PERIOD_DAYS,
             daily_records_every: Some(Duration::from_secs(15 * 60)),
             deadline_poll: linkwork_router::RouterConfig::default().deadline_poll,
         })
@@ -192,6 +198,8 @@ impl Topology {
             directory_file,
             topics,
             call_log_baseline,
+            disclosure,
+            minimum_period_days,
             daily_records_every,
             deadline_poll,
         } = settings;
@@ -246,6 +254,8 @@ impl Topology {
                     baseline: call_log_baseline,
                     clock: clock.clone(),
                     secure_cookies: http.public_base_url.starts_with("https://"),
+                    disclosure,
+                    minimum_period_days,
                     ..linkwork_metrics::http::MetricsConfig::default()
                 },
                 verifier,

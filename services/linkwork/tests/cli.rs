@@ -786,7 +786,7 @@ fn report_writes_markdown_and_html_and_refuses_a_backwards_period() {
         std::fs::read_to_string(out.join("linkwork-evaluation-2026-01-01-2026-01-31.md"))
             .expect("the Markdown file");
     assert!(markdown.contains("# Social prescribing for loneliness and isolation"));
-    assert!(markdown.contains("not yet measurable"), "{markdown}");
+    assert!(markdown.contains("not available"), "{markdown}");
     let html = std::fs::read_to_string(out.join("linkwork-evaluation-2026-01-01-2026-01-31.html"))
         .expect("the HTML file");
     assert!(html.starts_with("<!doctype html>"));

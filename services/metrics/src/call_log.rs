@@ -10,7 +10,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::stats::percent;
+use crate::disclosure::{Cell, Count, Disclosure, DisclosureNote, Sheet};
 
 /// Applies call-log events to `asc_cases`. Idempotent per event (a repeated fact sets
 /// the same values), so replays and re-imports change nothing.
@@ -132,20 +132,21 @@ impl Handler for CallLogProjection {
 pub struct CallLogReport {
     pub baseline: NaiveDate,
     pub end: NaiveDate,
-    pub open_at_baseline: i64,
-    pub open_at_end: i64,
+    pub open_at_baseline: Count,
+    pub open_at_end: Count,
     /// Fall in open cases since the baseline (negative if the log grew).
-    pub reduction: i64,
+    pub reduction: Count,
     /// The reduction as a percentage of the baseline, one decimal place.
     pub reduction_percent: Option<f64>,
     /// Cases opened and closed after the baseline day, up to the end day.
-    pub opened: i64,
-    pub closed: i64,
+    pub opened: Count,
+    pub closed: Count,
     /// Cases diverted to community providers after the baseline day.
-    pub diverted: i64,
+    pub diverted: Count,
     pub returns: Returns,
     /// Open cases at the end of each day from the baseline to the end.
     pub daily: Vec<DailyOpen>,
+    pub disclosure: DisclosureNote,
 }
 
 /// Whether people diverted to community providers came back to ASC: a new case for the
@@ -153,15 +154,15 @@ pub struct CallLogReport {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Returns {
     /// Diverted cases whose person is known.
-    pub with_person: i64,
+    pub with_person: Count,
     /// Diverted cases with no person id (their return cannot be seen).
-    pub without_person: i64,
+    pub without_person: Count,
     /// Of those with a person: back with a new case within 90 days.
-    pub returned_within_90_days: i64,
+    pub returned_within_90_days: Count,
     /// Of those with a person: whose 90 days are over, or who came back.
-    pub followed_up: i64,
+    pub followed_up: Count,
     /// Of those with a person: diverted less than 90 days before the end, not back yet.
-    pub window_open: i64,
+    pub window_open: Count,
     /// `returned_within_90_days` of `followed_up`, percent.
     pub return_percent: Option<f64>,
 }
@@ -169,7 +170,7 @@ pub struct Returns {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct DailyOpen {
     pub date: NaiveDate,
-    pub open: i64,
+    pub open: Count,
 }
 
 /// How many days after a diversion a new case counts as coming back.
@@ -184,17 +185,33 @@ pub fn end_of_day(date: NaiveDate) -> DateTime<Utc> {
         .unwrap_or_else(|| next.and_time(chrono::NaiveTime::MIN).and_utc())
 }
 
-/// The call log from `baseline` to `end` (inclusive days).
+/// The call log from `baseline` to `end` (inclusive days), suppressed as `disclosure`
+/// says.
 pub async fn report(
     pool: &PgPool,
     baseline: NaiveDate,
     end: NaiveDate,
+    disclosure: Disclosure,
 ) -> Result<CallLogReport, sqlx::Error> {
+    Ok(publish(
+        baseline,
+        end,
+        &figures(pool, baseline, end).await?,
+        disclosure,
+    ))
+}
+
+/// The call log's counts from `baseline` to `end`, before disclosure control.
+pub async fn figures(
+    pool: &PgPool,
+    baseline: NaiveDate,
+    end: NaiveDate,
+) -> Result<CallLogFigures, sqlx::Error> {
     let from = end_of_day(baseline);
     let to = end_of_day(end);
     // Open cases per day from the day-by-day changes: one pass over the cases, however
     // long the period.
-    let daily: Vec<DailyOpen> = sqlx::query_as::<_, (NaiveDate, i64)>(
+    let daily: Vec<(NaiveDate, i64)> = sqlx::query_as::<_, (NaiveDate, i64)>(
         r#"
         WITH changes AS (
             SELECT (opened_at AT TIME ZONE 'Europe/London')::date AS day, 1 AS delta
@@ -219,12 +236,7 @@ pub async fn report(
     .bind(baseline)
     .bind(end.max(baseline))
     .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(|(date, open)| DailyOpen { date, open })
-    .collect();
-    let open_at_baseline = daily.first().map(|day| day.open).unwrap_or(0);
-    let open_at_end = daily.last().map(|day| day.open).unwrap_or(0);
+    .await?;
 
     let (opened, closed, diverted): (i64, i64, i64) = sqlx::query_as(
         r#"
@@ -276,27 +288,101 @@ pub async fn report(
         .fetch_one(pool)
         .await?;
 
-    let reduction = open_at_baseline - open_at_end;
-    Ok(CallLogReport {
-        baseline,
-        end,
-        open_at_baseline,
-        open_at_end,
-        reduction,
-        reduction_percent: percent(reduction, open_at_baseline),
+    Ok(CallLogFigures {
+        daily,
         opened,
         closed,
         diverted,
-        returns: Returns {
-            with_person,
-            without_person,
-            returned_within_90_days: returned,
-            followed_up,
-            window_open,
-            return_percent: percent(returned, followed_up),
-        },
-        daily,
+        with_person,
+        without_person,
+        returned,
+        followed_up,
+        window_open,
     })
+}
+
+/// The call log's counts before disclosure control.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallLogFigures {
+    /// Open cases at the end of each day, from the baseline day.
+    pub daily: Vec<(NaiveDate, i64)>,
+    pub opened: i64,
+    pub closed: i64,
+    pub diverted: i64,
+    pub with_person: i64,
+    pub without_person: i64,
+    pub returned: i64,
+    pub followed_up: i64,
+    pub window_open: i64,
+}
+
+/// The published call log: every count through `disclosure`'s suppression.
+pub fn publish(
+    baseline: NaiveDate,
+    end: NaiveDate,
+    figures: &CallLogFigures,
+    disclosure: Disclosure,
+) -> CallLogReport {
+    let mut sheet = Sheet::new(disclosure);
+    let open_at_baseline = figures.daily.first().map_or(0, |day| day.1);
+    let open_at_end = figures.daily.last().map_or(0, |day| day.1);
+    // The first and last days of the series are the baseline and end figures.
+    let at_baseline = sheet.count(open_at_baseline);
+    let at_end = sheet.count(open_at_end);
+    let days: Vec<Cell> = figures
+        .daily
+        .iter()
+        .enumerate()
+        .map(|(index, (_, open))| match index {
+            0 => at_baseline,
+            last if last + 1 == figures.daily.len() => at_end,
+            _ => sheet.count(*open),
+        })
+        .collect();
+    let reduction = sheet.figure(open_at_baseline - open_at_end);
+    sheet.relate(&[at_baseline, at_end, reduction]);
+    let opened = sheet.count(figures.opened);
+    let closed = sheet.count(figures.closed);
+    sheet.relate(&[at_baseline, at_end, opened, closed]);
+    let diverted = sheet.count(figures.diverted);
+    let with_person = sheet.count(figures.with_person);
+    let without_person = sheet.count(figures.without_person);
+    sheet.relate(&[diverted, with_person, without_person]);
+    let followed_up = sheet.count(figures.followed_up);
+    let window_open = sheet.count(figures.window_open);
+    sheet.relate(&[with_person, followed_up, window_open]);
+    let returned = sheet.count(figures.returned);
+    sheet.part_of(followed_up, &[returned]);
+    sheet.solve();
+    CallLogReport {
+        baseline,
+        end,
+        open_at_baseline: sheet.get(at_baseline),
+        open_at_end: sheet.get(at_end),
+        reduction: sheet.get(reduction),
+        reduction_percent: sheet.percent(reduction, at_baseline),
+        opened: sheet.get(opened),
+        closed: sheet.get(closed),
+        diverted: sheet.get(diverted),
+        returns: Returns {
+            with_person: sheet.get(with_person),
+            without_person: sheet.get(without_person),
+            returned_within_90_days: sheet.get(returned),
+            followed_up: sheet.get(followed_up),
+            window_open: sheet.get(window_open),
+            return_percent: sheet.percent(returned, followed_up),
+        },
+        daily: figures
+            .daily
+            .iter()
+            .zip(days)
+            .map(|((date, _), cell)| DailyOpen {
+                date: *date,
+                open: sheet.get(cell),
+            })
+            .collect(),
+        disclosure: sheet.note(),
+    }
 }
 
 #[cfg(test)]

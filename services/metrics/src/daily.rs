@@ -64,7 +64,8 @@ pub async fn publish_finished_days(
     if published.len() as i64 == (yesterday - first).num_days() + 1 {
         return Ok(0);
     }
-    let report = call_log::report(pool, first, yesterday).await?;
+    let report = call_log::figures(pool, first, yesterday).await?;
+    let open_at_baseline = report.daily.first().map_or(0, |day| day.1);
     let per_day: HashMap<NaiveDate, (i64, i64, i64)> = sqlx::query_as::<_, (NaiveDate, i64, i64, i64)>(
         r#"
         WITH facts AS (
@@ -91,25 +92,26 @@ pub async fn publish_finished_days(
     let mut days = Vec::new();
     let mut messages = Vec::new();
     let mut counts = Vec::new();
-    for day in &report.daily {
-        if published.contains(&day.date) {
+    for &(date, open) in &report.daily {
+        if published.contains(&date) {
             continue;
         }
-        let (opened, closed, diverted) = per_day.get(&day.date).copied().unwrap_or((0, 0, 0));
-        let reduction = report.open_at_baseline - day.open;
+        let (opened, closed, diverted) = per_day.get(&date).copied().unwrap_or((0, 0, 0));
+        let reduction = open_at_baseline - open;
         let record = CallLogDay {
-            date: day.date,
-            open_cases: day.open,
+            date,
+            open_cases: open,
             opened,
             closed,
             diverted,
             baseline_date: first,
-            open_at_baseline: report.open_at_baseline,
+            open_at_baseline,
             reduction,
-            reduction_percent: percent(reduction, report.open_at_baseline),
+            reduction_percent: percent(reduction, open_at_baseline),
         };
-        let date = day.date.to_string();
-        let time = call_log::end_of_day(day.date);
+        let time = call_log::end_of_day(date);
+        let day = date;
+        let date = date.to_string();
         let event = OutboxEvent {
             topic: topic.to_owned(),
             event_id: EventId::derive(&[METRICS_CALL_LOG, &date]),
@@ -121,8 +123,8 @@ pub async fn publish_finished_days(
             headers: Vec::new(),
         };
         messages.push(event.into_message(None, None));
-        days.push(day.date);
-        counts.push(day.open);
+        days.push(day);
+        counts.push(open);
     }
     sqlx::query(
         "INSERT INTO metrics_call_log_days (day, open_cases)

@@ -104,10 +104,11 @@ fn y_axis(out: &mut String, max: f64) -> impl Fn(f64) -> f64 {
 }
 
 /// Vertical bars, one per (label, value), with an optional second series beside each.
-fn bars(out: &mut String, labels: &[String], series: &[(&str, &[f64])]) {
+/// A suppressed value (`None`) draws no bar; its table says why.
+fn bars(out: &mut String, labels: &[String], series: &[(&str, &[Option<f64>])]) {
     let max = series
         .iter()
-        .flat_map(|(_, values)| values.iter().copied())
+        .flat_map(|(_, values)| values.iter().flatten().copied())
         .fold(0.0, f64::max);
     let y = y_axis(out, max);
     let slot = (WIDTH - MARGIN_LEFT) / labels.len().max(1) as f64;
@@ -115,7 +116,9 @@ fn bars(out: &mut String, labels: &[String], series: &[(&str, &[f64])]) {
     for (index, label) in labels.iter().enumerate() {
         let x0 = MARGIN_LEFT + slot * index as f64 + slot * 0.15;
         for (which, (colour, values)) in series.iter().enumerate() {
-            let value = values.get(index).copied().unwrap_or(0.0);
+            let Some(value) = values.get(index).copied().flatten() else {
+                continue;
+            };
             let top = y(value);
             let _ = write!(
                 out,
@@ -153,18 +156,31 @@ fn call_log_chart(out: &mut String, snapshot: &Snapshot) {
         "Open ASC call-log cases against the baseline",
         &description,
     );
-    let max = log.daily.iter().map(|day| day.open).max().unwrap_or(0) as f64;
-    let y = y_axis(out, max.max(log.open_at_baseline as f64));
+    let max = log
+        .daily
+        .iter()
+        .filter_map(|day| day.open.as_f64())
+        .fold(0.0, f64::max);
+    let y = y_axis(out, max.max(log.open_at_baseline.as_f64().unwrap_or(0.0)));
     let span = (log.daily.len().max(2) - 1) as f64;
     let x = |index: usize| MARGIN_LEFT + (WIDTH - MARGIN_LEFT - 8.0) * index as f64 / span;
     let mut points = String::new();
+    // Suppressed days are left out of the line.
     for (index, day) in log.daily.iter().enumerate() {
-        let _ = write!(points, "{:.1},{:.1} ", x(index), y(day.open as f64));
+        if let Some(open) = day.open.as_f64() {
+            let _ = write!(points, "{:.1},{:.1} ", x(index), y(open));
+        }
     }
-    let baseline_y = y(log.open_at_baseline as f64);
+    if let Some(baseline) = log.open_at_baseline.as_f64() {
+        let baseline_y = y(baseline);
+        let _ = write!(
+            out,
+            r##"<line x1="{MARGIN_LEFT}" x2="{WIDTH}" y1="{baseline_y:.1}" y2="{baseline_y:.1}" stroke="#b00" stroke-dasharray="6 4"/>"##,
+        );
+    }
     let _ = write!(
         out,
-        r##"<line x1="{MARGIN_LEFT}" x2="{WIDTH}" y1="{baseline_y:.1}" y2="{baseline_y:.1}" stroke="#b00" stroke-dasharray="6 4"/><polyline points="{points}" fill="none" stroke="#1d5fa8" stroke-width="2"/>"##,
+        r##"<polyline points="{points}" fill="none" stroke="#1d5fa8" stroke-width="2"/>"##,
     );
     for (index, day) in [
         (0usize, log.daily.first()),
@@ -213,7 +229,7 @@ fn sources_chart(out: &mut String, snapshot: &Snapshot) {
         .keys()
         .map(|kind| source_short(kind).to_owned())
         .collect();
-    let values: Vec<f64> = totals.values().map(|count| *count as f64).collect();
+    let values: Vec<Option<f64>> = totals.values().map(|count| count.as_f64()).collect();
     bars(out, &labels, &[("#1d5fa8", &values)]);
     let rows: Vec<Vec<String>> = snapshot
         .referrals
@@ -256,25 +272,27 @@ fn outcome_chart(out: &mut String, instrument: &InstrumentChange) {
         &format!("{}: before and after", instrument.name),
         &description,
     );
-    let low = instrument.distribution.first().map_or(0, |at| at.score);
-    let high = instrument.distribution.last().map_or(0, |at| at.score);
-    let scores: Vec<i64> = (low..=high).collect();
-    let at = |score: i64| {
-        instrument
-            .distribution
-            .iter()
-            .find(|at| at.score == score)
-            .copied()
-    };
-    let before: Vec<f64> = scores
+    let labels: Vec<String> = instrument
+        .distribution
         .iter()
-        .map(|score| at(*score).map_or(0.0, |at| at.baseline as f64))
+        .map(|band| {
+            if band.low == band.high {
+                band.low.to_string()
+            } else {
+                format!("{}–{}", band.low, band.high)
+            }
+        })
         .collect();
-    let after: Vec<f64> = scores
+    let before: Vec<Option<f64>> = instrument
+        .distribution
         .iter()
-        .map(|score| at(*score).map_or(0.0, |at| at.follow_up as f64))
+        .map(|band| band.baseline.as_f64())
         .collect();
-    let labels: Vec<String> = scores.iter().map(i64::to_string).collect();
+    let after: Vec<Option<f64>> = instrument
+        .distribution
+        .iter()
+        .map(|band| band.follow_up.as_f64())
+        .collect();
     bars(out, &labels, &[("#9a9a9a", &before), ("#1d5fa8", &after)]);
     let _ = write!(
         out,
@@ -284,10 +302,17 @@ fn outcome_chart(out: &mut String, instrument: &InstrumentChange) {
         x2 = WIDTH - 78.0,
         tx2 = WIDTH - 64.0,
     );
-    let rows: Vec<Vec<String>> = scores
+    let rows: Vec<Vec<String>> = instrument
+        .distribution
         .iter()
-        .zip(before.iter().zip(&after))
-        .map(|(score, (b, a))| vec![score.to_string(), number(*b), number(*a)])
+        .zip(&labels)
+        .map(|(band, label)| {
+            vec![
+                label.clone(),
+                band.baseline.to_string(),
+                band.follow_up.to_string(),
+            ]
+        })
         .collect();
     close_chart(
         out,
@@ -312,10 +337,7 @@ fn providers_chart(out: &mut String, snapshot: &Snapshot) {
         ),
     );
     let labels: Vec<String> = providers.iter().map(|p| p.provider_id.clone()).collect();
-    let values: Vec<f64> = providers
-        .iter()
-        .map(|p| p.median_days_to_accept.unwrap_or(0.0))
-        .collect();
+    let values: Vec<Option<f64>> = providers.iter().map(|p| p.median_days_to_accept).collect();
     bars(out, &labels, &[("#1d5fa8", &values)]);
     let rows: Vec<Vec<String>> = providers
         .iter()

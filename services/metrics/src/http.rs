@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::call_log::{self, CallLogReport};
+use crate::disclosure::Disclosure;
 use crate::referrals::{self, Period, ProviderResponse, ReferralReport};
 use crate::{dashboard, measure};
 
@@ -48,7 +49,16 @@ pub struct MetricsConfig {
     /// Mark the dashboard's session cookie `Secure` (the service is reached over
     /// HTTPS).
     pub secure_cookies: bool,
+    /// Small-number suppression (`LINKWORK_SMALL_NUMBER_THRESHOLD`, default 5).
+    pub disclosure: Disclosure,
+    /// The shortest period the figures are given for, in days
+    /// (`LINKWORK_METRICS_MINIMUM_PERIOD_DAYS`, default 28): a day's figures, or the
+    /// difference of two periods a day apart, would be about a handful of people.
+    pub minimum_period_days: i64,
 }
+
+/// The default shortest period: four weeks.
+pub const DEFAULT_MINIMUM_PERIOD_DAYS: i64 = 28;
 
 impl Default for MetricsConfig {
     fn default() -> Self {
@@ -57,6 +67,8 @@ impl Default for MetricsConfig {
             canonical_base: linkwork_fhir::systems::DEFAULT_CANONICAL_BASE.into(),
             clock: Clock::system(),
             secure_cookies: false,
+            disclosure: Disclosure::default(),
+            minimum_period_days: DEFAULT_MINIMUM_PERIOD_DAYS,
         }
     }
 }
@@ -342,14 +354,27 @@ async fn period(
         date(params, &["period-end", "to", "end"])?.unwrap_or_else(|| today(&state.config.clock));
     let start = match date(params, &["period-start", "from", "baseline"])? {
         Some(start) => start,
-        None => match state.config.baseline {
-            Some(baseline) => baseline,
-            None => earliest(&state.pool).await?.unwrap_or(end),
-        },
+        // A period not asked for is at least the shortest one given.
+        None => {
+            let shortest =
+                end - chrono::Days::new(state.config.minimum_period_days.max(1) as u64 - 1);
+            match state.config.baseline {
+                Some(baseline) => baseline,
+                None => earliest(&state.pool).await?.unwrap_or(end),
+            }
+            .min(shortest)
+        }
     };
     if start > end {
         return Err(MetricsError::bad_request(format!(
             "the period starts ({start}) after it ends ({end})"
+        )));
+    }
+    let days = (end - start).num_days() + 1;
+    if days < state.config.minimum_period_days {
+        return Err(MetricsError::bad_request(format!(
+            "the period {start} to {end} is {days} day(s); figures are given for periods of at least {} days, so that no figure is about a handful of people",
+            state.config.minimum_period_days
         )));
     }
     Ok(Period { start, end })
@@ -370,12 +395,17 @@ async fn earliest(pool: &PgPool) -> Result<Option<NaiveDate>, sqlx::Error> {
     })
 }
 
-/// The call log and the referral metrics for one period.
-pub async fn snapshot(pool: &PgPool, period: Period) -> Result<Snapshot, sqlx::Error> {
+/// The call log and the referral metrics for one period, suppressed as `disclosure`
+/// says.
+pub async fn snapshot(
+    pool: &PgPool,
+    period: Period,
+    disclosure: Disclosure,
+) -> Result<Snapshot, sqlx::Error> {
     Ok(Snapshot {
         generated_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        call_log: call_log::report(pool, period.start, period.end).await?,
-        referrals: referrals::report(pool, period).await?,
+        call_log: call_log::report(pool, period.start, period.end, disclosure).await?,
+        referrals: referrals::report(pool, period, disclosure).await?,
     })
 }
 
@@ -384,7 +414,9 @@ async fn all_json(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Snapshot>, MetricsError> {
     let period = period(&state, &params).await?;
-    Ok(Json(snapshot(&state.pool, period).await?))
+    Ok(Json(
+        snapshot(&state.pool, period, state.config.disclosure).await?,
+    ))
 }
 
 async fn call_log_json(
@@ -393,7 +425,13 @@ async fn call_log_json(
 ) -> Result<Json<CallLogReport>, MetricsError> {
     let period = period(&state, &params).await?;
     Ok(Json(
-        call_log::report(&state.pool, period.start, period.end).await?,
+        call_log::report(
+            &state.pool,
+            period.start,
+            period.end,
+            state.config.disclosure,
+        )
+        .await?,
     ))
 }
 
@@ -402,7 +440,9 @@ async fn referrals_json(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<ReferralReport>, MetricsError> {
     let period = period(&state, &params).await?;
-    Ok(Json(referrals::report(&state.pool, period).await?))
+    Ok(Json(
+        referrals::report(&state.pool, period, state.config.disclosure).await?,
+    ))
 }
 
 /// Every MeasureReport for a snapshot, by measure name.
@@ -434,7 +474,7 @@ async fn measure_reports(
         }
     }
     let period = period(&state, &params).await?;
-    let snapshot = snapshot(&state.pool, period).await?;
+    let snapshot = snapshot(&state.pool, period, state.config.disclosure).await?;
     let entries: Vec<Value> = measure_reports_of(&state.config.canonical_base, &snapshot)
         .into_iter()
         .filter(|(name, _)| wanted.as_deref().is_none_or(|wanted| wanted == *name))
@@ -462,10 +502,14 @@ async fn measure_reports(
 
 type Labels = Vec<(String, String)>;
 
-fn gauge(registry: &mut Registry, name: &str, help: &str, value: f64) {
-    let gauge = Gauge::<f64, AtomicU64>::default();
-    gauge.set(value);
-    registry.register(name, help, gauge);
+/// A gauge, left out when its figure is suppressed (a scraper sees no sample, never a
+/// made-up zero).
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: Option<f64>) {
+    if let Some(value) = value {
+        let gauge = Gauge::<f64, AtomicU64>::default();
+        gauge.set(value);
+        registry.register(name, help, gauge);
+    }
 }
 
 fn family(registry: &mut Registry, name: &str, help: &str, values: Vec<(Labels, f64)>) {
@@ -484,31 +528,31 @@ pub fn prometheus_text(snapshot: &Snapshot) -> String {
         &mut registry,
         "asc_open_cases",
         "Open ASC call-log cases at the end of the period",
-        call_log.open_at_end as f64,
+        call_log.open_at_end.as_f64(),
     );
     gauge(
         &mut registry,
         "asc_open_cases_baseline",
         "Open ASC call-log cases at the baseline",
-        call_log.open_at_baseline as f64,
+        call_log.open_at_baseline.as_f64(),
     );
     gauge(
         &mut registry,
         "asc_call_log_reduction_percent",
         "Fall in open ASC cases since the baseline, percent",
-        call_log.reduction_percent.unwrap_or(0.0),
+        call_log.reduction_percent,
     );
     gauge(
         &mut registry,
         "asc_diverted_cases",
         "ASC cases diverted to community providers in the period",
-        call_log.diverted as f64,
+        call_log.diverted.as_f64(),
     );
     gauge(
         &mut registry,
         "asc_diverted_returned_within_90_days",
         "Diverted people back with ASC within 90 days",
-        call_log.returns.returned_within_90_days as f64,
+        call_log.returns.returned_within_90_days.as_f64(),
     );
     let referrals = &snapshot.referrals;
     family(
@@ -518,7 +562,11 @@ pub fn prometheus_text(snapshot: &Snapshot) -> String {
         referrals
             .by_source_total
             .iter()
-            .map(|(source, count)| (vec![("source".to_owned(), source.clone())], *count as f64))
+            .filter_map(|(source, count)| {
+                count
+                    .as_f64()
+                    .map(|count| (vec![("source".to_owned(), source.clone())], count))
+            })
             .collect(),
     );
     let per_provider = |figure: fn(&ProviderResponse) -> Option<f64>| -> Vec<(Labels, f64)> {
@@ -551,7 +599,7 @@ pub fn prometheus_text(snapshot: &Snapshot) -> String {
         &mut registry,
         "referrals_completed",
         "Referrals completed in the period",
-        referrals.completions as f64,
+        referrals.completions.as_f64(),
     );
     family(
         &mut registry,
@@ -573,13 +621,13 @@ pub fn prometheus_text(snapshot: &Snapshot) -> String {
         &mut registry,
         "activities_attended",
         "Activities attended in the period",
-        referrals.activities.attended as f64,
+        referrals.activities.attended.as_f64(),
     );
     gauge(
         &mut registry,
         "consent_percent",
         "Accepted referrals with consent to share outcomes for evaluation, percent",
-        referrals.consent.consent_percent.unwrap_or(0.0),
+        referrals.consent.consent_percent,
     );
     let mut text = String::new();
     if encode(&mut text, &registry).is_err() {
@@ -590,7 +638,7 @@ pub fn prometheus_text(snapshot: &Snapshot) -> String {
 
 async fn prometheus(State(state): State<AppState>) -> Result<Response, MetricsError> {
     let period = period(&state, &HashMap::new()).await?;
-    let snapshot = snapshot(&state.pool, period).await?;
+    let snapshot = snapshot(&state.pool, period, state.config.disclosure).await?;
     Ok((
         StatusCode::OK,
         [(
@@ -631,7 +679,7 @@ async fn dashboard_page(
         return Ok(sign_in_page(refused.status, &refused.message, &target));
     }
     let period = period(&state, &params).await?;
-    let snapshot = snapshot(&state.pool, period).await?;
+    let snapshot = snapshot(&state.pool, period, state.config.disclosure).await?;
     Ok((
         StatusCode::OK,
         [

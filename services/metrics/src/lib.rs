@@ -7,6 +7,7 @@
 pub mod call_log;
 pub mod daily;
 pub mod dashboard;
+pub mod disclosure;
 pub mod http;
 pub mod measure;
 pub mod referrals;

@@ -11,6 +11,7 @@ use chrono::{NaiveDate, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
 use crate::call_log::CallLogReport;
+use crate::disclosure::Count;
 use crate::referrals::{source_label, ReferralReport};
 
 /// The metric groups, as the `measure` search parameter names them.
@@ -29,18 +30,41 @@ use linkwork_fhir::systems::{
     MEASURE_IMPROVEMENT as IMPROVEMENT, MEASURE_POPULATION as POPULATION, UCUM,
 };
 
-fn population(code: &str, count: i64) -> Value {
-    json!({ "code": { "coding": [{ "system": POPULATION, "code": code }] }, "count": count })
+/// The data-absent reason of a suppressed count.
+const DATA_ABSENT_REASON: &str = "http://hl7.org/fhir/StructureDefinition/data-absent-reason";
+
+/// A population's count, or for a suppressed count no value and the data-absent
+/// reason `masked` ("the information is not available due to security, privacy or
+/// related reasons").
+fn with_count(mut population: Value, count: Count) -> Value {
+    match count.value() {
+        Some(count) => population["count"] = json!(count),
+        None => {
+            population["_count"] = json!({
+                "extension": [{ "url": DATA_ABSENT_REASON, "valueCode": "masked" }]
+            })
+        }
+    }
+    population
 }
 
-fn own_population(base: &str, code: &str, text: &str, count: i64) -> Value {
-    json!({
-        "code": {
-            "coding": [{ "system": format!("{base}/CodeSystem/measure-population"), "code": code }],
-            "text": text,
-        },
-        "count": count,
-    })
+fn population(code: &str, count: Count) -> Value {
+    with_count(
+        json!({ "code": { "coding": [{ "system": POPULATION, "code": code }] } }),
+        count,
+    )
+}
+
+fn own_population(base: &str, code: &str, text: &str, count: Count) -> Value {
+    with_count(
+        json!({
+            "code": {
+                "coding": [{ "system": format!("{base}/CodeSystem/measure-population"), "code": code }],
+                "text": text,
+            },
+        }),
+        count,
+    )
 }
 
 fn quantity(value: f64, unit: &str, code: &str) -> Value {
@@ -189,7 +213,7 @@ pub fn referral_reports(base: &str, metrics: &ReferralReport) -> Vec<(&'static s
                 "value": { "coding": [{ "system": format!("{base}/Id/provider"), "code": provider.provider_id }], "text": provider.summary },
                 "population": [
                     population("initial-population", provider.offered),
-                    population("denominator", provider.accepted + provider.rejected + provider.unanswered),
+                    population("denominator", provider.answered),
                     population("numerator", provider.accepted),
                 ],
             });
@@ -199,23 +223,20 @@ pub fn referral_reports(base: &str, metrics: &ReferralReport) -> Vec<(&'static s
             stratum
         })
         .collect();
-    let offered: i64 = metrics.providers.iter().map(|p| p.offered).sum();
-    let accepted: i64 = metrics.providers.iter().map(|p| p.accepted).sum();
-    let answered: i64 = metrics
-        .providers
-        .iter()
-        .map(|p| p.accepted + p.rejected + p.unanswered)
-        .sum();
+    let all = metrics.all_providers.as_ref();
+    let total = |figure: fn(&crate::referrals::ProviderResponse) -> Count| {
+        all.map_or(Count::shown(0), figure)
+    };
     let mut response = json!({
         "code": group_code(base, "provider-response", "Offers accepted by providers (percent), per provider with the median days to accept"),
         "population": [
-            population("initial-population", offered),
-            population("denominator", answered),
-            population("numerator", accepted),
+            population("initial-population", total(|all| all.offered)),
+            population("denominator", total(|all| all.answered)),
+            population("numerator", total(|all| all.accepted)),
         ],
         "stratifier": [{ "code": [{ "text": "provider" }], "stratum": providers }],
     });
-    if let Some(value) = crate::stats::percent(accepted, answered) {
+    if let Some(value) = all.and_then(|all| all.acceptance_percent) {
         response["measureScore"] = percent(value);
     }
     reports.push((

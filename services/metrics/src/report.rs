@@ -17,7 +17,7 @@ fn figure(value: Option<f64>, suffix: &str) -> String {
     match value {
         Some(value) if value.fract() == 0.0 => format!("{value:.0}{suffix}"),
         Some(value) => format!("{value:.1}{suffix}"),
-        None => "not yet measurable".to_owned(),
+        None => "not available".to_owned(),
     }
 }
 
@@ -185,6 +185,16 @@ pub fn markdown(snapshot: &Snapshot) -> String {
          Outcome pairs take each completer's earliest baseline and latest follow-up score per \
          instrument. Loneliness uses UCLA-3 (else De Jong Gierveld), wellbeing SWEMWBS (else \
          WEMWBS). The figures describe the people seen, without a comparison group.\n",
+    );
+    let _ = writeln!(
+        out,
+        "\nSo that no one can be picked out, counts from 1 to {} are shown as *suppressed*, \
+         and so is a second count wherever the first could be worked out from a total \
+         ({} counts in this report). Scores are given as counts per band, never per \
+         person. *Not available* means there was nothing to measure yet, or that the \
+         figure would be worked out from a suppressed count.",
+        referrals.disclosure.threshold - 1,
+        referrals.disclosure.suppressed_counts + log.disclosure.suppressed_counts,
     );
     out
 }
