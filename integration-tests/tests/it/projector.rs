@@ -513,6 +513,19 @@ async fn a_referral_life_projects_and_its_outcomes_go_out_identified_and_only_wi
             extensions.contains("\"LW1\"") && extensions.contains("75-84"),
             "{extensions}"
         );
+        // The month of the score, not its day or time.
+        let effective = observation["effectiveDateTime"].as_str().unwrap();
+        assert_eq!(effective.len(), 7, "{effective}");
+        assert!(observation.get("issued").is_none(), "{observation}");
+        let time = message.header("ce_time").unwrap();
+        let local = chrono::DateTime::parse_from_rfc3339(time)
+            .unwrap()
+            .with_timezone(&chrono_tz::Europe::London);
+        assert_eq!(
+            local.format("%d %H:%M:%S").to_string(),
+            "01 00:00:00",
+            "the month's start in the UK: {time}"
+        );
     }
     let everything: String = pseudonymised
         .iter()

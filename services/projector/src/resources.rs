@@ -2,7 +2,8 @@
 //! pseudonymised for data teams) and the summary for the referrer when a referral
 //! closes. The FHIR views themselves are the read side's (`linkwork_projection::render`).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use chrono_tz::Europe::London;
 use linkwork_bus::OutboxEvent;
 use linkwork_domain::{EventId, Postcode};
 use linkwork_projection::model::{ObservationRow, Projected};
@@ -22,7 +23,9 @@ pub const SUMMARY_TYPE: &str = "linkwork.outcomes.referral-summary.v1";
 
 /// The copy for data teams: a keyed pseudonym for the person and for the referral, no
 /// NHS number, name or address, age band instead of birth date, postcode district
-/// instead of postcode.
+/// instead of postcode, and the month instead of the moment (an exact date and time
+/// of a score, beside an age band and a district, could point at one person; a
+/// month's is enough for evaluation). No `issued`, for the same reason.
 pub fn pseudonymised(config: &ProjectorConfig, person: &Person<'_>, row: &ObservationRow) -> Value {
     let base = config.canonical_base.as_str();
     let key = &config.pseudonym_key;
@@ -35,6 +38,10 @@ pub fn pseudonymised(config: &ProjectorConfig, person: &Person<'_>, row: &Observ
             "value": key.person(person.nhs_number, person.referral.as_uuid()),
         },
     });
+    observation["effectiveDateTime"] = json!(month_of(row.effective_at));
+    if let Some(fields) = observation.as_object_mut() {
+        fields.remove("issued");
+    }
     observation["basedOn"] = json!([{ "identifier": {
         "system": format!("{base}/Id/referral-pseudonym"),
         "value": referral_pseudonym.to_string(),
@@ -64,6 +71,22 @@ pub fn pseudonymised(config: &ProjectorConfig, person: &Person<'_>, row: &Observ
     observation
 }
 
+/// `YYYY-MM` in UK local time: a FHIR dateTime to the month.
+pub fn month_of(at: DateTime<Utc>) -> String {
+    at.with_timezone(&London).format("%Y-%m").to_string()
+}
+
+/// The first instant of `at`'s month in UK local time.
+fn start_of_month(at: DateTime<Utc>) -> DateTime<Utc> {
+    let local = at.with_timezone(&London);
+    local
+        .date_naive()
+        .with_day(1)
+        .and_then(|first| first.and_hms_opt(0, 0, 0))
+        .and_then(|midnight| London.from_local_datetime(&midnight).earliest())
+        .map_or(at, |start| start.with_timezone(&Utc))
+}
+
 pub fn observation_message(
     config: &ProjectorConfig,
     person: &Person<'_>,
@@ -90,7 +113,8 @@ pub fn pseudonymised_message(
         &config.topics.pseudonymised,
         EventId::from_uuid(key.id("observation-event", &row.observation_id)),
         &config.source,
-        row.recorded_at,
+        // The event's time is the month's too.
+        start_of_month(row.recorded_at),
         key.person(person.nhs_number, person.referral.as_uuid()),
         PSEUDONYMISED_OBSERVATION_TYPE,
         &pseudonymised(config, person, row),
@@ -187,4 +211,28 @@ pub fn summary_message(
         SUMMARY_TYPE,
         &bundle,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pseudonymised_time_is_its_uk_month() {
+        let at = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        // 23:30 UTC on 31 May is 00:30 on 1 June in London.
+        assert_eq!(month_of(at("2026-05-31T23:30:00Z")), "2026-06");
+        assert_eq!(
+            start_of_month(at("2026-06-17T10:00:00Z")).to_rfc3339(),
+            "2026-05-31T23:00:00+00:00"
+        );
+        assert_eq!(
+            start_of_month(at("2026-01-17T10:00:00Z")).to_rfc3339(),
+            "2026-01-01T00:00:00+00:00"
+        );
+    }
 }
