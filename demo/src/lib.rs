@@ -82,7 +82,7 @@ pub async fn run(
     settings.call_log_baseline.get_or_insert_with(baseline);
 
     println!("1. Topics ({})", settings.kafka()?.brokers);
-    for line in linkwork::topics_command::apply(&settings, None, &[])
+    for line in linkwork::topics_command::apply(&settings, None, &[], &[])
         .await?
         .lines()
     {

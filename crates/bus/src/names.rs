@@ -74,6 +74,11 @@ impl Names {
         self.topic(&topics::provider_queue(provider))
     }
 
+    /// A referrer's outcomes topic.
+    pub fn referrer_outcomes(&self, referrer: &linkwork_domain::Source) -> String {
+        self.topic(&topics::referrer_outcomes(referrer))
+    }
+
     /// A consumer named `consumer` reading `reads` (names of [`crate::topics`]), with
     /// its group, dead-letter topic and topics named by this scheme.
     pub fn consumer(&self, consumer: &str, reads: &[&str]) -> ConsumerConfig {

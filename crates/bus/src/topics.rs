@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use linkwork_domain::ProviderId;
+use linkwork_domain::{ProviderId, Source};
 use rdkafka::admin::{
     AdminClient, AdminOptions, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
 };
@@ -27,14 +27,18 @@ pub const TRIAGE_REFERRALS: &str = "triage.referrals";
 pub const PROVIDER_RESPONSES: &str = "provider.responses";
 /// Adult Social Care call-log events.
 pub const ASC_CALL_LOG: &str = "asc.call-log";
-/// Outcome Observations, identified, for referrers.
-pub const OUTCOMES_OBSERVATIONS: &str = "outcomes.observations";
 /// Outcome Observations, pseudonymised, for data teams.
 pub const OUTCOMES_OBSERVATIONS_PSEUDONYMISED: &str = "outcomes.observations.pseudonymised";
 /// Daily call-log reduction records for data teams.
 pub const METRICS_CALL_LOG: &str = "metrics.call-log";
+/// The audit trail: a FHIR AuditEvent per access to identifiable data.
+pub const AUDIT_EVENTS: &str = "audit.events";
 /// Each provider's queue, `provider.<id>.referrals`.
 pub const PROVIDER_QUEUE_TEMPLATE: &str = "provider.{provider}.referrals";
+/// Each referring organisation's identified outcomes and closing summaries,
+/// `referrer.<source>.outcomes` (`referrer.gp.A81001.outcomes`): one topic per
+/// referrer, so a referrer's system is granted its own people and no one else's.
+pub const REFERRER_OUTCOMES_TEMPLATE: &str = "referrer.{referrer}.outcomes";
 
 /// Consumer names. Each consumer's offsets, processed event ids and dead-letter topic
 /// (`<name>.dlq`) go by its name; a consumer that is the only reader of a topic is
@@ -47,8 +51,17 @@ pub mod consumers {
     pub const ROUTER: &str = "router";
     pub const PROJECTOR: &str = "projector";
     pub const METRICS: &str = "metrics";
+    /// Ingest's indexer of `audit.events`.
+    pub const AUDIT: &str = "audit";
 
-    pub const ALL: [&str; 5] = [INBOUND, PROVIDER_RESPONSES, ROUTER, PROJECTOR, METRICS];
+    pub const ALL: [&str; 6] = [
+        INBOUND,
+        PROVIDER_RESPONSES,
+        ROUTER,
+        PROJECTOR,
+        METRICS,
+        AUDIT,
+    ];
 }
 
 /// Every fixed topic name (templates excluded, dead-letter topics included).
@@ -59,9 +72,9 @@ pub fn fixed_topics() -> Vec<String> {
         TRIAGE_REFERRALS,
         PROVIDER_RESPONSES,
         ASC_CALL_LOG,
-        OUTCOMES_OBSERVATIONS,
         OUTCOMES_OBSERVATIONS_PSEUDONYMISED,
         METRICS_CALL_LOG,
+        AUDIT_EVENTS,
     ]
     .iter()
     .map(|name| (*name).to_owned())
@@ -78,6 +91,34 @@ pub fn dlq(consumer: &str) -> String {
 /// A provider's queue topic.
 pub fn provider_queue(provider: &ProviderId) -> String {
     PROVIDER_QUEUE_TEMPLATE.replace("{provider}", provider.as_str())
+}
+
+/// A referrer's outcomes topic.
+pub fn referrer_outcomes(referrer: &Source) -> String {
+    REFERRER_OUTCOMES_TEMPLATE.replace("{referrer}", &referrer.topic_segment())
+}
+
+/// Those a templated topic is made for: the directory's providers, the referrers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Members<'a> {
+    pub providers: &'a [ProviderId],
+    pub referrers: &'a [Source],
+}
+
+impl<'a> Members<'a> {
+    pub fn providers(providers: &'a [ProviderId]) -> Self {
+        Self {
+            providers,
+            referrers: &[],
+        }
+    }
+
+    pub fn referrers(referrers: &'a [Source]) -> Self {
+        Self {
+            providers: &[],
+            referrers,
+        }
+    }
 }
 
 /// `topics.yaml`.
@@ -170,6 +211,16 @@ impl CleanupPolicy {
 #[serde(rename_all = "lowercase")]
 pub enum TopicTemplate {
     Provider,
+    Referrer,
+}
+
+impl TopicTemplate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopicTemplate::Provider => "provider",
+            TopicTemplate::Referrer => "referrer",
+        }
+    }
 }
 
 /// A declared number and the one applied to a cluster too small for it.
@@ -264,13 +315,21 @@ impl TopicsFile {
             if let Err(message) = retention_ms(&topic.retention) {
                 return problem(message);
             }
-            let templated = topic.name.contains("{provider}");
-            if templated != (topic.per == Some(TopicTemplate::Provider)) {
-                return problem(
-                    "a name with {provider} needs `per: provider`, and only then".into(),
-                );
+            for (placeholder, template) in [
+                ("{provider}", TopicTemplate::Provider),
+                ("{referrer}", TopicTemplate::Referrer),
+            ] {
+                if topic.name.contains(placeholder) != (topic.per == Some(template)) {
+                    return problem(format!(
+                        "a name with {placeholder} needs `per: {}`, and only then",
+                        template.as_str()
+                    ));
+                }
             }
-            let concrete = topic.name.replace("{provider}", "x");
+            let concrete = topic
+                .name
+                .replace("{provider}", "x")
+                .replace("{referrer}", "x");
             let valid = !concrete.is_empty()
                 && concrete.len() <= 249
                 && concrete
@@ -309,20 +368,37 @@ impl TopicsFile {
         }
     }
 
-    /// Every concrete topic: fixed ones as declared, templates once per provider.
-    pub fn expand(&self, providers: &[ProviderId]) -> Vec<(String, &TopicSpec)> {
+    /// Every concrete topic: fixed ones as declared, templates once per provider or
+    /// referrer.
+    pub fn expand(&self, members: &Members<'_>) -> Vec<(String, &TopicSpec)> {
         let mut expanded = Vec::new();
         for topic in &self.topics {
             match topic.per {
                 None => expanded.push((topic.name.clone(), topic)),
                 Some(TopicTemplate::Provider) => {
-                    for provider in providers {
+                    for provider in members.providers {
                         expanded.push((topic.name.replace("{provider}", provider.as_str()), topic));
+                    }
+                }
+                Some(TopicTemplate::Referrer) => {
+                    for referrer in members.referrers {
+                        expanded.push((
+                            topic.name.replace("{referrer}", &referrer.topic_segment()),
+                            topic,
+                        ));
                     }
                 }
             }
         }
         expanded
+    }
+
+    /// The declaration of one template's topics alone (to create a new provider's or
+    /// referrer's topics without touching the rest).
+    pub fn only(&self, template: TopicTemplate) -> TopicsFile {
+        let mut file = self.clone();
+        file.topics.retain(|topic| topic.per == Some(template));
+        file
     }
 }
 
@@ -613,11 +689,11 @@ struct Plan<'a> {
 
 fn plan<'a>(
     file: &'a TopicsFile,
-    providers: &[ProviderId],
+    members: &Members<'_>,
     cluster: &BTreeMap<String, ExistingTopic>,
 ) -> Plan<'a> {
     let mut planned = Plan::default();
-    for (name, spec) in file.expand(providers) {
+    for (name, spec) in file.expand(members) {
         let Some(&existing) = cluster.get(&name) else {
             planned.to_create.push((name, spec));
             continue;
@@ -656,7 +732,7 @@ fn plan<'a>(
 pub async fn apply(
     kafka: &KafkaSettings,
     file: &TopicsFile,
-    providers: &[ProviderId],
+    members: &Members<'_>,
 ) -> Result<ApplyReport, BusError> {
     let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
     let metadata = {
@@ -692,7 +768,7 @@ pub async fn apply(
         })
         .collect();
     let brokers = metadata.brokers().len().max(1) as i32;
-    let planned = plan(file, providers, &cluster);
+    let planned = plan(file, members, &cluster);
     let mut report = ApplyReport {
         refused: planned.refused,
         warnings: planned.warnings,

@@ -371,6 +371,12 @@ impl Source {
         }
     }
 
+    /// The source as one segment of a Kafka topic name: `gp:A81001` is `gp.A81001`
+    /// (topic names have no colon; no source id has a dot, so this is one-to-one).
+    pub fn topic_segment(&self) -> String {
+        self.to_string().replace(':', ".")
+    }
+
     /// Professional sources must name a requester on the referral.
     pub fn is_professional(&self) -> bool {
         !matches!(self, Self::SelfReferral)

@@ -216,6 +216,26 @@ pub async fn consent_counts(
     .await
 }
 
+/// Every referrer (source) with a referral in the read models: the registry of
+/// referrers, each with its own outcomes topic. Sources that no longer parse (none
+/// should) are left out.
+pub async fn referrers(
+    connection: &mut PgConnection,
+) -> Result<Vec<linkwork_domain::Source>, sqlx::Error> {
+    if !built(connection).await? {
+        return Ok(Vec::new());
+    }
+    let sources: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT DISTINCT source FROM {P}.referrals ORDER BY source"
+    ))
+    .fetch_all(connection)
+    .await?;
+    Ok(sources
+        .iter()
+        .filter_map(|source| linkwork_domain::Source::parse(source).ok())
+        .collect())
+}
+
 /// The first day (UK local time) a referral was received, if any was.
 pub async fn first_received_on(
     connection: &mut PgConnection,

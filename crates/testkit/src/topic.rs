@@ -55,9 +55,13 @@ pub async fn apply(
     declaration: &TopicsFile,
     providers: &[linkwork_domain::ProviderId],
 ) {
-    let report = linkwork_bus::topics::apply(kafka, declaration, providers)
-        .await
-        .expect("broker is reachable (LINKWORK_TEST_KAFKA_BROKERS); start it with `make broker`");
+    let report = linkwork_bus::topics::apply(
+        kafka,
+        declaration,
+        &linkwork_bus::topics::Members::providers(providers),
+    )
+    .await
+    .expect("broker is reachable (LINKWORK_TEST_KAFKA_BROKERS); start it with `make broker`");
     assert!(report.refused.is_empty(), "{report}");
 }
 

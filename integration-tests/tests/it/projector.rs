@@ -428,7 +428,9 @@ async fn a_referral_life_projects_and_its_outcomes_go_out_identified_and_only_wi
     );
 
     // Identified: 4 Observations per referral and a summary per closed referral.
-    let identified = rig.read(&rig.config.topics.observations, 10).await;
+    // On the referrer's own topic (both are gp:A81001's).
+    let referrer = linkwork_domain::Source::parse("gp:A81001").unwrap();
+    let identified = rig.read(&rig.config.topics.referrer(&referrer), 10).await;
     let observations: Vec<Value> = identified
         .iter()
         .filter(|message| message.header("ce_type") == Some("linkwork.outcomes.observation.v1"))

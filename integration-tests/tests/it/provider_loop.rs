@@ -9,7 +9,7 @@ use linkwork::topology::{HttpSettings, Services, Topology, TopologySettings};
 use linkwork_auth::{Role, Verifier};
 use linkwork_bus::headers::HeaderList;
 use linkwork_bus::topics::{
-    consumers, OUTCOMES_OBSERVATIONS, OUTCOMES_OBSERVATIONS_PSEUDONYMISED, PROVIDER_RESPONSES,
+    consumers, OUTCOMES_OBSERVATIONS_PSEUDONYMISED, PROVIDER_RESPONSES, REFERRAL_EVENTS,
 };
 use linkwork_bus::{dlq, Names, Outbound, Producer};
 use linkwork_domain::ReferralId;
@@ -290,12 +290,17 @@ impl Loop {
 
     /// Waits until the read API shows the referral in `status` (linkwork's code).
     async fn wait_for_status(&self, referral: ReferralId, status: &str) {
+        self.wait_for_status_as(referral, status, &gp()).await;
+    }
+
+    /// As [`Loop::wait_for_status`], read by the referrer holding `token`.
+    async fn wait_for_status_as(&self, referral: ReferralId, status: &str, token: &str) {
         eventually(
             Duration::from_secs(60),
             &format!("{referral} {status}"),
             || async {
                 let (code, resource) = self
-                    .get(&format!("/fhir/ServiceRequest/{referral}"), &gp())
+                    .get(&format!("/fhir/ServiceRequest/{referral}"), token)
                     .await;
                 code == 200 && referral_status(&resource) == status
             },
@@ -544,11 +549,13 @@ async fn a_gp_referral_is_routed_accepted_scored_completed_and_reads_back() {
         format!("ServiceRequest/{referral}")
     );
 
-    // Both outcome topics carry the Observations; the referrer's summary comes too.
+    // The referrer's own topic and the data teams' carry the Observations; the
+    // referrer's summary comes too.
     let identified = run
         .stack
         .read_topic(
-            &run.names.topic(OUTCOMES_OBSERVATIONS),
+            &run.names
+                .referrer_outcomes(&linkwork_domain::Source::parse("gp:A81001").unwrap()),
             5,
             Duration::from_secs(60),
         )
@@ -1490,4 +1497,525 @@ async fn the_referrer_may_record_and_withdraw_consent_and_no_other_referrer_may(
         !consented().await
     })
     .await;
+}
+
+/// A second practice's referral of another invented person, in the same area.
+fn other_practice_referral(reference: &str) -> Value {
+    let mut referral = linkwork_testkit::gp_referral(reference);
+    let patient = &mut referral["contained"][0];
+    patient["identifier"][0]["value"] = json!(linkwork_testkit::NHS_NUMBERS[1]);
+    patient["name"] = json!([{ "family": "Quillfeather", "given": ["Tobias"] }]);
+    patient["address"] =
+        json!([{ "line": ["7 Made-up Yard"], "city": "Townley", "postalCode": "LS1 3ZZ" }]);
+    referral["requester"] = json!({ "display": "Dr Invented, Marsh Lane Practice" });
+    referral
+}
+
+#[tokio::test]
+async fn two_referrers_each_see_only_their_own_people_on_every_outbound_topic_and_api() {
+    let run = Loop::start().await;
+    let connectors = provider("connectors");
+    // Two practices, each with a person of its own: (source, token, referral body,
+    // NHS number, family name).
+    let practices = [
+        (
+            "gp:A81001",
+            token(Role::Source, "gp:A81001"),
+            linkwork_testkit::gp_referral(&unique("GPA")),
+            linkwork_testkit::NHS_NUMBERS[0],
+            "Brightwater",
+        ),
+        (
+            "gp:B82002",
+            token(Role::Source, "gp:B82002"),
+            other_practice_referral(&unique("GPB")),
+            linkwork_testkit::NHS_NUMBERS[1],
+            "Quillfeather",
+        ),
+    ];
+    let mut referrals = Vec::new();
+    for (_, token, body, _, _) in &practices {
+        let (status, created) = run.post("/fhir/ServiceRequest", token, body).await;
+        assert_eq!(status, 201, "{created}");
+        let referral =
+            ReferralId::from_uuid(Uuid::parse_str(created["id"].as_str().unwrap()).unwrap());
+        run.wait_for_status_as(referral, "requested", token).await;
+        referrals.push(referral);
+    }
+    // The same provider supports both and closes both with scores before and after.
+    for (referral, (_, token, ..)) in referrals.iter().zip(&practices) {
+        let referral = *referral;
+        let steps: Vec<(&str, Value)> = vec![
+            ("PUT", task(referral, 1, "accepted", None)),
+            (
+                "POST /fhir/Observation",
+                score(
+                    referral,
+                    "ucla-3",
+                    None,
+                    8,
+                    "baseline",
+                    "2026-03-10T10:00:00Z",
+                ),
+            ),
+            (
+                "POST /fhir/Observation",
+                score(
+                    referral,
+                    "ucla-3",
+                    None,
+                    5,
+                    "follow-up",
+                    "2026-06-01T10:00:00Z",
+                ),
+            ),
+            ("PUT", task(referral, 1, "completed", None)),
+        ];
+        run.provide(referral, &connectors, &steps).await;
+        run.wait_for_status_as(referral, "completed", token).await;
+    }
+    // Everything on the log is projected and every outbound message relayed.
+    run.stack
+        .caught_up(
+            &run.pool,
+            consumers::PROJECTOR,
+            &run.names.topic(REFERRAL_EVENTS),
+        )
+        .await;
+    run.responses_settled().await;
+
+    for (index, (source, token, _, nhs_number, _)) in practices.iter().enumerate() {
+        let own = referrals[index];
+        let other = referrals[1 - index];
+        let (_, _, _, other_nhs_number, other_family) = &practices[1 - index];
+        let (other_source, ..) = &practices[1 - index];
+
+        // Its own outcomes topic: two Observations and the summary, all of its person.
+        let topic = run
+            .names
+            .referrer_outcomes(&linkwork_domain::Source::parse(source).unwrap());
+        let messages = run
+            .stack
+            .read_topic(&topic, 3, Duration::from_secs(60))
+            .await;
+        assert_eq!(messages.len(), 3, "{topic}");
+        for message in &messages {
+            assert_eq!(
+                message.key.as_deref(),
+                Some(own.to_string().as_str()),
+                "{topic}"
+            );
+            let text = String::from_utf8_lossy(&message.payload);
+            assert!(text.contains(nhs_number), "{topic}: {text}");
+            assert!(
+                !text.contains(other_nhs_number)
+                    && !text.contains(other_family)
+                    && !text.contains(&other.to_string()),
+                "{topic} carries {other_source}'s person: {text}"
+            );
+        }
+
+        // Over the API: its own reads, the other's refused.
+        for path in [
+            format!("/fhir/ServiceRequest/{own}"),
+            format!("/fhir/ServiceRequest/{own}/_history"),
+            format!("/fhir/Task/{}", own.task_id(1)),
+            format!("/fhir/Observation?based-on=ServiceRequest/{own}"),
+        ] {
+            let (code, answer) = run.get(&path, token).await;
+            assert_eq!(code, 200, "{source} {path}: {answer}");
+        }
+        for path in [
+            format!("/fhir/ServiceRequest/{other}"),
+            format!("/fhir/ServiceRequest/{other}/_history"),
+            format!("/fhir/Task/{}", other.task_id(1)),
+            format!("/fhir/Observation?based-on=ServiceRequest/{other}"),
+        ] {
+            let (code, answer) = run.get(&path, token).await;
+            assert_eq!(code, 403, "{source} {path}: {answer}");
+            assert!(!answer.to_string().contains(other_nhs_number), "{answer}");
+        }
+        // Searches: its own person found, the other's not (an empty searchset).
+        let (code, listed) = run.get("/fhir/ServiceRequest", token).await;
+        assert_eq!(code, 200, "{listed}");
+        let listed = listed.to_string();
+        assert!(listed.contains(&own.to_string()), "{source}: {listed}");
+        assert!(!listed.contains(&other.to_string()), "{source}: {listed}");
+        for (number, expected) in [(nhs_number, 1), (other_nhs_number, 0)] {
+            let (code, found) = run
+                .post_form(
+                    "/fhir/ServiceRequest/_search",
+                    token,
+                    &[(
+                        "subject:identifier",
+                        &format!("https://fhir.nhs.uk/Id/nhs-number|{number}"),
+                    )],
+                )
+                .await;
+            assert_eq!(code, 200, "{found}");
+            assert_eq!(
+                found["total"], expected,
+                "{source} searching {number}: {found}"
+            );
+        }
+    }
+}
+
+/// BaRS `NHSD-Target-Identifier` for linkwork's router service: base64 of
+/// `{"system":"https://linkwork.example/fhir/Id/service","value":"router"}`.
+const BARS_TARGET: &str =
+    "eyJzeXN0ZW0iOiJodHRwczovL2xpbmt3b3JrLmV4YW1wbGUvZmhpci9JZC9zZXJ2aWNlIiwidmFsdWUiOiJyb3V0ZXIifQ==";
+
+/// One request the audit walk made: the route it exercises, the concrete call, who
+/// made it and the status it got.
+struct Walked {
+    route: (&'static str, &'static str),
+    path: String,
+    client: &'static str,
+    status: u16,
+}
+
+#[tokio::test]
+async fn every_route_that_touches_identifiable_data_leaves_an_audit_event_an_administrator_finds() {
+    let run = Loop::start().await;
+    let connectors = provider("connectors");
+    let admin = token(Role::Admin, "ig-lead");
+    let asc = token(Role::Source, "asc");
+    let mut walked: Vec<Walked> = Vec::new();
+    let mut note = |route, path: String, client, status: u16| {
+        walked.push(Walked {
+            route,
+            path,
+            client,
+            status,
+        });
+    };
+
+    // Creates: a ServiceRequest, a BaRS message, a batch Bundle.
+    let (status, created) = run
+        .post(
+            "/fhir/ServiceRequest",
+            &gp(),
+            &linkwork_testkit::gp_referral(&unique("AUD")),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let referral = ReferralId::from_uuid(Uuid::parse_str(created["id"].as_str().unwrap()).unwrap());
+    note(
+        ("POST", "/fhir/ServiceRequest"),
+        "/fhir/ServiceRequest".into(),
+        "gp:A81001",
+        status,
+    );
+    let message = linkwork_testkit::bars_message(&unique("AUDB"), "new", "active");
+    let response = run
+        .client
+        .post(format!("{}/fhir/$process-message", run.address))
+        .bearer_auth(gp())
+        .header("content-type", "application/fhir+json")
+        .header("x-request-id", Uuid::now_v7().to_string())
+        .header("x-correlation-id", Uuid::now_v7().to_string())
+        .header("nhsd-target-identifier", BARS_TARGET)
+        .header("nhsd-end-user-organisation-ods", "A81001")
+        .body(message.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert_eq!(status, 200, "{}", response.text().await.unwrap());
+    note(
+        ("POST", "/fhir/$process-message"),
+        "/fhir/$process-message".into(),
+        "gp:A81001",
+        status,
+    );
+    let batch = json!({ "resourceType": "Bundle", "type": "batch", "entry": [{
+        "fullUrl": format!("urn:uuid:{}", Uuid::now_v7()),
+        "resource": linkwork_testkit::gp_referral(&unique("AUDC")),
+        "request": { "method": "POST", "url": "ServiceRequest" },
+    }]});
+    let (status, answer) = run.post("/fhir", &gp(), &batch).await;
+    assert_eq!(status, 200, "{answer}");
+    note(("POST", "/fhir"), "/fhir".into(), "gp:A81001", status);
+
+    run.wait_for_status(referral, "requested").await;
+    let task_path = format!("/fhir/Task/{}", referral.task_id(1));
+    // Reads and searches by the referrer and the provider.
+    for (route, path, who, token) in [
+        (
+            ("GET", "/fhir/ServiceRequest/{id}"),
+            format!("/fhir/ServiceRequest/{referral}"),
+            "gp:A81001",
+            gp(),
+        ),
+        (
+            ("GET", "/fhir/ServiceRequest/{id}/_history"),
+            format!("/fhir/ServiceRequest/{referral}/_history"),
+            "gp:A81001",
+            gp(),
+        ),
+        (
+            ("GET", "/fhir/Task/{id}"),
+            task_path.clone(),
+            "connectors",
+            connectors.clone(),
+        ),
+        (
+            ("GET", "/fhir/ServiceRequest"),
+            "/fhir/ServiceRequest".to_owned(),
+            "gp:A81001",
+            gp(),
+        ),
+    ] {
+        let (status, answer) = run.get(&path, &token).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+        note(route, path, who, status);
+    }
+    let (status, found) = run
+        .post_form(
+            "/fhir/ServiceRequest/_search",
+            &gp(),
+            &[(
+                "subject:identifier",
+                &format!(
+                    "https://fhir.nhs.uk/Id/nhs-number|{}",
+                    linkwork_testkit::NHS_NUMBERS[0]
+                ),
+            )],
+        )
+        .await;
+    assert_eq!(status, 200, "{found}");
+    note(
+        ("POST", "/fhir/ServiceRequest/_search"),
+        "/fhir/ServiceRequest/_search".into(),
+        "gp:A81001",
+        status,
+    );
+
+    // The provider's updates and records.
+    let (status, answer) = run
+        .put(
+            &task_path,
+            &connectors,
+            &task(referral, 1, "accepted", None),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    note(
+        ("PUT", "/fhir/Task/{id}"),
+        task_path.clone(),
+        "connectors",
+        status,
+    );
+    let (status, answer) = run
+        .patch(
+            &task_path,
+            &connectors,
+            "application/json-patch+json",
+            &json!([{ "op": "replace", "path": "/status", "value": "in-progress" }]),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    note(
+        ("PATCH", "/fhir/Task/{id}"),
+        task_path.clone(),
+        "connectors",
+        status,
+    );
+    for (route, body) in [
+        (
+            ("POST", "/fhir/Observation"),
+            score(
+                referral,
+                "ucla-3",
+                None,
+                8,
+                "baseline",
+                "2026-03-10T10:00:00Z",
+            ),
+        ),
+        (
+            ("POST", "/fhir/Communication"),
+            json!({
+                "resourceType": "Communication",
+                "status": "completed",
+                "basedOn": [{ "reference": format!("ServiceRequest/{referral}") }],
+                "sent": "2026-03-09T15:00:00Z",
+                "medium": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationMode", "code": "PHONE" }] }],
+            }),
+        ),
+        (
+            ("POST", "/fhir/Procedure"),
+            json!({
+                "resourceType": "Procedure",
+                "status": "completed",
+                "basedOn": [{ "reference": format!("ServiceRequest/{referral}") }],
+                "subject": { "reference": format!("Patient/{}", referral.patient_id()) },
+                "category": { "coding": [{ "system": format!("{BASE}/CodeSystem/activity-kind"), "code": "group" }] },
+                "code": { "text": "Townley lunch club" },
+                "performedDateTime": "2026-03-20",
+            }),
+        ),
+        (("POST", "/fhir/Consent"), consent(referral)),
+    ] {
+        let (status, answer) = run.post(route.1, &connectors, &body).await;
+        assert!(
+            status == 200 || status == 201,
+            "{route:?}: {status} {answer}"
+        );
+        note(route, route.1.to_owned(), "connectors", status);
+    }
+    run.wait_for_status(referral, "in-progress").await;
+    let observations = format!("/fhir/Observation?based-on=ServiceRequest/{referral}");
+    let (status, answer) = run.get(&observations, &gp()).await;
+    assert_eq!(status, 200, "{answer}");
+    note(
+        ("GET", "/fhir/Observation"),
+        "/fhir/Observation".into(),
+        "gp:A81001",
+        status,
+    );
+
+    // The ASC call log (case ids, no person), and a refused read by another practice.
+    let response = run
+        .client
+        .post(format!("{}/asc/call-log", run.address))
+        .bearer_auth(&asc)
+        .header("content-type", "text/csv")
+        .body("case_id,opened_at,closed_at,closure_reason\nAUD-1,2026-01-05T09:00:00Z,,\n")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert_eq!(status, 200);
+    note(
+        ("POST", "/asc/call-log"),
+        "/asc/call-log".into(),
+        "asc",
+        status,
+    );
+    let (status, _) = run
+        .get(
+            &format!("/fhir/ServiceRequest/{referral}"),
+            &token(Role::Source, "gp:B82002"),
+        )
+        .await;
+    assert_eq!(status, 403);
+    note(
+        ("GET", "/fhir/ServiceRequest/{id}"),
+        format!("/fhir/ServiceRequest/{referral}"),
+        "gp:B82002",
+        status,
+    );
+
+    // Every audited route was walked.
+    let audited: std::collections::BTreeSet<(&str, &str)> = linkwork_ingest::http::routes()
+        .into_iter()
+        .filter(|spec| spec.audit.is_some())
+        .map(|spec| (spec.method, spec.path))
+        .collect();
+    let mut covered: std::collections::BTreeSet<(&str, &str)> =
+        walked.iter().map(|walk| walk.route).collect();
+    covered.insert(("GET", "/fhir/AuditEvent"));
+    assert_eq!(covered, audited, "every audited route is walked");
+
+    // The administrator finds each in the trail: by the person, then by client.
+    let today = chrono::Utc::now().date_naive();
+    let person = format!(
+        "/fhir/AuditEvent?patient=Patient/{}&date=ge{today}&_count=500",
+        referral.patient_id()
+    );
+    let trail = |path: String| {
+        let run = &run;
+        let admin = admin.clone();
+        async move {
+            let (status, bundle) = run.get(&path, &admin).await;
+            assert_eq!(status, 200, "{bundle}");
+            bundle["entry"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|entry| entry["resource"].clone())
+                .collect::<Vec<Value>>()
+        }
+    };
+    let describes = |event: &Value, walk: &Walked| {
+        event["outcomeDesc"].as_str().is_some_and(|text| {
+            text.starts_with(&format!(
+                "HTTP {} {} {}",
+                walk.status, walk.route.0, walk.path
+            ))
+        }) && event["agent"][0]["who"]["identifier"]["value"] == walk.client
+    };
+    eventually(
+        Duration::from_secs(60),
+        "every access in the trail",
+        || async {
+            // This test's database holds this test's trail alone.
+            let events = trail(format!("/fhir/AuditEvent?date=ge{today}&_count=500")).await;
+            walked
+                .iter()
+                .all(|walk| events.iter().any(|event| describes(event, walk)))
+        },
+    )
+    .await;
+    let events = trail(person.clone()).await;
+    let read = events
+        .iter()
+        .find(|event| describes(event, &walked[3]))
+        .expect("the referrer's read");
+    assert_eq!(read["subtype"][0]["code"], "read");
+    assert_eq!(read["action"], "R");
+    assert_eq!(read["outcome"], "0");
+    assert_eq!(read["agent"][0]["network"]["address"], "127.0.0.1");
+    assert_eq!(
+        read["entity"][0]["what"]["reference"],
+        format!("Patient/{}", referral.patient_id())
+    );
+    assert_eq!(
+        read["entity"][1]["what"]["reference"],
+        format!("ServiceRequest/{referral}")
+    );
+    let refused = events
+        .iter()
+        .find(|event| describes(event, walked.last().unwrap()))
+        .expect("the refused read");
+    assert_eq!(refused["outcome"], "4");
+    let search = events
+        .iter()
+        .find(|event| {
+            event["outcomeDesc"]
+                .as_str()
+                .is_some_and(|text| text.contains("/_search"))
+        })
+        .expect("the search by NHS number");
+    assert_eq!(search["action"], "E");
+    // The trail names people by Patient id, searches by parameter name: no identifier.
+    let text = serde_json::to_string(&events).unwrap();
+    assert!(text.contains("parameters: subject:identifier"), "{text}");
+    for identifying in [
+        linkwork_testkit::NHS_NUMBERS[0],
+        "Brightwater",
+        "LS1 4AP",
+        "1941-05-06",
+    ] {
+        assert!(!text.contains(identifying), "{identifying} in the trail");
+    }
+    // The administrator's own search is in the trail too.
+    eventually(
+        Duration::from_secs(30),
+        "the audit search audited",
+        || async {
+            trail(person.clone()).await.iter().any(|event| {
+                event["outcomeDesc"]
+                    .as_str()
+                    .is_some_and(|text| text.contains("GET /fhir/AuditEvent"))
+                    && event["agent"][0]["who"]["identifier"]["value"] == "ig-lead"
+            })
+        },
+    )
+    .await;
+    // Only administrators read the trail.
+    let (status, _) = run.get(&person, &gp()).await;
+    assert_eq!(status, 403);
 }

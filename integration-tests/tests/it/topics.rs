@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use linkwork_bus::topics::{apply, TopicsFile};
+use linkwork_bus::topics::{apply, Members, TopicsFile};
 use linkwork_bus::KafkaSettings;
 use linkwork_domain::ProviderId;
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ConfigSource, ResourceSpecifier};
@@ -128,9 +128,13 @@ async fn apply_creates_what_is_missing_and_a_second_run_changes_nothing() {
         ProviderId::parse("wellbeing-hub").unwrap(),
     ];
 
-    let first = apply(&stack.kafka, &declaration(&prefix, 3), &providers)
-        .await
-        .unwrap();
+    let first = apply(
+        &stack.kafka,
+        &declaration(&prefix, 3),
+        &Members::providers(&providers),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         first.created,
         vec![
@@ -141,9 +145,13 @@ async fn apply_creates_what_is_missing_and_a_second_run_changes_nothing() {
     );
     assert!(first.to_string().contains("3 created"));
 
-    let second = apply(&stack.kafka, &declaration(&prefix, 3), &providers)
-        .await
-        .unwrap();
+    let second = apply(
+        &stack.kafka,
+        &declaration(&prefix, 3),
+        &Members::providers(&providers),
+    )
+    .await
+    .unwrap();
     assert!(
         second.all_as_declared(),
         "second run changed or found something: {second}"
@@ -155,17 +163,25 @@ async fn apply_creates_what_is_missing_and_a_second_run_changes_nothing() {
     );
 
     // Not ordered by key: it grows.
-    let grown = apply(&stack.kafka, &declaration(&prefix, 5), &providers)
-        .await
-        .unwrap();
+    let grown = apply(
+        &stack.kafka,
+        &declaration(&prefix, 5),
+        &Members::providers(&providers),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         grown.grown,
         vec![(format!("{prefix}.events"), 3, 5)],
         "{grown}"
     );
-    let shrunk = apply(&stack.kafka, &declaration(&prefix, 2), &providers)
-        .await
-        .unwrap();
+    let shrunk = apply(
+        &stack.kafka,
+        &declaration(&prefix, 2),
+        &Members::providers(&providers),
+    )
+    .await
+    .unwrap();
     assert!(!shrunk.changed_anything());
     assert!(shrunk
         .warnings
@@ -177,9 +193,13 @@ async fn apply_creates_what_is_missing_and_a_second_run_changes_nothing() {
 async fn created_topics_get_the_declared_min_isr_capped_at_the_replication() {
     let stack = stack();
     let prefix = unique("it-min-isr");
-    let report = apply(&stack.kafka, &mixed_declaration(&prefix, 2, false), &[])
-        .await
-        .unwrap();
+    let report = apply(
+        &stack.kafka,
+        &mixed_declaration(&prefix, 2, false),
+        &Members::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.created.len(), 2, "{report}");
     let topic = format!("{prefix}.ordered");
     let (_, brokers) = partitions_and_brokers(&stack.kafka, &topic);
@@ -208,7 +228,9 @@ async fn configuration_changed_out_of_band_is_reported_as_drift_and_left_alone()
     let stack = stack();
     let prefix = unique("it-drift");
     let declaration = mixed_declaration(&prefix, 1, false);
-    apply(&stack.kafka, &declaration, &[]).await.unwrap();
+    apply(&stack.kafka, &declaration, &Members::default())
+        .await
+        .unwrap();
     let topic = format!("{prefix}.dlq");
     let min_insync = topic_config(&stack.kafka, &topic).await["min.insync.replicas"]
         .0
@@ -228,7 +250,9 @@ async fn configuration_changed_out_of_band_is_reported_as_drift_and_left_alone()
         result.unwrap_or_else(|(resource, code)| panic!("altering {resource:?}: {code}"));
     }
 
-    let report = apply(&stack.kafka, &declaration, &[]).await.unwrap();
+    let report = apply(&stack.kafka, &declaration, &Members::default())
+        .await
+        .unwrap();
     let text = report.to_string();
     let drift: Vec<_> = report
         .drift
@@ -256,13 +280,21 @@ async fn configuration_changed_out_of_band_is_reported_as_drift_and_left_alone()
 async fn an_ordered_topic_is_refused_more_partitions_and_the_rest_is_still_applied() {
     let stack = stack();
     let prefix = unique("it-refuse");
-    apply(&stack.kafka, &mixed_declaration(&prefix, 2, false), &[])
-        .await
-        .unwrap();
+    apply(
+        &stack.kafka,
+        &mixed_declaration(&prefix, 2, false),
+        &Members::default(),
+    )
+    .await
+    .unwrap();
 
-    let report = apply(&stack.kafka, &mixed_declaration(&prefix, 4, true), &[])
-        .await
-        .expect("a refusal is reported, not an error");
+    let report = apply(
+        &stack.kafka,
+        &mixed_declaration(&prefix, 4, true),
+        &Members::default(),
+    )
+    .await
+    .expect("a refusal is reported, not an error");
     let ordered = format!("{prefix}.ordered");
     let order_free = format!("{prefix}.dlq");
     assert_eq!(report.created, vec![format!("{prefix}.late")], "{report}");
@@ -296,9 +328,13 @@ async fn an_ordered_topic_is_refused_more_partitions_and_the_rest_is_still_appli
 async fn an_order_free_topic_really_grows() {
     let stack = stack();
     let prefix = unique("it-grow");
-    apply(&stack.kafka, &mixed_declaration(&prefix, 1, false), &[])
-        .await
-        .unwrap();
+    apply(
+        &stack.kafka,
+        &mixed_declaration(&prefix, 1, false),
+        &Members::default(),
+    )
+    .await
+    .unwrap();
     let order_free = format!("{prefix}.dlq");
     assert_eq!(partitions_and_brokers(&stack.kafka, &order_free).0, 1);
 
@@ -309,12 +345,16 @@ async fn an_order_free_topic_really_grows() {
         .find(|topic| topic.name == order_free)
         .unwrap()
         .partitions = 3;
-    let report = apply(&stack.kafka, &declaration, &[]).await.unwrap();
+    let report = apply(&stack.kafka, &declaration, &Members::default())
+        .await
+        .unwrap();
     assert_eq!(report.grown, vec![(order_free.clone(), 1, 3)], "{report}");
     assert!(report.refused.is_empty(), "{report}");
     assert_eq!(partitions_and_brokers(&stack.kafka, &order_free).0, 3);
 
-    let again = apply(&stack.kafka, &declaration, &[]).await.unwrap();
+    let again = apply(&stack.kafka, &declaration, &Members::default())
+        .await
+        .unwrap();
     assert!(
         again.to_string().starts_with("nothing to change"),
         "{again}"

@@ -4,6 +4,7 @@
 //! and the ASC call log. Each accepted referral becomes `ReferralReceived` on
 //! `referral.events`; each refusal is an OperationOutcome naming what is wrong.
 
+pub mod audit;
 pub mod call_log;
 pub mod capability;
 pub mod http;
@@ -141,7 +142,11 @@ impl Application {
         shutdown: CancellationToken,
     ) -> Result<(), std::io::Error> {
         tracing::info!(address = %self.listener.local_addr()?, "ingest listening");
-        axum::serve(self.listener, self.router)
+        // The peer address goes to the audit trail ("from where").
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
     }

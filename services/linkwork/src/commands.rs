@@ -15,8 +15,9 @@ pub async fn topics_apply(
     settings: &Settings,
     file: Option<&Path>,
     providers: &[String],
+    referrers: &[String],
 ) -> anyhow::Result<()> {
-    let report = crate::topics_command::apply_report(settings, file, providers).await?;
+    let report = crate::topics_command::apply_report(settings, file, providers, referrers).await?;
     println!("{report}");
     if report.refused.is_empty() {
         return Ok(());

@@ -113,8 +113,13 @@ async fn store(
     transaction.commit().await?;
     // The queue topics exist before the router can put anything on them.
     let declaration = names.declaration(&crate::topics_command::load(None)?);
-    linkwork_bus::topics::apply(&kafka, &declaration, &document.provider_ids())
-        .await
-        .context("creating the providers' queue topics")?;
+    let providers = document.provider_ids();
+    linkwork_bus::topics::apply(
+        &kafka,
+        &declaration,
+        &linkwork_bus::topics::Members::providers(&providers),
+    )
+    .await
+    .context("creating the providers' queue topics")?;
     Ok(stored)
 }

@@ -140,6 +140,11 @@ enum TopicsAction {
         /// those of the stored directory (when LINKWORK_DATABASE_URL is set).
         #[arg(long = "provider", value_name = "ID")]
         providers: Vec<String>,
+        /// Referrers (gp:<ODS>, hospital:<ODS>, contact-centre, asc, self, org:<name>)
+        /// whose outcomes topics (referrer.<source>.outcomes) to create, besides every
+        /// referrer with a projected referral (when LINKWORK_DATABASE_URL is set).
+        #[arg(long = "referrer", value_name = "SOURCE")]
+        referrers: Vec<String>,
     },
 }
 
@@ -162,8 +167,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = linkwork::shutdown::on_signal();
     match cli.command {
         Command::Topics {
-            action: TopicsAction::Apply { file, providers },
-        } => commands::topics_apply(&settings, file.as_deref(), &providers).await,
+            action:
+                TopicsAction::Apply {
+                    file,
+                    providers,
+                    referrers,
+                },
+        } => commands::topics_apply(&settings, file.as_deref(), &providers, &referrers).await,
         Command::Serve { service } => linkwork::serve::run(&settings, service, shutdown).await,
         Command::Replay => commands::replay(&settings).await,
         Command::Report(args) => commands::report(&settings, args.from, args.to, &args.out).await,

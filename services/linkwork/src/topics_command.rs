@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use linkwork_bus::topics::{self, TopicsFile};
-use linkwork_domain::ProviderId;
+use linkwork_domain::{ProviderId, Source};
 
 use crate::settings::Settings;
 
@@ -24,8 +24,11 @@ pub async fn apply(
     settings: &Settings,
     file: Option<&Path>,
     providers: &[String],
+    referrers: &[String],
 ) -> anyhow::Result<String> {
-    Ok(apply_report(settings, file, providers).await?.to_string())
+    Ok(apply_report(settings, file, providers, referrers)
+        .await?
+        .to_string())
 }
 
 /// Applies the declaration, for `linkwork topics apply`: the report, whose refusals
@@ -34,6 +37,7 @@ pub async fn apply_report(
     settings: &Settings,
     file: Option<&Path>,
     providers: &[String],
+    referrers: &[String],
 ) -> anyhow::Result<topics::ApplyReport> {
     let declaration = load(file)?;
     let mut providers = providers
@@ -45,8 +49,47 @@ pub async fn apply_report(
             providers.push(id);
         }
     }
+    let mut referrers = referrers
+        .iter()
+        .map(|id| Source::parse(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    for source in projected_referrers(settings).await? {
+        if !referrers.contains(&source) {
+            referrers.push(source);
+        }
+    }
     let declaration = settings.names.declaration(&declaration);
-    Ok(topics::apply(settings.kafka()?, &declaration, &providers).await?)
+    Ok(topics::apply(
+        settings.kafka()?,
+        &declaration,
+        &topics::Members {
+            providers: &providers,
+            referrers: &referrers,
+        },
+    )
+    .await?)
+}
+
+/// Every referrer with a projected referral: the registry of referrers, each of which
+/// has its outcomes topic.
+async fn projected_referrers(settings: &Settings) -> anyhow::Result<Vec<Source>> {
+    let Ok(database) = settings.database() else {
+        return Ok(Vec::new());
+    };
+    let pool = linkwork_store::connect(&database)
+        .await
+        .context("connecting to LINKWORK_DATABASE_URL for the referrers")?;
+    let mut connection = pool.acquire().await?;
+    match linkwork_projection::aggregates::referrers(&mut connection).await {
+        Ok(referrers) => Ok(referrers),
+        // No read models yet: nobody has referred.
+        Err(linkwork_store::sqlx::Error::Database(error))
+            if matches!(error.code().as_deref(), Some("42P01" | "3F000")) =>
+        {
+            Ok(Vec::new())
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// The providers of the stored directory, when a database is configured and holds one.

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use linkwork_auth::Verifier;
 use linkwork_bus::topics::{
-    consumers, TopicsFile, ASC_CALL_LOG, METRICS_CALL_LOG, OUTCOMES_OBSERVATIONS,
+    consumers, TopicTemplate, TopicsFile, ASC_CALL_LOG, AUDIT_EVENTS, METRICS_CALL_LOG,
     OUTCOMES_OBSERVATIONS_PSEUDONYMISED, PROVIDER_RESPONSES, REFERRALS_INBOUND, REFERRAL_EVENTS,
     TRIAGE_REFERRALS,
 };
@@ -150,7 +150,7 @@ pub fn projector_config(names: &Names, key: PseudonymKey) -> ProjectorConfig {
     let mut config = ProjectorConfig::new(key);
     config.topics = linkwork_projector::ProjectorTopics {
         events: names.topic(REFERRAL_EVENTS),
-        observations: names.topic(OUTCOMES_OBSERVATIONS),
+        referrer_prefix: names.topic_prefix().to_owned(),
         pseudonymised: names.topic(OUTCOMES_OBSERVATIONS_PSEUDONYMISED),
     };
     config.group_id = names.group(consumers::PROJECTOR);
@@ -206,7 +206,12 @@ impl Topology {
         let events_topic = names.topic(REFERRAL_EVENTS);
         let projector_config = if services.projector {
             let key = pseudonym_key.context("the projector needs a pseudonym key")?;
-            Some(projector_config(&names, key))
+            let mut config = projector_config(&names, key);
+            config.ensure_referrer_topics = Some((
+                kafka.clone(),
+                names.declaration(&topics.only(TopicTemplate::Referrer)),
+            ));
+            Some(config)
         } else {
             None
         };
@@ -270,6 +275,7 @@ impl Topology {
             ingest.http.clock = clock.clone();
             ingest.http.events_topic = events_topic.clone();
             ingest.http.call_log_topic = names.topic(ASC_CALL_LOG);
+            ingest.http.audit_topic = names.topic(AUDIT_EVENTS);
             ingest.delivery_timeout = http.delivery_timeout;
             ingest.http.requests_per_minute = http.requests_per_minute;
             let mut application =
@@ -312,6 +318,19 @@ impl Topology {
             topology.consumers.push(inbound.status());
             topology.spawn("referrals.inbound consumer", move |token| async move {
                 inbound.run(token).await?;
+                Ok(())
+            });
+            // The index of the audit trail behind GET /fhir/AuditEvent.
+            let audit = ConsumerRunner::new(
+                names.consumer(consumers::AUDIT, &[AUDIT_EVENTS]),
+                kafka.clone(),
+                pool.clone(),
+                linkwork_ingest::audit::AuditIndexer,
+            )
+            .with_outbox_notify(outbox.clone());
+            topology.consumers.push(audit.status());
+            topology.spawn("audit.events consumer", move |token| async move {
+                audit.run(token).await?;
                 Ok(())
             });
         }

@@ -185,7 +185,10 @@ fn serve_metrics_answers_health_readiness_and_metrics_on_its_admin_listener() {
 
 #[test]
 fn serve_ingest_answers_health_readiness_and_metrics_on_its_admin_listener() {
-    answers_on_its_admin_listener("ingest", &["provider.responses", "referrals.inbound"]);
+    answers_on_its_admin_listener(
+        "ingest",
+        &["audit", "provider.responses", "referrals.inbound"],
+    );
 }
 
 #[test]
@@ -193,6 +196,7 @@ fn serve_all_answers_health_readiness_and_metrics_on_its_admin_listener() {
     answers_on_its_admin_listener(
         "all",
         &[
+            "audit",
             "metrics",
             "projector",
             "provider.responses",

@@ -1,9 +1,9 @@
 //! linkwork's projector: read models built only from `referral.events` (current
 //! referral state, full history, Tasks, caseloads, outcome measures and their
-//! baseline/follow-up pairs, contacts and activities), outcome Observations out to
-//! `outcomes.observations` and, with consent, pseudonymised to
-//! `outcomes.observations.pseudonymised`, and the referrer's summary when a referral
-//! closes. `linkwork replay` rebuilds it all from offset 0 ([`replay`]).
+//! baseline/follow-up pairs, contacts and activities), outcome Observations and the
+//! closing summary out to the referrer's own topic (`referrer.<source>.outcomes`,
+//! created when the referrer's first outcome goes out) and, with consent,
+//! pseudonymised to `outcomes.observations.pseudonymised`. `linkwork replay` rebuilds it all from offset 0 ([`replay`]).
 //!
 //! The read models and their schema belong to the read side (`linkwork-projection`);
 //! the projector is their only writer, with the transactional-consumer pattern of
@@ -18,6 +18,7 @@ use linkwork_bus::topics as bus_topics;
 use linkwork_bus::{ConsumerConfig, ConsumerRunner, ConsumerStatus, KafkaSettings};
 use linkwork_projection::{SchemaError, SchemaState};
 use sqlx::PgPool;
+use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -35,16 +36,28 @@ pub async fn migrate(pool: &PgPool) -> Result<(), linkwork_store::StoreError> {
 #[derive(Debug, Clone)]
 pub struct ProjectorTopics {
     pub events: String,
-    pub observations: String,
     pub pseudonymised: String,
+    /// Put before each referrer's outcomes topic (the deployment's topic prefix).
+    pub referrer_prefix: String,
+}
+
+impl ProjectorTopics {
+    /// The topic of `referrer`'s identified outcomes and summaries.
+    pub fn referrer(&self, referrer: &linkwork_domain::Source) -> String {
+        format!(
+            "{}{}",
+            self.referrer_prefix,
+            bus_topics::referrer_outcomes(referrer)
+        )
+    }
 }
 
 impl Default for ProjectorTopics {
     fn default() -> Self {
         Self {
             events: bus_topics::REFERRAL_EVENTS.to_owned(),
-            observations: bus_topics::OUTCOMES_OBSERVATIONS.to_owned(),
             pseudonymised: bus_topics::OUTCOMES_OBSERVATIONS_PSEUDONYMISED.to_owned(),
+            referrer_prefix: String::new(),
         }
     }
 }
@@ -68,6 +81,10 @@ pub struct ProjectorConfig {
     /// Where `linkwork replay` builds before swapping in.
     pub rebuild_schema: String,
     pub dlq_topic: String,
+    /// Creates a referrer's outcomes topic, from the `per: referrer` declaration (named
+    /// for the deployment), before its first message goes out. Unset, the topics must
+    /// exist already (`linkwork topics apply --referrer`).
+    pub ensure_referrer_topics: Option<(KafkaSettings, bus_topics::TopicsFile)>,
 }
 
 impl ProjectorConfig {
@@ -83,6 +100,7 @@ impl ProjectorConfig {
             schema: linkwork_projection::LIVE_SCHEMA.to_owned(),
             rebuild_schema: format!("{}_rebuild", linkwork_projection::LIVE_SCHEMA),
             dlq_topic: bus_topics::dlq(bus_topics::consumers::PROJECTOR),
+            ensure_referrer_topics: None,
         }
     }
 
@@ -181,6 +199,7 @@ impl Projector {
             schema: self.config.schema.clone(),
             config: self.config,
             publish: true,
+            referrer_topics: HashSet::new(),
         };
         let mut runner =
             ConsumerRunner::new(consumer, self.kafka, self.pool, handler).with_status(self.status);

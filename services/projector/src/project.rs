@@ -34,6 +34,9 @@ pub struct ProjectorHandler {
     pub config: ProjectorConfig,
     pub schema: String,
     pub publish: bool,
+    /// Referrers' outcomes topics known to exist (created or found by this process):
+    /// one per referring organisation, so bounded by the registry of referrers.
+    pub referrer_topics: HashSet<String>,
 }
 
 /// A lost connection is worth retrying; a row that does not parse back is not.
@@ -135,6 +138,7 @@ impl Handler for ProjectorHandler {
             .collect();
         let applied = apply_batch(transaction, &self.schema, &logged, self.publish).await?;
         if self.publish && !applied.folded.outputs.is_empty() {
+            self.ensure_referrer_topics(&applied).await?;
             let messages = self.render(transaction, &applied).await?;
             for (index, message) in messages {
                 effects.publish(&batch[applied.positions[index]], message);
@@ -531,6 +535,43 @@ pub(crate) fn timepoint_code(timepoint: linkwork_domain::Timepoint) -> &'static 
 }
 
 impl ProjectorHandler {
+    /// Creates the outcomes topic of each referrer this batch sends identified
+    /// outcomes or a summary to, when this process has not seen it yet, so the relay
+    /// never meets a missing topic. Idempotent: an existing topic is left as it is.
+    async fn ensure_referrer_topics(&mut self, applied: &AppliedBatch) -> Result<(), HandlerError> {
+        let Some((kafka, declaration)) = &self.config.ensure_referrer_topics else {
+            return Ok(());
+        };
+        let mut new: Vec<linkwork_domain::Source> = Vec::new();
+        for (_, output) in &applied.folded.outputs {
+            let referral = match output {
+                Output::Observation { referral, .. } | Output::Closed { referral, .. } => referral,
+                Output::ConsentGiven { .. } => continue,
+            };
+            let source = &applied.referrals[referral].state.source;
+            let topic = self.config.topics.referrer(source);
+            if !self.referrer_topics.contains(&topic) && !new.contains(source) {
+                new.push(source.clone());
+            }
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        linkwork_bus::topics::apply(
+            kafka,
+            declaration,
+            &linkwork_bus::topics::Members::referrers(&new),
+        )
+        .await
+        .map_err(|error| HandlerError::Retryable(Box::new(error)))?;
+        for source in &new {
+            tracing::info!(referrer = %source, "referrer's outcomes topic ready");
+            self.referrer_topics
+                .insert(self.config.topics.referrer(source));
+        }
+        Ok(())
+    }
+
     fn person(projected: &Projected) -> Person<'_> {
         Person {
             referral: projected.state.id,
@@ -585,7 +626,12 @@ impl ProjectorHandler {
                     let person = Self::person(projected);
                     messages.push((
                         *index,
-                        resources::observation_message(config, &person, observation),
+                        resources::observation_message(
+                            config,
+                            &projected.state.source,
+                            &person,
+                            observation,
+                        ),
                     ));
                     if self.may_share(projected) {
                         messages.push((

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use chrono_tz::Europe::London;
 use linkwork_bus::OutboxEvent;
-use linkwork_domain::{EventId, Postcode};
+use linkwork_domain::{EventId, Postcode, Source};
 use linkwork_projection::model::{ObservationRow, Projected};
 use linkwork_projection::read::SummaryParts;
 use linkwork_projection::render::{
@@ -87,13 +87,15 @@ fn start_of_month(at: DateTime<Utc>) -> DateTime<Utc> {
         .map_or(at, |start| start.with_timezone(&Utc))
 }
 
+/// An outcome Observation, identified, on its referrer's own topic.
 pub fn observation_message(
     config: &ProjectorConfig,
+    referrer: &Source,
     person: &Person<'_>,
     row: &ObservationRow,
 ) -> OutboxEvent {
     OutboxEvent::fhir(
-        &config.topics.observations,
+        &config.topics.referrer(referrer),
         EventId::derive(&["outcome-observation", &row.observation_id.to_string()]),
         &config.source,
         row.recorded_at,
@@ -203,7 +205,7 @@ pub fn summary_message(
         "entry": entries,
     });
     OutboxEvent::fhir(
-        &config.topics.observations,
+        &config.topics.referrer(&projected.state.source),
         EventId::derive(&["referral-summary", &referral.to_string()]),
         &config.source,
         at,

@@ -142,7 +142,8 @@ impl DirectoryCache {
             .ok_or_else(|| HandlerError::Retryable("the directory vanished".into()))?;
         let compiled = Arc::new(CompiledDirectory::compile(&stored));
         if let Some((kafka, topics)) = &config.ensure_queue_topics {
-            bus_topics::apply(kafka, topics, &stored.document.provider_ids())
+            let providers = stored.document.provider_ids();
+            bus_topics::apply(kafka, topics, &bus_topics::Members::providers(&providers))
                 .await
                 .map_err(|error| HandlerError::Retryable(Box::new(error)))?;
         }

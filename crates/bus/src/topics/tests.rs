@@ -35,14 +35,13 @@ fn every_fixed_topic_in_code_is_declared_and_every_declared_topic_is_known() {
             "topics.yaml declares {name}, which no code uses"
         );
     }
-    let template = file
-        .topics
-        .iter()
-        .find(|topic| topic.per == Some(TopicTemplate::Provider));
-    assert_eq!(
-        template.map(|topic| topic.name.as_str()),
-        Some(PROVIDER_QUEUE_TEMPLATE)
-    );
+    for (template, name) in [
+        (TopicTemplate::Provider, PROVIDER_QUEUE_TEMPLATE),
+        (TopicTemplate::Referrer, REFERRER_OUTCOMES_TEMPLATE),
+    ] {
+        let declared = file.topics.iter().find(|topic| topic.per == Some(template));
+        assert_eq!(declared.map(|topic| topic.name.as_str()), Some(name));
+    }
 }
 
 #[test]
@@ -157,6 +156,7 @@ fn no_code_outside_this_module_writes_a_topic_name() {
             ".call-log",
             ".observations",
             ".pseudonymised",
+            ".outcomes",
         ];
         literal.contains('.')
             && !literal.contains(' ')
@@ -209,17 +209,36 @@ fn the_literal_scanner_finds_strings_and_skips_comments_and_chars() {
 }
 
 #[test]
-fn templates_expand_once_per_provider() {
+fn templates_expand_once_per_provider_and_per_referrer() {
     let file = declared();
     let providers = [
         ProviderId::parse("townley-connectors").unwrap(),
         ProviderId::parse("wellbeing-hub").unwrap(),
     ];
+    let referrers = [
+        Source::parse("gp:A81001").unwrap(),
+        Source::parse("org:townley-age-concern").unwrap(),
+        Source::parse("self").unwrap(),
+    ];
     let names: Vec<String> = file
-        .expand(&providers)
+        .expand(&Members {
+            providers: &providers,
+            referrers: &referrers,
+        })
         .into_iter()
         .map(|(name, _)| name)
         .collect();
+    for referrer in [
+        "referrer.gp.A81001.outcomes",
+        "referrer.org.townley-age-concern.outcomes",
+        "referrer.self.outcomes",
+    ] {
+        assert!(names.contains(&referrer.to_owned()), "{referrer}");
+    }
+    assert_eq!(
+        referrer_outcomes(&referrers[0]),
+        "referrer.gp.A81001.outcomes"
+    );
     assert!(names.contains(&"provider.townley-connectors.referrals".to_owned()));
     assert!(names.contains(&"provider.wellbeing-hub.referrals".to_owned()));
     assert!(!names.iter().any(|name| name.contains('{')));
@@ -252,6 +271,11 @@ fn invalid_declarations_are_refused() {
         "template without per"
     );
     assert!(case("provider.{provider}.x", ", per: provider").is_ok());
+    assert!(case("referrer.{referrer}.x", ", per: referrer").is_ok());
+    assert!(
+        case("referrer.{referrer}.x", ", per: provider").is_err(),
+        "the wrong template"
+    );
     assert!(
         case("good.topic", ", colour: blue").is_err(),
         "unknown field"
@@ -276,6 +300,7 @@ fn the_shipped_declaration_orders_by_key_the_topics_whose_consumers_rely_on_it()
             TRIAGE_REFERRALS,
             PROVIDER_RESPONSES,
             ASC_CALL_LOG,
+            AUDIT_EVENTS,
         ]
     );
     for consumer in consumers::ALL {
@@ -386,7 +411,7 @@ fn an_ordered_topic_is_refused_growth_while_the_rest_is_planned() {
         ("ordered".to_owned(), existing(2)),
         ("free".to_owned(), existing(2)),
     ]);
-    let planned = plan(&file, &[], &cluster);
+    let planned = plan(&file, &Members::default(), &cluster);
     assert_eq!(
         planned.refused,
         vec![Refusal {
@@ -414,7 +439,7 @@ fn an_ordered_topic_is_refused_growth_while_the_rest_is_planned() {
         ("free".to_owned(), existing(6)),
         ("missing".to_owned(), existing(4)),
     ]);
-    let settled = plan(&file, &[], &as_declared);
+    let settled = plan(&file, &Members::default(), &as_declared);
     assert!(settled.refused.is_empty() && settled.to_grow.is_empty());
     assert!(settled.to_create.is_empty());
     assert!(

@@ -5,7 +5,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use linkwork_auth::scopes;
-use linkwork_domain::Source;
+use linkwork_domain::{ReferralId, Source};
 use linkwork_fhir::message::{self, MessageReason};
 use linkwork_fhir::{
     batch, parse, referral, Issue, IssueCode, OperationOutcome, ValidatedReferral,
@@ -16,6 +16,7 @@ use super::bars;
 use super::error::FhirError;
 use super::extract::{Caller, FhirJson};
 use super::{AppState, FHIR_JSON};
+use crate::audit::audited;
 use crate::intake::{IntakeError, Taken, Withdrawal, Withdrawn};
 
 pub async fn metadata(State(state): State<AppState>) -> Response {
@@ -60,7 +61,7 @@ pub async fn create_service_request(
     response
         .headers_mut()
         .insert(header::ETAG, HeaderValue::from_static("W/\"1\""));
-    Ok(response)
+    Ok(audited(response, [referral_id]))
 }
 
 /// `POST /fhir/$process-message`: a BaRS message. BaRS asks for `X-Request-Id` and
@@ -111,7 +112,10 @@ async fn handle_message(
             let referral = validate()?;
             let referral_id = referral.referral_id;
             match state.intake.submit(referral).await.map_err(intake_error)? {
-                Taken::Created { .. } => Ok(fhir_response(StatusCode::OK, bundle.clone())),
+                Taken::Created { .. } => Ok(audited(
+                    fhir_response(StatusCode::OK, bundle.clone()),
+                    [referral_id],
+                )),
                 Taken::Duplicate { .. } => Err(already_processed(referral_id)),
             }
         }
@@ -149,7 +153,10 @@ async fn handle_message(
                 .await
                 .map_err(intake_error)?
             {
-                Withdrawn::Now => Ok(fhir_response(StatusCode::OK, bundle.clone())),
+                Withdrawn::Now => Ok(audited(
+                    fhir_response(StatusCode::OK, bundle.clone()),
+                    [referral_id],
+                )),
                 Withdrawn::Already => Err(already_processed(referral_id)),
             }
         }
@@ -235,6 +242,7 @@ async fn transaction(
         .iter()
         .map(|referral| referral.service_request.to_value())
         .collect();
+    let ids: Vec<ReferralId> = referrals.iter().map(|r| r.referral_id).collect();
     let taken = state
         .intake
         .submit_transaction(referrals)
@@ -257,9 +265,12 @@ async fn transaction(
     for ((position, taken), resource) in positions.into_iter().zip(taken).zip(stored) {
         results[position] = created_entry(state, resource, taken);
     }
-    Ok(fhir_response(
-        StatusCode::OK,
-        json!({"resourceType": "Bundle", "type": "transaction-response", "entry": results}),
+    Ok(audited(
+        fhir_response(
+            StatusCode::OK,
+            json!({"resourceType": "Bundle", "type": "transaction-response", "entry": results}),
+        ),
+        ids,
     ))
 }
 
@@ -290,14 +301,21 @@ async fn batch_of(
         .iter()
         .map(|referral| referral.service_request.to_value())
         .collect();
+    let ids: Vec<ReferralId> = referrals.iter().map(|r| r.referral_id).collect();
     let outcomes = state
         .intake
         .submit_many(referrals)
         .await
         .map_err(intake_error)?;
-    for ((position, outcome), resource) in positions.into_iter().zip(outcomes).zip(stored) {
+    let mut taken_ids = Vec::new();
+    for (((position, outcome), resource), id) in
+        positions.into_iter().zip(outcomes).zip(stored).zip(ids)
+    {
         results[position] = Some(match outcome {
-            Ok(taken) => created_entry(state, resource, taken),
+            Ok(taken) => {
+                taken_ids.push(id);
+                created_entry(state, resource, taken)
+            }
             Err(error) => {
                 let refusal = intake_error(error);
                 json!({"response": {"status": status_line(refusal.status), "outcome": refusal.outcome.to_json()}})
@@ -305,9 +323,12 @@ async fn batch_of(
         });
     }
     let entries: Vec<Value> = results.into_iter().map(Option::unwrap_or_default).collect();
-    Ok(fhir_response(
-        StatusCode::OK,
-        json!({"resourceType": "Bundle", "type": "batch-response", "entry": entries}),
+    Ok(audited(
+        fhir_response(
+            StatusCode::OK,
+            json!({"resourceType": "Bundle", "type": "batch-response", "entry": entries}),
+        ),
+        taken_ids,
     ))
 }
 

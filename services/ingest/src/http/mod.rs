@@ -26,6 +26,7 @@ use sqlx::PgPool;
 use self::bars::BarsTargets;
 use self::error::FhirError;
 use self::extract::{Caller, FhirJson};
+use crate::audit::Interaction;
 use crate::intake::Intake;
 
 pub const FHIR_JSON: &str = "application/fhir+json";
@@ -51,6 +52,8 @@ pub struct HttpConfig {
     pub events_topic: String,
     /// Where an imported ASC call log goes (`asc.call-log`).
     pub call_log_topic: String,
+    /// Where each access to identifiable data is recorded (`audit.events`).
+    pub audit_topic: String,
     /// The time events are stamped with: the system clock, or the demo's.
     pub clock: linkwork_domain::Clock,
 }
@@ -66,6 +69,7 @@ impl Default for HttpConfig {
             public_base_url: String::new(),
             events_topic: linkwork_bus::topics::REFERRAL_EVENTS.to_owned(),
             call_log_topic: linkwork_bus::topics::ASC_CALL_LOG.to_owned(),
+            audit_topic: linkwork_bus::topics::AUDIT_EVENTS.to_owned(),
             clock: linkwork_domain::Clock::system(),
         }
     }
@@ -154,12 +158,14 @@ pub enum Access {
     AnyOf(&'static [(&'static str, Role)]),
 }
 
-/// One route of the API and who may call it.
+/// One route of the API, who may call it, and the interaction its AuditEvent records
+/// when it touches identifiable data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteSpec {
     pub method: &'static str,
     pub path: &'static str,
     pub access: Access,
+    pub audit: Option<Interaction>,
 }
 
 const fn spec(method: &'static str, path: &'static str, access: Access) -> RouteSpec {
@@ -167,6 +173,15 @@ const fn spec(method: &'static str, path: &'static str, access: Access) -> Route
         method,
         path,
         access,
+        audit: None,
+    }
+}
+
+impl RouteSpec {
+    /// The route reads or changes identifiable data: each call writes an AuditEvent.
+    const fn audited(mut self, interaction: Interaction) -> Self {
+        self.audit = Some(interaction);
+        self
     }
 }
 
@@ -187,11 +202,12 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
     vec![
         (spec("GET", "/fhir/metadata", Open), get(fhir::metadata)),
         (
-            spec("POST", "/fhir/ServiceRequest", SUBMIT),
+            spec("POST", "/fhir/ServiceRequest", SUBMIT).audited(Interaction::Create),
             post(fhir::create_service_request),
         ),
         (
-            spec("GET", "/fhir/ServiceRequest", Scope(scopes::REFERRAL_READ)),
+            spec("GET", "/fhir/ServiceRequest", Scope(scopes::REFERRAL_READ))
+                .audited(Interaction::Search),
             get(read::search_service_requests),
         ),
         (
@@ -199,20 +215,25 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "POST",
                 "/fhir/ServiceRequest/_search",
                 Scope(scopes::REFERRAL_READ),
-            ),
+            )
+            .audited(Interaction::Search),
             post(read::post_search_service_requests),
         ),
         (
-            spec("POST", "/fhir/$process-message", SUBMIT),
+            spec("POST", "/fhir/$process-message", SUBMIT).audited(Interaction::Operation),
             post(fhir::process_message),
         ),
-        (spec("POST", "/fhir", SUBMIT), post(fhir::post_bundle)),
+        (
+            spec("POST", "/fhir", SUBMIT).audited(Interaction::Operation),
+            post(fhir::post_bundle),
+        ),
         (
             spec(
                 "GET",
                 "/fhir/ServiceRequest/{id}",
                 Scope(scopes::REFERRAL_READ),
-            ),
+            )
+            .audited(Interaction::Read),
             get(read::service_request),
         ),
         (
@@ -220,35 +241,37 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "GET",
                 "/fhir/ServiceRequest/{id}/_history",
                 Scope(scopes::REFERRAL_READ),
-            ),
+            )
+            .audited(Interaction::History),
             get(read::service_request_history),
         ),
         (
-            spec("GET", "/fhir/Task/{id}", Scope(scopes::REFERRAL_READ)),
+            spec("GET", "/fhir/Task/{id}", Scope(scopes::REFERRAL_READ)).audited(Interaction::Read),
             get(read::task),
         ),
         (
-            spec("PUT", "/fhir/Task/{id}", RESPOND),
+            spec("PUT", "/fhir/Task/{id}", RESPOND).audited(Interaction::Update),
             put(provider::update_task),
         ),
         (
-            spec("PATCH", "/fhir/Task/{id}", RESPOND),
+            spec("PATCH", "/fhir/Task/{id}", RESPOND).audited(Interaction::Patch),
             patch(provider::patch_task),
         ),
         (
-            spec("GET", "/fhir/Observation", Scope(scopes::REFERRAL_READ)),
+            spec("GET", "/fhir/Observation", Scope(scopes::REFERRAL_READ))
+                .audited(Interaction::Search),
             get(read::search_observations),
         ),
         (
-            spec("POST", "/fhir/Observation", RESPOND),
+            spec("POST", "/fhir/Observation", RESPOND).audited(Interaction::Create),
             record("Observation"),
         ),
         (
-            spec("POST", "/fhir/Communication", RESPOND),
+            spec("POST", "/fhir/Communication", RESPOND).audited(Interaction::Create),
             record("Communication"),
         ),
         (
-            spec("POST", "/fhir/Procedure", RESPOND),
+            spec("POST", "/fhir/Procedure", RESPOND).audited(Interaction::Create),
             record("Procedure"),
         ),
         (
@@ -259,11 +282,22 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                     (scopes::REFERRAL_RESPOND, Role::Provider),
                     (scopes::REFERRAL_SUBMIT, Role::Source),
                 ]),
-            ),
+            )
+            .audited(Interaction::Create),
             post(provider::record_consent),
         ),
         (
-            spec("POST", "/asc/call-log", Scope(scopes::CALL_LOG_SUBMIT)),
+            spec(
+                "GET",
+                "/fhir/AuditEvent",
+                ScopeAs(scopes::ADMIN, Role::Admin),
+            )
+            .audited(Interaction::Search),
+            get(crate::audit::search),
+        ),
+        (
+            spec("POST", "/asc/call-log", Scope(scopes::CALL_LOG_SUBMIT))
+                .audited(Interaction::Create),
             post(call_log),
         ),
     ]
@@ -282,6 +316,14 @@ pub fn router(state: AppState) -> Router {
             Access::Scope(_) | Access::ScopeAs(..) | Access::AnyOf(_) => handler.route_layer(
                 axum::middleware::from_fn_with_state((state.clone(), spec.access), authorize),
             ),
+        };
+        // Outside the access check, so refused attempts are audited too.
+        let handler = match spec.audit {
+            Some(interaction) => handler.route_layer(axum::middleware::from_fn_with_state(
+                (state.clone(), interaction),
+                crate::audit::record,
+            )),
+            None => handler,
         };
         match by_path.iter_mut().find(|(path, _)| *path == spec.path) {
             Some((_, methods)) => *methods = std::mem::take(methods).merge(handler),
@@ -355,20 +397,25 @@ async fn authorize(
             (scope, Some(role))
         }
     };
+    // The caller goes back on the response too, for the audit layer outside this one.
+    let answer = |mut response: Response, caller: Caller| {
+        response.extensions_mut().insert(caller);
+        response
+    };
     if let Err(refused) = caller.require(scope) {
-        return refused.into_response();
+        return answer(refused.into_response(), caller);
     }
     if let Some(role) = role.filter(|role| *role != caller.0.role) {
-        return FhirError::forbidden(format!(
+        let refused = FhirError::forbidden(format!(
             "client {} (a {}) may not do this: only a {} may",
             caller.0.client,
             caller.0.role.name(),
             role.name()
-        ))
-        .into_response();
+        ));
+        return answer(refused.into_response(), caller);
     }
-    request.extensions_mut().insert(caller);
-    next.run(request).await
+    request.extensions_mut().insert(caller.clone());
+    answer(next.run(request).await, caller)
 }
 
 /// Admits a FHIR request while fewer than `max_in_flight` are being handled; beyond

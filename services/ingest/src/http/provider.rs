@@ -18,6 +18,7 @@ use super::error::FhirError;
 use super::extract::{Caller, FhirJson, JsonPatch};
 use super::fhir::fhir_response;
 use super::AppState;
+use crate::audit::audited;
 use crate::provider::{self, CommandError, Submission};
 use linkwork_projection::read as read_model;
 use linkwork_projection::render as resources;
@@ -214,7 +215,7 @@ async fn put_task(
     if let Ok(etag) = HeaderValue::from_str(&format!("W/\"{}\"", applied.state.version)) {
         response.headers_mut().insert(header::ETAG, etag);
     }
-    Ok(response)
+    Ok(audited(response, [submission.referral]))
 }
 
 /// `POST /fhir/<Observation|Communication|Procedure|Consent>`: a fact the provider
@@ -311,5 +312,5 @@ async fn answer(
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
-    Ok(response)
+    Ok(audited(response, [submission.referral]))
 }

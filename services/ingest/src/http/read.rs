@@ -26,6 +26,7 @@ use super::error::FhirError;
 use super::extract::{Caller, SearchForm};
 use super::fhir::fhir_response;
 use super::AppState;
+use crate::audit::{audited, searched};
 
 const DEFAULT_COUNT: i64 = 20;
 const MAX_COUNT: i64 = 100;
@@ -196,9 +197,9 @@ pub async fn task(
     if !allowed {
         return Err(forbidden(&caller, &format!("Task/{id}")));
     }
-    Ok(fhir_response(
-        StatusCode::OK,
-        resources::task(base(&state), &task),
+    Ok(audited(
+        fhir_response(StatusCode::OK, resources::task(base(&state), &task)),
+        [ReferralId::from_uuid(task.referral_id)],
     ))
 }
 
@@ -429,6 +430,10 @@ async fn search_referrals(
         .await
         .map_err(database)?;
     let public = &state.config.public_base_url;
+    let disclosed: Vec<ReferralId> = page
+        .iter()
+        .map(|view| ReferralId::from_uuid(view.referral_id))
+        .collect();
     let entries = page
         .iter()
         .map(|view| {
@@ -439,7 +444,7 @@ async fn search_referrals(
             })
         })
         .collect();
-    Ok(fhir_response(
+    let response = fhir_response(
         StatusCode::OK,
         searchset(
             state,
@@ -450,7 +455,8 @@ async fn search_referrals(
             offset,
             count,
         ),
-    ))
+    );
+    Ok(audited(searched(response, &pairs), disclosed))
 }
 
 /// `GET /fhir/Observation?based-on=ServiceRequest/{id}`.

@@ -40,6 +40,8 @@ fn passes(scope: &str, role: Role, client: &str) -> bool {
         // Consent is recorded by the provider holding the referral or by its referrer
         // (not by the shared self identity, which is every self-referrer).
         CONSENT => role == Role::Provider || (role == Role::Source && client != "self"),
+        // The audit trail is the administrators'.
+        scopes::ADMIN => role == Role::Admin,
         other => panic!("a route with scope {other}: add who passes it to this test"),
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use linkwork_auth::{Role, Verifier};
 use linkwork_bus::headers::HeaderList;
-use linkwork_bus::topics::{ASC_CALL_LOG, REFERRAL_EVENTS};
+use linkwork_bus::topics::{ASC_CALL_LOG, AUDIT_EVENTS, REFERRAL_EVENTS};
 use linkwork_bus::{KafkaSettings, Names};
 use linkwork_ingest::{Application, IngestSettings};
 use secrecy::SecretString;
@@ -115,6 +115,7 @@ async fn start(
     settings.delivery_timeout = Duration::from_secs(3);
     settings.http.events_topic = names.topic(REFERRAL_EVENTS);
     settings.http.call_log_topic = names.topic(ASC_CALL_LOG);
+    settings.http.audit_topic = names.topic(AUDIT_EVENTS);
     adjust(&mut settings);
     let verifier = Verifier::dev(SecretString::from(DEV_SECRET)).expect("verifier");
     let application = Application::build(settings, &kafka, pool.clone(), verifier)
