@@ -105,6 +105,17 @@ impl std::str::FromStr for Role {
     }
 }
 
+/// The id of a per-submission self-referral identity `self:<id>`: 8 to 64 lower-case
+/// letters, digits and hyphens (a UUID, say).
+pub fn submission_identity(client: &str) -> Option<&str> {
+    client.strip_prefix("self:").filter(|id| {
+        (8..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+    })
+}
+
 /// The algorithms a production token may be signed with. HS256 is the development
 /// verifier's alone; `none` and every other algorithm are refused.
 pub const ALLOWED_ALGORITHMS: [Algorithm; 2] = [Algorithm::RS256, Algorithm::ES256];
@@ -166,11 +177,23 @@ impl Principal {
         self.role.may_hold(&self.client, scope)
     }
 
-    /// The referral source this caller is, if it is one.
+    /// The referral source this caller is, if it is one (a self-referral front end's
+    /// per-submission identity `self:<id>` is the source `self`).
     pub fn source(&self) -> Option<Source> {
+        if self.submitter().is_some() {
+            return Some(Source::SelfReferral);
+        }
         (self.role == Role::Source)
             .then(|| Source::parse(&self.client).ok())
             .flatten()
+    }
+
+    /// A self-referral front end's per-submission identity (`self:<id>`, minted for one
+    /// person's submission): it reads back and consents for what it sent, and nothing
+    /// else. `None` for every other caller, the shared `self` included.
+    pub fn submitter(&self) -> Option<&str> {
+        (self.role == Role::Source && submission_identity(&self.client).is_some())
+            .then_some(self.client.as_str())
     }
 
     /// The provider this caller is, if it is one.
@@ -534,7 +557,9 @@ impl Verifier {
             } => keys.decode(token, issuer, audience)?,
         };
         let valid_client = match claims.role {
-            Role::Source => Source::parse(&claims.sub).is_ok(),
+            Role::Source => {
+                Source::parse(&claims.sub).is_ok() || submission_identity(&claims.sub).is_some()
+            }
             Role::Provider => ProviderId::parse(&claims.sub).is_ok(),
             Role::Data | Role::Commissioner | Role::Admin => !claims.sub.is_empty(),
         };

@@ -85,6 +85,48 @@ fn a_client_id_must_fit_its_role() {
 }
 
 #[test]
+fn a_per_submission_self_identity_is_the_source_self_and_may_read_its_own() {
+    let submitter = "self:0f9e4c1a-7b7e-4d0c-9f7e-2a1b3c4d5e6f";
+    let token = dev_token(
+        &secret(),
+        Role::Source,
+        submitter,
+        &Role::Source.default_scopes(submitter),
+        60,
+    )
+    .unwrap();
+    let principal = dev().verify(&token).unwrap();
+    assert_eq!(principal.source(), Some(Source::SelfReferral));
+    assert_eq!(principal.submitter(), Some(submitter));
+    assert!(principal.has_scope(scopes::REFERRAL_READ));
+    // The shared identity is no submitter and reads nothing.
+    let shared = dev_token(
+        &secret(),
+        Role::Source,
+        "self",
+        &Role::Source.default_scopes("self"),
+        60,
+    )
+    .unwrap();
+    let shared = dev().verify(&shared).unwrap();
+    assert_eq!(shared.submitter(), None);
+    assert!(!shared.has_scope(scopes::REFERRAL_READ));
+    // Only self:<8-64 of a-z 0-9 -> is one.
+    for bad in [
+        "self:",
+        "self:short",
+        "self:UPPER-CASE-ID",
+        "self:has space in it",
+    ] {
+        let token = dev_token(&secret(), Role::Source, bad, &[], 60).unwrap();
+        assert!(
+            matches!(dev().verify(&token), Err(AuthError::BadClient { .. })),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
 fn a_weak_development_secret_is_refused() {
     assert!(matches!(
         Verifier::dev(SecretString::from("short")),

@@ -91,6 +91,14 @@ pub struct ReferralReceived {
     /// Bundle), when one was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient: Option<ResourceJson>,
+    /// The person has registered a national data opt-out (the referrer's system
+    /// checked): their data is not used for evaluation unless they consent explicitly.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub national_data_opt_out: bool,
+    /// The client that sent it when that is not the source itself: a self-referral
+    /// front end's per-submission identity (`self:<id>`), which alone may read it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
     pub occurred_at: DateTime<Utc>,
 }
 

@@ -87,6 +87,10 @@ pub struct ValidatedReferral {
     /// The ServiceRequest as received, its `id` set to the referral id, as JSON text.
     pub service_request: ResourceJson,
     pub patient: Option<Value>,
+    /// The referral says the person has a national data opt-out.
+    pub national_data_opt_out: bool,
+    /// Set by the receiver: a per-submission identity that sent it (`self:<id>`).
+    pub submitted_by: Option<String>,
 }
 
 impl ValidatedReferral {
@@ -104,6 +108,8 @@ impl ValidatedReferral {
             content_hash: self.content_hash,
             service_request: self.service_request,
             patient: self.patient.map(Into::into),
+            national_data_opt_out: self.national_data_opt_out,
+            submitted_by: self.submitted_by,
             occurred_at: received_at,
         }
     }
@@ -236,6 +242,7 @@ pub fn validate(
     let requester = requester(source, resource, path, resolver, &mut issues);
     let (subject, patient) = subject(source, resource, path, resolver, &mut issues);
     let asc_case_id = asc_case_id(resource, path, rules, &mut issues);
+    let national_data_opt_out = national_data_opt_out(resource, path, rules, &mut issues);
     let priority = match text(resource, "priority") {
         Some("urgent") => Priority::Urgent,
         Some("asap") => Priority::Asap,
@@ -273,7 +280,40 @@ pub fn validate(
         content_hash,
         service_request,
         patient: patient.map(|(patient, _)| patient.clone()),
+        national_data_opt_out,
+        submitted_by: None,
     })
+}
+
+/// The national data opt-out, as the referrer's system found it: extension
+/// `StructureDefinition/national-data-opt-out` (`valueBoolean`) on the ServiceRequest.
+fn national_data_opt_out(
+    resource: &Value,
+    path: &str,
+    rules: &IntakeRules,
+    issues: &mut Vec<Issue>,
+) -> bool {
+    let url = format!(
+        "{}/StructureDefinition/national-data-opt-out",
+        rules.canonical_base
+    );
+    let mut opted_out = false;
+    for (index, extension) in array(resource, "extension") {
+        if extension.get("url").and_then(Value::as_str) != Some(url.as_str()) {
+            continue;
+        }
+        match extension.get("valueBoolean").and_then(Value::as_bool) {
+            Some(value) => opted_out |= value,
+            None => issues.push(
+                Issue::error(
+                    IssueCode::Invalid,
+                    "the national data opt-out extension needs valueBoolean (true when the person has opted out)",
+                )
+                .at(format!("{path}.extension[{index}]")),
+            ),
+        }
+    }
+    opted_out
 }
 
 /// A BaRS "validation" request asks a clinician to validate a case (urgent care); it

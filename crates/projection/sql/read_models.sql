@@ -34,7 +34,15 @@ CREATE TABLE referrals (
     last_updated TIMESTAMPTZ NOT NULL,
     closed_at TIMESTAMPTZ,
     service_request JSONB NOT NULL,
-    patient JSONB
+    patient JSONB,
+    -- The person's national data opt-out, as the referral said.
+    national_data_opt_out BOOLEAN NOT NULL,
+    -- The person withdrew consent to share for evaluation (and has not given it again):
+    -- an objection that no lawful basis overrides.
+    evaluation_objection BOOLEAN NOT NULL,
+    -- A per-submission self-referral identity (self:<id>) that sent it, which alone of
+    -- the self identities reads it back.
+    submitted_by TEXT
 )
 -- A row of a few kB is stored as written: Postgres would otherwise compress any row over
 -- about 2 kB on insert (pglz, most of the database's time under projection load).

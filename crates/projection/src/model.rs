@@ -22,6 +22,10 @@ pub struct Projected {
     pub nhs_number: Option<String>,
     pub birth_date: Option<NaiveDate>,
     pub postcode: Option<String>,
+    /// The person has a national data opt-out (from the referral, never changed).
+    pub national_data_opt_out: bool,
+    /// The person withdrew consent to share for evaluation and has not given it again.
+    pub evaluation_objection: bool,
     pub last_updated: DateTime<Utc>,
     pub closed_at: Option<DateTime<Utc>>,
     /// Set when the row is new in this batch (inserted with its ServiceRequest).
@@ -43,6 +47,7 @@ pub struct NewReferral {
     pub service_request: String,
     /// The Patient as JSON text.
     pub patient: Option<String>,
+    pub submitted_by: Option<String>,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -64,6 +69,8 @@ struct StateRow {
     nhs_number: Option<String>,
     birth_date: Option<NaiveDate>,
     postcode: Option<String>,
+    national_data_opt_out: bool,
+    evaluation_objection: bool,
     last_updated: DateTime<Utc>,
     closed_at: Option<DateTime<Utc>>,
 }
@@ -109,6 +116,8 @@ impl StateRow {
             nhs_number: self.nhs_number,
             birth_date: self.birth_date,
             postcode: self.postcode,
+            national_data_opt_out: self.national_data_opt_out,
+            evaluation_objection: self.evaluation_objection,
             last_updated: self.last_updated,
             closed_at: self.closed_at,
             new_row: None,
@@ -133,7 +142,8 @@ pub async fn load(
     let rows: Vec<StateRow> = sqlx::query_as(
         "SELECT referral_id, source, content_hash, status, provider_id, attempt, accept_by,
                 tried_providers, consent_to_evaluation, first_contact_at, contacts, activities,
-                observation_ids, version, nhs_number, birth_date, postcode, last_updated, closed_at
+                observation_ids, version, nhs_number, birth_date, postcode, national_data_opt_out,
+                evaluation_objection, last_updated, closed_at
          FROM referrals WHERE referral_id = ANY($1)",
     )
     .bind(ids)
@@ -148,7 +158,7 @@ pub async fn load(
 }
 
 /// The columns of `referrals`, in the order [`save`] writes new rows.
-const REFERRAL_COLUMNS: [&str; 29] = [
+const REFERRAL_COLUMNS: [&str; 32] = [
     "referral_id",
     "source",
     "source_identifier_system",
@@ -178,6 +188,9 @@ const REFERRAL_COLUMNS: [&str; 29] = [
     "closed_at",
     "service_request",
     "patient",
+    "national_data_opt_out",
+    "submitted_by",
+    "evaluation_objection",
 ];
 
 fn tried_providers(state: &Referral) -> String {
@@ -214,7 +227,10 @@ fn copy_new_referral(rows: &mut CopyRows, projected: &Projected, new: &NewReferr
         .timestamp(projected.last_updated)
         .opt_timestamp(projected.closed_at)
         .json_text(&new.service_request)
-        .opt_text(new.patient.as_deref());
+        .opt_text(new.patient.as_deref())
+        .bool(projected.national_data_opt_out)
+        .opt_text(new.submitted_by.as_deref())
+        .bool(projected.evaluation_objection);
     rows.end_row();
 }
 
@@ -247,13 +263,15 @@ pub async fn save(
                 consent_to_evaluation = c.consent_to_evaluation,
                 first_contact_at = c.first_contact_at, contacts = c.contacts,
                 activities = c.activities, observation_ids = c.observation_ids::UUID[],
-                version = c.version, last_updated = c.last_updated, closed_at = c.closed_at
+                version = c.version, last_updated = c.last_updated, closed_at = c.closed_at,
+                evaluation_objection = c.evaluation_objection
              FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::INTEGER[], $5::TIMESTAMPTZ[],
                     $6::TEXT[], $7::BOOLEAN[], $8::TIMESTAMPTZ[], $9::INTEGER[], $10::INTEGER[],
-                    $11::TEXT[], $12::BIGINT[], $13::TIMESTAMPTZ[], $14::TIMESTAMPTZ[])
+                    $11::TEXT[], $12::BIGINT[], $13::TIMESTAMPTZ[], $14::TIMESTAMPTZ[],
+                    $15::BOOLEAN[])
                 AS c(referral_id, status, provider_id, attempt, accept_by, tried_providers,
                      consent_to_evaluation, first_contact_at, contacts, activities,
-                     observation_ids, version, last_updated, closed_at)
+                     observation_ids, version, last_updated, closed_at, evaluation_objection)
              WHERE r.referral_id = c.referral_id",
         )
         .bind(&existing.referral_id)
@@ -270,6 +288,7 @@ pub async fn save(
         .bind(&existing.version)
         .bind(&existing.last_updated)
         .bind(&existing.closed_at)
+        .bind(&existing.evaluation_objection)
         .execute(&mut *connection)
         .await?;
     }
@@ -293,6 +312,7 @@ struct ReferralUpdates {
     version: Vec<i64>,
     last_updated: Vec<DateTime<Utc>>,
     closed_at: Vec<Option<DateTime<Utc>>>,
+    evaluation_objection: Vec<bool>,
 }
 
 impl ReferralUpdates {
@@ -318,6 +338,8 @@ impl ReferralUpdates {
             .push(to_microseconds(projected.last_updated));
         self.closed_at
             .push(projected.closed_at.map(to_microseconds));
+        self.evaluation_objection
+            .push(projected.evaluation_objection);
     }
 }
 

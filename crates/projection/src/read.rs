@@ -27,6 +27,8 @@ pub struct ReferralView {
     pub nhs_number: Option<String>,
     pub last_updated: DateTime<Utc>,
     pub service_request: Value,
+    /// The per-submission self-referral identity that sent it, if one did.
+    pub submitted_by: Option<String>,
 }
 
 /// One version of a referral.
@@ -69,7 +71,7 @@ pub struct SummaryParts {
 }
 
 const REFERRAL_COLUMNS: &str = "referral_id, source, status, provider_id, tried_providers, \
-    attempt, version, nhs_number, last_updated, service_request";
+    attempt, version, nhs_number, last_updated, service_request, submitted_by";
 
 pub async fn referral(
     connection: &mut PgConnection,
@@ -94,6 +96,8 @@ pub struct ReferralSearch {
     pub source: Option<String>,
     /// Only referrals this provider has held (a provider searching).
     pub held_by: Option<String>,
+    /// Only referrals this per-submission identity sent (a self-referrer searching).
+    pub submitted_by: Option<String>,
     pub offset: i64,
     pub count: i64,
 }
@@ -107,7 +111,8 @@ pub async fn search_referrals(
         AND ($2::TEXT IS NULL OR provider_id = $2)
         AND ($3::TEXT IS NULL OR status = $3)
         AND ($4::TEXT IS NULL OR source = $4)
-        AND ($5::TEXT IS NULL OR $5 = ANY(tried_providers))";
+        AND ($5::TEXT IS NULL OR $5 = ANY(tried_providers))
+        AND ($6::TEXT IS NULL OR submitted_by = $6)";
     let total: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM {schema}.referrals WHERE {filter}"
     ))
@@ -116,17 +121,19 @@ pub async fn search_referrals(
     .bind(&search.status)
     .bind(&search.source)
     .bind(&search.held_by)
+    .bind(&search.submitted_by)
     .fetch_one(&mut *connection)
     .await?;
     let page = sqlx::query_as(&format!(
         "SELECT {REFERRAL_COLUMNS} FROM {schema}.referrals WHERE {filter}
-         ORDER BY last_updated DESC, referral_id OFFSET $6 LIMIT $7"
+         ORDER BY last_updated DESC, referral_id OFFSET $7 LIMIT $8"
     ))
     .bind(&search.nhs_number)
     .bind(&search.provider)
     .bind(&search.status)
     .bind(&search.source)
     .bind(&search.held_by)
+    .bind(&search.submitted_by)
     .bind(search.offset)
     .bind(search.count)
     .fetch_all(&mut *connection)

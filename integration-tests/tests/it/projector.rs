@@ -776,3 +776,112 @@ async fn killing_the_projector_mid_stream_leaves_the_read_models_as_without_the_
     .unwrap();
     assert_eq!(published, 300 * 4);
 }
+
+#[tokio::test]
+async fn withdrawn_consent_retracts_what_data_teams_got_and_a_national_opt_out_keeps_a_person_out()
+{
+    let rig = Rig::new().await;
+    let withdraw_at = start() + Span::days(90);
+    // Consented, then withdrew once all four scores had gone out.
+    let withdrawing = referral(1, &[Need::Loneliness], start());
+    let mut events = life(&withdrawing, "connectors", true);
+    events.push((
+        EventId::derive(&["withdrawn"]),
+        ReferralEvent::ConsentWithdrawn(ConsentChange {
+            referral_id: withdrawing.referral_id,
+            scope: ConsentScope::Evaluation,
+            recorded_by: Actor::Source(withdrawing.source.clone()),
+            occurred_at: withdraw_at,
+        }),
+    ));
+    // Opted out nationally, no consent: nothing shared under the lawful basis.
+    let mut opted_out = referral(2, &[Need::Loneliness], start() + Span::minutes(5));
+    opted_out.national_data_opt_out = true;
+    events.extend(life(&opted_out, "connectors", false));
+    // Opted out, but consented explicitly: shared.
+    let mut consenting = referral(3, &[Need::Loneliness], start() + Span::minutes(10));
+    consenting.national_data_opt_out = true;
+    events.extend(life(&consenting, "connectors", true));
+    // Neither: shared under the lawful basis.
+    let plain = referral(4, &[Need::Loneliness], start() + Span::minutes(15));
+    events.extend(life(&plain, "connectors", false));
+    let total = events.len() as i64;
+    rig.publish_all(&events).await;
+    let _projector = rig
+        .start_with(
+            Services {
+                projector: true,
+                ..Services::default()
+            },
+            |settings| {
+                settings.evaluation_lawful_basis =
+                    Some("UK GDPR 6(1)(e) and 9(2)(h); service evaluation".into())
+            },
+        )
+        .await;
+    rig.projected(total).await;
+
+    // Four Observations for each of 1, 3 and 4, then four retractions for 1.
+    let messages = rig.read(&rig.config.topics.pseudonymised, 16).await;
+    assert_eq!(messages.len(), 16);
+    let pseudonym = |referral: &ReferralReceived| {
+        rig.config.pseudonym_key.person(
+            referral
+                .subject
+                .nhs_number
+                .as_ref()
+                .map(ToString::to_string)
+                .as_deref(),
+            referral.referral_id.as_uuid(),
+        )
+    };
+    let of = |referral: &ReferralReceived, kind: &str| -> Vec<Value> {
+        let key = pseudonym(referral);
+        messages
+            .iter()
+            .filter(|m| m.key.as_deref() == Some(key.as_str()) && m.header("ce_type") == Some(kind))
+            .map(json)
+            .collect()
+    };
+    const SHARED: &str = "linkwork.outcomes.observation-pseudonymised.v1";
+    const RETRACTED: &str = "linkwork.outcomes.observation-retracted.v1";
+    assert!(
+        of(&opted_out, SHARED).is_empty(),
+        "an opted-out person's outcomes are not shared"
+    );
+    assert_eq!(
+        of(&consenting, SHARED).len(),
+        4,
+        "explicit consent overrides the opt-out"
+    );
+    assert_eq!(of(&plain, SHARED).len(), 4);
+    assert!(of(&consenting, RETRACTED).is_empty() && of(&plain, RETRACTED).is_empty());
+    let shared = of(&withdrawing, SHARED);
+    let retracted = of(&withdrawing, RETRACTED);
+    assert_eq!(shared.len(), 4);
+    let mut shared_ids: Vec<&str> = shared.iter().map(|o| o["id"].as_str().unwrap()).collect();
+    let mut retracted_ids: Vec<&str> = retracted
+        .iter()
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    shared_ids.sort_unstable();
+    retracted_ids.sort_unstable();
+    assert_eq!(
+        retracted_ids, shared_ids,
+        "every record sent is retracted, by its id"
+    );
+    for retraction in &retracted {
+        assert_eq!(retraction["status"], "entered-in-error");
+        assert_eq!(retraction["meta"]["tag"][0]["code"], "consent-withdrawn");
+        assert!(retraction.get("valueInteger").is_none(), "{retraction}");
+        assert!(retraction.get("extension").is_none(), "{retraction}");
+    }
+    // The read models keep the opt-out.
+    let flagged: Vec<bool> = sqlx::query_scalar(
+        "SELECT national_data_opt_out FROM projection.referrals ORDER BY authored_on",
+    )
+    .fetch_all(&rig.pool)
+    .await
+    .unwrap();
+    assert_eq!(flagged, [false, true, true, false]);
+}

@@ -2019,3 +2019,86 @@ async fn every_route_that_touches_identifiable_data_leaves_an_audit_event_an_adm
     let (status, _) = run.get(&person, &gp()).await;
     assert_eq!(status, 403);
 }
+
+#[tokio::test]
+async fn a_per_submission_self_identity_reads_and_consents_for_its_own_referral_alone() {
+    let run = Loop::start().await;
+    let ada = token(Role::Source, "self:0a1b2c3d-ada-submission");
+    let tobias = token(Role::Source, "self:9f8e7d6c-tobias-submission");
+    let mut referrals = Vec::new();
+    for (who, body) in [
+        (&ada, linkwork_testkit::gp_referral(&unique("SELFA"))),
+        (&tobias, other_practice_referral(&unique("SELFB"))),
+    ] {
+        let (code, created) = run.post("/fhir/ServiceRequest", who, &body).await;
+        assert_eq!(code, 201, "{created}");
+        let referral =
+            ReferralId::from_uuid(Uuid::parse_str(created["id"].as_str().unwrap()).unwrap());
+        // No provider of this directory takes self-referrals: they wait for triage.
+        run.wait_for_status_as(referral, "unroutable", who).await;
+        referrals.push(referral);
+    }
+    let [own, other] = [referrals[0], referrals[1]];
+    // Ada's identity reads hers back, every way, and nothing of Tobias's.
+    for path in [
+        format!("/fhir/ServiceRequest/{own}"),
+        format!("/fhir/ServiceRequest/{own}/_history"),
+        format!("/fhir/Observation?based-on=ServiceRequest/{own}"),
+    ] {
+        let (code, answer) = run.get(&path, &ada).await;
+        assert_eq!(code, 200, "{path}: {answer}");
+    }
+    for path in [
+        format!("/fhir/ServiceRequest/{other}"),
+        format!("/fhir/ServiceRequest/{other}/_history"),
+        format!("/fhir/Observation?based-on=ServiceRequest/{other}"),
+    ] {
+        let (code, answer) = run.get(&path, &ada).await;
+        assert_eq!(code, 403, "{path}: {answer}");
+    }
+    let (code, listed) = run.get("/fhir/ServiceRequest", &ada).await;
+    assert_eq!(code, 200, "{listed}");
+    assert_eq!(listed["total"], 1, "{listed}");
+    assert_eq!(listed["entry"][0]["resource"]["id"], own.to_string());
+    let (code, found) = run
+        .post_form(
+            "/fhir/ServiceRequest/_search",
+            &ada,
+            &[(
+                "subject:identifier",
+                &format!(
+                    "https://fhir.nhs.uk/Id/nhs-number|{}",
+                    linkwork_testkit::NHS_NUMBERS[1]
+                ),
+            )],
+        )
+        .await;
+    assert_eq!((code, &found["total"]), (200, &json!(0)), "{found}");
+    // The person consents through the front end, for their own referral only.
+    let (code, answer) = run.post("/fhir/Consent", &ada, &consent(other)).await;
+    assert_eq!(code, 403, "{answer}");
+    let (code, answer) = run.post("/fhir/Consent", &ada, &consent(own)).await;
+    assert_eq!(code, 201, "{answer}");
+    eventually(
+        Duration::from_secs(30),
+        "the person's consent projected",
+        || async {
+            linkwork_store::sqlx::query_scalar::<_, bool>(
+                "SELECT consent_to_evaluation FROM projection.referrals WHERE referral_id = $1",
+            )
+            .bind(own.as_uuid())
+            .fetch_one(&run.pool)
+            .await
+            .unwrap_or(false)
+        },
+    )
+    .await;
+    // And the shared identity still reads nothing.
+    let (code, _) = run
+        .get(
+            &format!("/fhir/ServiceRequest/{own}"),
+            &token(Role::Source, "self"),
+        )
+        .await;
+    assert_eq!(code, 403);
+}

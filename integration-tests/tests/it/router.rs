@@ -332,6 +332,8 @@ pub(crate) fn referral(number: u32, needs: &[Need], at: DateTime<Utc>) -> Referr
         })
         .into(),
         patient: None,
+        national_data_opt_out: false,
+        submitted_by: None,
         occurred_at: at,
     }
 }

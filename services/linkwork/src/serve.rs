@@ -38,10 +38,9 @@ impl Service {
 
 /// The projector's settings with this deployment's names: `serve` and `replay` agree.
 pub fn projector_config(settings: &Settings) -> anyhow::Result<ProjectorConfig> {
-    Ok(crate::topology::projector_config(
-        &settings.names,
-        settings.pseudonym_key()?,
-    ))
+    let mut config = crate::topology::projector_config(&settings.names, settings.pseudonym_key()?);
+    config.evaluation_lawful_basis = settings.evaluation_lawful_basis.clone();
+    Ok(config)
 }
 
 /// Runs `service` until `shutdown` is cancelled or one of its tasks fails (which
@@ -89,6 +88,7 @@ pub async fn run_with_clock(
         threshold: settings.small_number_threshold,
     };
     topology_settings.minimum_period_days = settings.minimum_period_days;
+    topology_settings.evaluation_lawful_basis = settings.evaluation_lawful_basis.clone();
     let mut topology = Topology::build(topology_settings, pool.clone()).await?;
 
     let admin = crate::admin::router(crate::admin::Admin {

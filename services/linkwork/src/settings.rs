@@ -41,6 +41,10 @@ pub struct Settings {
     /// The shortest period the metrics are given for
     /// (`LINKWORK_METRICS_MINIMUM_PERIOD_DAYS`, default 28).
     pub minimum_period_days: i64,
+    /// The lawful basis on which pseudonymised outcomes go to data teams without
+    /// recorded consent (`LINKWORK_EVALUATION_LAWFUL_BASIS`, as the DPIA names it);
+    /// unset, only with consent. A national data opt-out keeps a person out of it.
+    pub evaluation_lawful_basis: Option<String>,
 }
 
 /// A whole number of at least 1 from `name`, or `default` when unset or empty.
@@ -95,6 +99,10 @@ impl Settings {
         )?
         .min(36_600) as i64;
         Ok(Self {
+            evaluation_lawful_basis: std::env::var("LINKWORK_EVALUATION_LAWFUL_BASIS")
+                .ok()
+                .map(|basis| basis.trim().to_owned())
+                .filter(|basis| !basis.is_empty()),
             names: linkwork_bus::Names::from_env(),
             requests_per_minute,
             small_number_threshold: small_number_threshold.min(1_000_000),
@@ -210,6 +218,7 @@ mod tests {
             requests_per_minute: 6_000,
             small_number_threshold: 5,
             minimum_period_days: 28,
+            evaluation_lawful_basis: None,
         };
         let printed = format!("{settings:?}");
         assert!(!printed.contains("hunter2"), "{printed}");

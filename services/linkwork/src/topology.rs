@@ -109,6 +109,9 @@ pub struct TopologySettings {
     pub disclosure: linkwork_metrics::disclosure::Disclosure,
     /// The shortest period the metrics are given for, in days.
     pub minimum_period_days: i64,
+    /// Pseudonymised outcomes without consent on this basis (a national data opt-out
+    /// excepted); `None`: only with consent.
+    pub evaluation_lawful_basis: Option<String>,
     /// How often the metrics service publishes finished days to `metrics.call-log`;
     /// `None`: this process does not publish them (another metrics process does: the
     /// records are published once whichever publishes them).
@@ -139,6 +142,7 @@ impl TopologySettings {
             call_log_baseline: None,
             disclosure: linkwork_metrics::disclosure::Disclosure::default(),
             minimum_period_days: linkwork_metrics::http::DEFAULT_MINIMUM_PERIOD_DAYS,
+            evaluation_lawful_basis: None,
             daily_records_every: Some(Duration::from_secs(15 * 60)),
             deadline_poll: linkwork_router::RouterConfig::default().deadline_poll,
         })
@@ -200,6 +204,7 @@ impl Topology {
             call_log_baseline,
             disclosure,
             minimum_period_days,
+            evaluation_lawful_basis,
             daily_records_every,
             deadline_poll,
         } = settings;
@@ -207,6 +212,7 @@ impl Topology {
         let projector_config = if services.projector {
             let key = pseudonym_key.context("the projector needs a pseudonym key")?;
             let mut config = projector_config(&names, key);
+            config.evaluation_lawful_basis = evaluation_lawful_basis;
             config.ensure_referrer_topics = Some((
                 kafka.clone(),
                 names.declaration(&topics.only(TopicTemplate::Referrer)),

@@ -58,6 +58,8 @@ fn new_referral(received: &ReferralReceived, state: Referral) -> Projected {
             .postcode
             .as_ref()
             .map(|code| code.as_str().to_owned()),
+        national_data_opt_out: received.national_data_opt_out,
+        evaluation_objection: false,
         last_updated: received.occurred_at,
         closed_at: None,
         new_row: Some(NewReferral {
@@ -84,6 +86,7 @@ fn new_referral(received: &ReferralReceived, state: Referral) -> Projected {
                 .patient
                 .as_ref()
                 .map(|patient| patient.text().to_owned()),
+            submitted_by: received.submitted_by.clone(),
         }),
     }
 }
@@ -358,6 +361,11 @@ enum Output {
     },
     /// Consent given: earlier outcomes may now go to data teams.
     ConsentGiven { referral: ReferralId },
+    /// Consent withdrawn: what data teams were sent is retracted.
+    ConsentWithdrawn {
+        referral: ReferralId,
+        at: DateTime<Utc>,
+    },
     /// The referral closed: the summary for the referrer.
     Closed {
         referral: ReferralId,
@@ -499,13 +507,26 @@ fn step(
                 },
             ));
         }
-        ReferralEvent::ConsentRecorded(_) => outputs.push((
-            index,
-            Output::ConsentGiven {
-                referral: referral_id,
-            },
-        )),
-        ReferralEvent::Received(_) | ReferralEvent::ConsentWithdrawn(_) => {}
+        ReferralEvent::ConsentRecorded(_) => {
+            projected.evaluation_objection = false;
+            outputs.push((
+                index,
+                Output::ConsentGiven {
+                    referral: referral_id,
+                },
+            ))
+        }
+        ReferralEvent::ConsentWithdrawn(withdrawn) => {
+            projected.evaluation_objection = true;
+            outputs.push((
+                index,
+                Output::ConsentWithdrawn {
+                    referral: referral_id,
+                    at: withdrawn.occurred_at,
+                },
+            ))
+        }
+        ReferralEvent::Received(_) => {}
     }
     if after_status.is_terminal() && !before_status.is_terminal() {
         projected.closed_at = Some(at);
@@ -546,7 +567,7 @@ impl ProjectorHandler {
         for (_, output) in &applied.folded.outputs {
             let referral = match output {
                 Output::Observation { referral, .. } | Output::Closed { referral, .. } => referral,
-                Output::ConsentGiven { .. } => continue,
+                Output::ConsentGiven { .. } | Output::ConsentWithdrawn { .. } => continue,
             };
             let source = &applied.referrals[referral].state.source;
             let topic = self.config.topics.referrer(source);
@@ -581,8 +602,14 @@ impl ProjectorHandler {
         }
     }
 
+    /// Data teams get a person's outcomes with their explicit consent, or under the
+    /// deployment's lawful basis for evaluation unless they have a national data
+    /// opt-out (which explicit consent overrides) or withdrew consent (an objection).
     fn may_share(&self, projected: &Projected) -> bool {
-        projected.state.consent_to_evaluation || self.config.evaluation_lawful_basis.is_some()
+        projected.state.consent_to_evaluation
+            || (self.config.evaluation_lawful_basis.is_some()
+                && !projected.national_data_opt_out
+                && !projected.evaluation_objection)
     }
 
     /// What the applied events send out, each message with the position (among the
@@ -600,7 +627,9 @@ impl ProjectorHandler {
         for (_, output) in &applied.folded.outputs {
             match output {
                 Output::Closed { referral, .. } => closed.push(*referral.as_uuid()),
-                Output::ConsentGiven { referral } => consenting.push(*referral.as_uuid()),
+                Output::ConsentGiven { referral } | Output::ConsentWithdrawn { referral, .. } => {
+                    consenting.push(*referral.as_uuid())
+                }
                 Output::Observation { .. } => {}
             }
         }
@@ -647,6 +676,21 @@ impl ProjectorHandler {
                         messages.push((
                             *index,
                             resources::pseudonymised_message(config, &person, observation),
+                        ));
+                    }
+                }
+                Output::ConsentWithdrawn { referral, at } => {
+                    let projected = &referrals[referral];
+                    // Still shared (consent given again in this batch, or a lawful
+                    // basis): nothing to take back.
+                    if self.may_share(projected) {
+                        continue;
+                    }
+                    let person = Self::person(projected);
+                    for observation in released.get(referral.as_uuid()).into_iter().flatten() {
+                        messages.push((
+                            *index,
+                            resources::retraction_message(config, &person, observation, *at),
                         ));
                     }
                 }

@@ -20,6 +20,7 @@ use crate::ProjectorConfig;
 pub const OBSERVATION_TYPE: &str = "linkwork.outcomes.observation.v1";
 pub const PSEUDONYMISED_OBSERVATION_TYPE: &str = "linkwork.outcomes.observation-pseudonymised.v1";
 pub const SUMMARY_TYPE: &str = "linkwork.outcomes.referral-summary.v1";
+pub const RETRACTION_TYPE: &str = "linkwork.outcomes.observation-retracted.v1";
 
 /// The copy for data teams: a keyed pseudonym for the person and for the referral, no
 /// NHS number, name or address, age band instead of birth date, postcode district
@@ -120,6 +121,43 @@ pub fn pseudonymised_message(
         key.person(person.nhs_number, person.referral.as_uuid()),
         PSEUDONYMISED_OBSERVATION_TYPE,
         &pseudonymised(config, person, row),
+    )
+}
+
+/// The retraction of a pseudonymised Observation when consent is withdrawn: the same
+/// id, subject and referral pseudonyms and code, `status` `entered-in-error`, a tag
+/// saying why, and no value, date, age band or district. Data teams delete the record
+/// of that id. Sent once per Observation (its event id derives from the
+/// Observation's), whether or not the copy was ever sent.
+pub fn retraction_message(
+    config: &ProjectorConfig,
+    person: &Person<'_>,
+    row: &ObservationRow,
+    withdrawn_at: DateTime<Utc>,
+) -> OutboxEvent {
+    let key = &config.pseudonym_key;
+    let copy = pseudonymised(config, person, row);
+    let retraction = json!({
+        "resourceType": "Observation",
+        "id": copy["id"],
+        "meta": { "tag": [{
+            "system": format!("{}/CodeSystem/retraction-reason", config.canonical_base),
+            "code": "consent-withdrawn",
+            "display": "The person withdrew consent to share for evaluation",
+        }]},
+        "status": "entered-in-error",
+        "code": copy["code"],
+        "subject": copy["subject"],
+        "basedOn": copy["basedOn"],
+    });
+    OutboxEvent::fhir(
+        &config.topics.pseudonymised,
+        EventId::from_uuid(key.id("observation-retraction", &row.observation_id)),
+        &config.source,
+        start_of_month(withdrawn_at),
+        key.person(person.nhs_number, person.referral.as_uuid()),
+        RETRACTION_TYPE,
+        &retraction,
     )
 }
 

@@ -401,6 +401,8 @@ mod tests {
             content_hash: "h".into(),
             service_request: service_request.into(),
             patient: patient.map(Into::into),
+            national_data_opt_out: false,
+            submitted_by: None,
             occurred_at: at,
         }
     }

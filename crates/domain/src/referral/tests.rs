@@ -47,6 +47,8 @@ fn received(hash: &str) -> ReferralReceived {
         content_hash: hash.into(),
         service_request: serde_json::json!({"resourceType": "ServiceRequest"}).into(),
         patient: None,
+        national_data_opt_out: false,
+        submitted_by: None,
         occurred_at: at(0),
     }
 }

@@ -416,3 +416,17 @@ fn a_bars_message_is_read_whole_and_a_broken_envelope_is_refused() {
     let issues = read_message(&gp(), &broken, &IntakeRules::default(), now()).unwrap_err();
     assert!(!issues.is_empty());
 }
+
+#[test]
+fn a_national_data_opt_out_is_read_from_its_extension_and_a_bad_one_is_named() {
+    let url = "https://linkwork.example/fhir/StructureDefinition/national-data-opt-out";
+    assert!(!check(&referral(), &gp()).unwrap().national_data_opt_out);
+    let mut value = referral();
+    value["extension"] = json!([{ "url": url, "valueBoolean": true }]);
+    let taken = check(&value, &gp()).unwrap();
+    assert!(taken.national_data_opt_out);
+    assert!(taken.into_event(chrono::Utc::now()).national_data_opt_out);
+    value["extension"] = json!([{ "url": url, "valueString": "yes" }]);
+    let refused = expressions(&check(&value, &gp()).unwrap_err());
+    assert_eq!(refused, ["ServiceRequest.extension[0]"]);
+}

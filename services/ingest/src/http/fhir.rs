@@ -36,9 +36,10 @@ pub async fn create_service_request(
     // Not a ServiceRequest at all is a malformed request (400), whatever the issue code.
     parse::expect_resource_type(&body, "ServiceRequest", "ServiceRequest")
         .map_err(|issue| FhirError::one(StatusCode::BAD_REQUEST, issue))?;
-    let referral =
+    let mut referral =
         referral::read_service_request(&source, &body, &state.rules, state.config.clock.now())
             .map_err(FhirError::from_issues)?;
+    referral.submitted_by = submitter(&caller);
     // The text the event carries, shared (not copied) with the answer.
     let stored = referral.service_request.clone();
     let referral_id = referral.referral_id;
@@ -106,6 +107,10 @@ async fn handle_message(
             state.config.clock.now(),
         )
         .map_err(FhirError::from_issues)
+        .map(|mut referral| {
+            referral.submitted_by = submitter(&caller);
+            referral
+        })
     };
     match message.reason {
         MessageReason::New => {
@@ -205,7 +210,10 @@ pub async fn post_bundle(
                 ..
             } => parse::check_service_request(located.resource, &located.path)
                 .and_then(|_| referral::validate(&source, located, resolver, &state.rules, now))
-                .map(Some),
+                .map(|mut referral| {
+                    referral.submitted_by = submitter(&caller);
+                    Some(referral)
+                }),
             batch::Entry::Context { .. } => Ok(None),
             batch::Entry::Refused { issues, .. } => Err(issues.clone()),
         });
@@ -376,6 +384,12 @@ fn meta(received_at: DateTime<Utc>) -> Value {
 }
 
 /// Only referral sources holding `referral:submit` may send referrals.
+/// A per-submission identity that sends a referral is recorded with it: it alone (of
+/// the self-referral identities) reads it back.
+fn submitter(caller: &Caller) -> Option<String> {
+    caller.0.submitter().map(str::to_owned)
+}
+
 fn submitting_source(caller: &Caller) -> Result<Source, FhirError> {
     caller.require(scopes::REFERRAL_SUBMIT)?;
     caller.0.source().ok_or_else(|| {

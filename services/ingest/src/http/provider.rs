@@ -254,10 +254,11 @@ pub async fn record_consent(
     }
     let State(state) = state;
     let FhirJson(body) = body;
+    let submitter = caller.0.submitter();
     let source = caller
         .0
         .source()
-        .filter(|source| *source != linkwork_domain::Source::SelfReferral)
+        .filter(|source| *source != linkwork_domain::Source::SelfReferral || submitter.is_some())
         .ok_or_else(|| {
             FhirError::forbidden(format!(
                 "client {} may not record consent: the provider holding the referral or its referrer may{}",
@@ -275,6 +276,36 @@ pub async fn record_consent(
         state.config.clock.now(),
     )
     .map_err(FhirError::from_issues)?;
+    if let Some(submitter) = submitter {
+        // The person, through the self-referral front end: for the referral they sent.
+        let view = {
+            let mut connection = state.pool.acquire().await.map_err(super::read::database)?;
+            read_model::referral(
+                &mut connection,
+                linkwork_projection::LIVE_SCHEMA,
+                *submission.referral.as_uuid(),
+            )
+            .await
+            .map_err(super::read::database)?
+        };
+        match view {
+            None => {
+                return Err(FhirError::unavailable(
+                    format!(
+                        "ServiceRequest/{} is not known yet; try again shortly",
+                        submission.referral
+                    ),
+                    2,
+                ))
+            }
+            Some(view) if view.submitted_by.as_deref() != Some(submitter) => {
+                return Err(FhirError::forbidden(format!(
+                    "client {submitter} may record consent only for the referral it sent"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
     answer(&state, submission, body, "Consent").await
 }
 

@@ -55,6 +55,19 @@ fn parse_id(id: &str, what: &str) -> Result<Uuid, FhirError> {
     Uuid::parse_str(id).map_err(|_| not_found(&format!("{what}/{id}")))
 }
 
+/// Is this caller the referral's referrer: its source, or for a self-referral the
+/// per-submission identity that sent it?
+fn is_referrer(
+    principal: &linkwork_auth::Principal,
+    source: &str,
+    submitted_by: Option<&str>,
+) -> bool {
+    match principal.submitter() {
+        Some(submitter) => submitted_by == Some(submitter),
+        None => principal.client == source,
+    }
+}
+
 /// May this caller see this referral's identifiable data?
 fn may_read(caller: &Caller, referral: &ReferralView) -> bool {
     let principal = &caller.0;
@@ -65,7 +78,11 @@ fn may_read(caller: &Caller, referral: &ReferralView) -> bool {
         return false;
     }
     match principal.role {
-        Role::Source => principal.client == referral.source,
+        Role::Source => is_referrer(
+            principal,
+            &referral.source,
+            referral.submitted_by.as_deref(),
+        ),
         Role::Provider => referral.provider_id.as_deref() == Some(principal.client.as_str()),
         Role::Data | Role::Commissioner | Role::Admin => false,
     }
@@ -191,7 +208,11 @@ pub async fn task(
     let allowed = principal.has_scope(scopes::ADMIN)
         || match principal.role {
             Role::Provider => principal.client == task.provider_id,
-            Role::Source => principal.client == referral.source,
+            Role::Source => is_referrer(
+                principal,
+                &referral.source,
+                referral.submitted_by.as_deref(),
+            ),
             _ => false,
         };
     if !allowed {
@@ -411,7 +432,10 @@ async fn search_referrals(
     };
     if !principal.has_scope(scopes::ADMIN) {
         match principal.role {
-            Role::Source => search.source = Some(principal.client.clone()),
+            Role::Source => match principal.submitter() {
+                Some(submitter) => search.submitted_by = Some(submitter.to_owned()),
+                None => search.source = Some(principal.client.clone()),
+            },
             Role::Provider => {
                 if search
                     .provider

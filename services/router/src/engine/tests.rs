@@ -99,6 +99,8 @@ fn received(at: DateTime<Utc>) -> ReferralReceived {
         content_hash: "h1".into(),
         service_request: serde_json::json!({"resourceType": "ServiceRequest"}).into(),
         patient: None,
+        national_data_opt_out: false,
+        submitted_by: None,
         occurred_at: at,
     }
 }
