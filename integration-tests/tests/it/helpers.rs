@@ -48,6 +48,44 @@ pub fn unique(prefix: &str) -> String {
 }
 
 impl Stack {
+    /// The same database server and broker reached through the broker's SASL/SCRAM
+    /// listener (`scripts/stack test` opens it beside the plain one), with the
+    /// security settings passed as an operator passes them: `LINKWORK_KAFKA_*`.
+    pub fn over_sasl_scram(&self, password: Option<&str>) -> Stack {
+        let var =
+            |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+        let vars = [
+            (
+                "LINKWORK_KAFKA_BROKERS",
+                var("LINKWORK_TEST_KAFKA_SASL_BROKERS", "127.0.0.1:19194"),
+            ),
+            ("LINKWORK_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT".into()),
+            ("LINKWORK_KAFKA_SASL_MECHANISMS", "SCRAM-SHA-512".into()),
+            (
+                "LINKWORK_KAFKA_SASL_USERNAME",
+                var("LINKWORK_TEST_KAFKA_SCRAM_USER", "linkwork"),
+            ),
+            (
+                "LINKWORK_KAFKA_SASL_PASSWORD",
+                password.map(str::to_owned).unwrap_or_else(|| {
+                    var(
+                        "LINKWORK_TEST_KAFKA_SCRAM_PASSWORD",
+                        "linkwork-local-scram-not-a-secret",
+                    )
+                }),
+            ),
+        ];
+        let kafka = KafkaSettings::from_vars(
+            vars.into_iter()
+                .map(|(name, value)| (name.to_owned(), value)),
+        )
+        .expect("SASL settings");
+        Stack {
+            kafka,
+            admin_database_url: self.admin_database_url.clone(),
+        }
+    }
+
     /// The same database server with another broker (a test's own, which it may kill).
     pub fn with_brokers(&self, brokers: String) -> Stack {
         Stack {
