@@ -2102,3 +2102,82 @@ async fn a_per_submission_self_identity_reads_and_consents_for_its_own_referral_
         .await;
     assert_eq!(code, 403);
 }
+
+#[tokio::test]
+async fn changes_that_come_over_kafka_are_audited_like_those_over_http() {
+    let run = Loop::start().await;
+    let admin = token(Role::Admin, "ig-lead");
+    // A hospital's integration engine puts a referral on referrals.inbound.
+    let reference = unique("KAFKA");
+    let body = linkwork_testkit::gp_referral(&reference).to_string();
+    let producer = Producer::new(&run.stack.kafka).unwrap();
+    let mut headers = HeaderList::default();
+    headers.push(linkwork_ingest::inbound::SOURCE_HEADER, "hospital:RVY");
+    producer
+        .send(Outbound {
+            topic: &run.names.topic(linkwork_bus::topics::REFERRALS_INBOUND),
+            key: Some(b"hospital:RVY"),
+            partition: None,
+            payload: body.as_bytes(),
+            headers,
+        })
+        .await
+        .expect("acknowledged");
+    let referral = ReferralId::derive(
+        &linkwork_domain::Source::parse("hospital:RVY").unwrap(),
+        "https://gp.example/referrals",
+        &reference,
+    );
+    run.wait_for_status_as(referral, "requested", &admin).await;
+    // The provider accepts it over provider.responses.
+    let accepted = task(referral, 1, "accepted", None).to_string();
+    run.respond(referral, Some("connectors"), accepted.as_bytes())
+        .await;
+    run.wait_for_status_as(referral, "accepted", &admin).await;
+
+    let path = format!("/fhir/AuditEvent?patient=Patient/{}", referral.patient_id());
+    let agent = |event: &Value| {
+        event["agent"][0]["who"]["identifier"]["value"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    eventually(Duration::from_secs(60), "both changes audited", || async {
+        let (status, bundle) = run.get(&path, &admin).await;
+        status == 200
+            && bundle["entry"].as_array().is_some_and(|entries| {
+                let events: Vec<&Value> = entries.iter().map(|entry| &entry["resource"]).collect();
+                events
+                    .iter()
+                    .any(|event| agent(event) == "hospital:RVY" && event["action"] == "C")
+                    && events
+                        .iter()
+                        .any(|event| agent(event) == "connectors" && event["action"] == "U")
+            })
+    })
+    .await;
+    let (_, bundle) = run.get(&path, &admin).await;
+    let from_kafka: Vec<&Value> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| &entry["resource"])
+        .filter(|event| {
+            event["outcomeDesc"]
+                .as_str()
+                .is_some_and(|text| text.starts_with("accepted from Kafka"))
+        })
+        .collect();
+    assert_eq!(
+        from_kafka.len(),
+        2,
+        "one AuditEvent per change, however often applied"
+    );
+    for event in from_kafka {
+        assert_eq!(
+            event["entity"][1]["what"]["reference"],
+            format!("ServiceRequest/{referral}")
+        );
+        assert!(!event.to_string().contains(linkwork_testkit::NHS_NUMBERS[0]));
+    }
+}

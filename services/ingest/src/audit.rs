@@ -69,6 +69,24 @@ impl Interaction {
         }
     }
 
+    /// The IHE BALP profile an AuditEvent of this interaction follows.
+    fn profile(self) -> &'static str {
+        match self {
+            Self::Create | Self::Operation => {
+                "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Create"
+            }
+            Self::Read | Self::History => {
+                "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientRead"
+            }
+            Self::Search => {
+                "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientQuery"
+            }
+            Self::Update | Self::Patch => {
+                "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Update"
+            }
+        }
+    }
+
     /// Creates, updates and operations change referrals; reads and searches disclose.
     pub fn changes(self) -> bool {
         !matches!(self, Self::Read | Self::History | Self::Search)
@@ -331,19 +349,7 @@ impl AuditEvent<'_> {
             "requestor": false,
             "network": { "address": self.observer, "type": "5" },
         });
-        let mut entities = Vec::new();
-        for referral in &self.audited.referrals {
-            entities.push(json!({
-                "what": { "reference": format!("Patient/{}", referral.patient_id()) },
-                "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person" },
-                "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient" },
-            }));
-            entities.push(json!({
-                "what": { "reference": format!("ServiceRequest/{referral}") },
-                "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
-                "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4", "display": "Domain Resource" },
-            }));
-        }
+        let mut entities = referral_entities(&self.audited.referrals);
         for object in &self.audited.objects {
             entities.push(json!({
                 "what": { "reference": object },
@@ -368,13 +374,7 @@ impl AuditEvent<'_> {
         json!({
             "resourceType": "AuditEvent",
             "id": self.id.to_string(),
-            "meta": { "profile": [match self.interaction {
-                Interaction::Create => "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Create",
-                Interaction::Read | Interaction::History => "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientRead",
-                Interaction::Search => "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientQuery",
-                Interaction::Update | Interaction::Patch => "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Update",
-                Interaction::Operation => "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Create",
-            }] },
+            "meta": { "profile": [self.interaction.profile()] },
             "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation" },
             "subtype": [{ "system": INTERACTION_SYSTEM, "code": self.interaction.code() }],
             "action": self.interaction.action(),
@@ -391,6 +391,101 @@ impl AuditEvent<'_> {
             "entity": entities,
         })
     }
+}
+
+/// Each referral as two entities: its person (`Patient/<id>`) and the ServiceRequest.
+fn referral_entities(referrals: &[ReferralId]) -> Vec<Value> {
+    let mut entities = Vec::with_capacity(referrals.len() * 2);
+    for referral in referrals {
+        entities.push(json!({
+            "what": { "reference": format!("Patient/{}", referral.patient_id()) },
+            "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person" },
+            "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient" },
+        }));
+        entities.push(json!({
+            "what": { "reference": format!("ServiceRequest/{referral}") },
+            "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object" },
+            "role": { "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4", "display": "Domain Resource" },
+        }));
+    }
+    entities
+}
+
+/// Where the consumers of `referrals.inbound` and `provider.responses` put the
+/// AuditEvents of the changes they accept (through the outbox, in the batch's
+/// transaction: a change is never applied unaudited).
+#[derive(Debug, Clone)]
+pub struct KafkaAudit {
+    pub topic: String,
+    pub canonical_base: String,
+}
+
+impl KafkaAudit {
+    /// The AuditEvent of a change a message on Kafka made, sent by `client` (the
+    /// message's source or provider header) in `role`: its event id derives from the
+    /// message's place in the log, so a batch applied again audits it once.
+    pub fn change(
+        &self,
+        record: &Record,
+        client: &str,
+        role: &str,
+        interaction: Interaction,
+        referrals: &[ReferralId],
+        at: DateTime<Utc>,
+    ) -> linkwork_bus::OutboxEvent {
+        let place = format!("{}/{}/{}", record.topic, record.partition, record.offset);
+        let id = linkwork_domain::EventId::derive(&["audit", &place, &referrals_key(referrals)]);
+        let resource = json!({
+            "resourceType": "AuditEvent",
+            "id": id.to_string(),
+            "meta": { "profile": [interaction.profile()] },
+            "type": { "system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation" },
+            "subtype": [{ "system": INTERACTION_SYSTEM, "code": interaction.code() }],
+            "action": interaction.action(),
+            "recorded": instant(at),
+            "outcome": "0",
+            "outcomeDesc": format!("accepted from Kafka {place}"),
+            "agent": [
+                {
+                    "type": { "coding": [{ "system": DICOM, "code": "110153", "display": "Source Role ID" }] },
+                    "who": { "identifier": { "system": format!("{}/Id/client", self.canonical_base), "value": client } },
+                    "role": [{ "text": role }],
+                    "requestor": true,
+                },
+                {
+                    "type": { "coding": [{ "system": DICOM, "code": "110152", "display": "Destination Role ID" }] },
+                    "who": { "display": "linkwork ingest" },
+                    "requestor": false,
+                },
+            ],
+            "source": {
+                "observer": { "display": "linkwork ingest (Kafka consumer)" },
+                "type": [{ "system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server" }],
+            },
+            "entity": referral_entities(referrals),
+        });
+        let key = referrals
+            .first()
+            .map(|referral| referral.patient_id().to_string())
+            .unwrap_or_else(|| client.to_owned());
+        linkwork_bus::OutboxEvent::fhir(
+            &self.topic,
+            id,
+            "linkwork/ingest",
+            at,
+            key,
+            AUDIT_EVENT_TYPE,
+            &resource,
+        )
+    }
+}
+
+fn referrals_key(referrals: &[ReferralId]) -> String {
+    referrals
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// An AuditEvent ready for the producer, owning its parts.

@@ -81,6 +81,8 @@ pub struct InboundHandler {
     pub clock: linkwork_domain::Clock,
     /// Where accepted referrals go (`referral.events`).
     pub events_topic: String,
+    /// Where each accepted change is audited (`audit.events`); `None`: not audited.
+    pub audit: Option<crate::audit::KafkaAudit>,
 }
 
 impl InboundHandler {
@@ -89,6 +91,30 @@ impl InboundHandler {
             rules,
             clock: linkwork_domain::Clock::system(),
             events_topic: REFERRAL_EVENTS.to_owned(),
+            audit: None,
+        }
+    }
+
+    /// The AuditEvent of a change `incoming` made, when auditing is on.
+    fn audit(
+        &self,
+        effects: &mut Effects,
+        incoming: &Incoming<'_, RawFhir>,
+        interaction: crate::audit::Interaction,
+        referral: ReferralId,
+        at: DateTime<Utc>,
+    ) {
+        if let Some(audit) = &self.audit {
+            let client = incoming.message.source.as_deref().unwrap_or("unnamed");
+            let event = audit.change(
+                incoming.record,
+                client,
+                "referral source",
+                interaction,
+                &[referral],
+                at,
+            );
+            effects.publish(incoming, event);
         }
     }
 }
@@ -172,8 +198,16 @@ impl Handler for InboundHandler {
                             "received",
                         ]);
                         published.push(PublishedReceipt::from(&referral));
+                        let referral_id = referral.referral_id;
                         let event = ReferralEvent::Received(Box::new(referral.into_event(now)));
                         effects.publish(incoming, self.event(event_id, now, &event));
+                        self.audit(
+                            effects,
+                            incoming,
+                            crate::audit::Interaction::Create,
+                            referral_id,
+                            now,
+                        );
                     }
                 }
                 Request::Withdraw {
@@ -204,6 +238,13 @@ impl Handler for InboundHandler {
                             let event_id =
                                 EventId::derive(&["referral", &referral_id.to_string(), kind]);
                             effects.publish(incoming, self.event(event_id, now, &event));
+                            self.audit(
+                                effects,
+                                incoming,
+                                crate::audit::Interaction::Update,
+                                referral_id,
+                                now,
+                            );
                         }
                         _ => {
                             let issue = Issue::error(

@@ -75,6 +75,8 @@ pub struct ProviderResponsesHandler {
     /// messages of the batch being retried.
     waiting: HashMap<Position, Instant>,
     clock: linkwork_domain::Clock,
+    /// Where each accepted change is audited (`audit.events`); `None`: not audited.
+    audit: Option<crate::audit::KafkaAudit>,
 }
 
 impl ProviderResponsesHandler {
@@ -85,7 +87,17 @@ impl ProviderResponsesHandler {
             routing_wait: Duration::from_secs(30),
             waiting: HashMap::new(),
             clock: linkwork_domain::Clock::system(),
+            audit: None,
         }
+    }
+
+    /// Audits each accepted message on `topic` (`audit.events`).
+    pub fn with_audit_topic(mut self, topic: impl Into<String>) -> Self {
+        self.audit = Some(crate::audit::KafkaAudit {
+            topic: topic.into(),
+            canonical_base: self.canonical_base.clone(),
+        });
+        self
     }
 
     pub fn with_clock(mut self, clock: linkwork_domain::Clock) -> Self {
@@ -190,6 +202,25 @@ impl Handler for ProviderResponsesHandler {
             }
             match provider::judge(state, submission) {
                 Ok(events) => {
+                    if let (Some(audit), false) = (&self.audit, events.is_empty()) {
+                        let interaction = if submission.resource_type == "Task" {
+                            crate::audit::Interaction::Update
+                        } else {
+                            crate::audit::Interaction::Create
+                        };
+                        let client = incoming.message.provider.as_deref().unwrap_or("unnamed");
+                        effects.publish(
+                            incoming,
+                            audit.change(
+                                record,
+                                client,
+                                "provider",
+                                interaction,
+                                &[submission.referral],
+                                now,
+                            ),
+                        );
+                    }
                     for (index, event) in events.into_iter().enumerate() {
                         // Derived from where the message sits, so a batch applied twice
                         // (a crash before its commit) publishes the same events.

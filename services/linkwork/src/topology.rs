@@ -302,7 +302,8 @@ impl Topology {
                 pool.clone(),
                 linkwork_ingest::responses::ProviderResponsesHandler::new(&rules.canonical_base)
                     .with_clock(clock.clone())
-                    .with_events_topic(events_topic.clone()),
+                    .with_events_topic(events_topic.clone())
+                    .with_audit_topic(names.topic(AUDIT_EVENTS)),
             )
             .with_outbox_notify(outbox.clone());
             topology.consumers.push(responses.status());
@@ -315,6 +316,10 @@ impl Topology {
                 kafka.clone(),
                 pool.clone(),
                 linkwork_ingest::inbound::InboundHandler {
+                    audit: Some(linkwork_ingest::audit::KafkaAudit {
+                        topic: names.topic(AUDIT_EVENTS),
+                        canonical_base: rules.canonical_base.clone(),
+                    }),
                     rules,
                     clock: clock.clone(),
                     events_topic: events_topic.clone(),
