@@ -14,7 +14,6 @@ mod partitioner;
 mod projector;
 mod provider_loop;
 mod router;
-mod sasl;
 mod store;
 mod topics;
 mod tracing_context;

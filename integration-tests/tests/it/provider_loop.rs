@@ -85,7 +85,11 @@ impl Loop {
     /// Ingest, the router and the projector as `serve` assembles them, on topics of
     /// this run's own, with the directory above.
     async fn start() -> Loop {
-        let stack = stack();
+        Loop::start_on(stack()).await
+    }
+
+    /// As [`Loop::start`], on `stack`'s broker settings (its SASL listener, say).
+    async fn start_on(stack: Stack) -> Loop {
         let pool = stack.database().await;
         let names = Names::isolated(&unique("pl"));
         let document = DirectoryDocument::parse(DIRECTORY).unwrap();
@@ -346,6 +350,30 @@ fn task(referral: ReferralId, attempt: u32, status: &str, reason: Option<&str>) 
     task
 }
 
+/// A phone call with the person, as a provider records it.
+fn phone_call(referral: ReferralId) -> Value {
+    json!({
+        "resourceType": "Communication",
+        "status": "completed",
+        "basedOn": [{ "reference": format!("ServiceRequest/{referral}") }],
+        "sent": "2026-03-09T15:00:00Z",
+        "medium": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationMode", "code": "PHONE" }] }],
+    })
+}
+
+/// A group activity the person attended, as a provider records it.
+fn lunch_club(referral: ReferralId) -> Value {
+    json!({
+        "resourceType": "Procedure",
+        "status": "completed",
+        "basedOn": [{ "reference": format!("ServiceRequest/{referral}") }],
+        "subject": { "reference": format!("Patient/{}", referral.patient_id()) },
+        "category": { "coding": [{ "system": format!("{BASE}/CodeSystem/activity-kind"), "code": "group" }] },
+        "code": { "text": "Townley lunch club" },
+        "performedDateTime": "2026-03-20",
+    })
+}
+
 /// The person's consent to share outcomes for evaluation, as a provider records it.
 fn consent(referral: ReferralId) -> Value {
     json!({
@@ -424,28 +452,8 @@ async fn a_gp_referral_is_routed_accepted_scored_completed_and_reads_back() {
             ),
         ),
         ("PUT", task(referral, 1, "in-progress", None)),
-        (
-            "POST /fhir/Communication",
-            json!({
-                "resourceType": "Communication",
-                "status": "completed",
-                "basedOn": [{ "reference": format!("ServiceRequest/{referral}") }],
-                "sent": "2026-03-09T15:00:00Z",
-                "medium": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationMode", "code": "PHONE" }] }],
-            }),
-        ),
-        (
-            "POST /fhir/Procedure",
-            json!({
-                "resourceType": "Procedure",
-                "status": "completed",
-                "basedOn": [{ "reference": format!("ServiceRequest/{referral}") }],
-                "subject": { "reference": format!("Patient/{}", referral.patient_id()) },
-                "category": { "coding": [{ "system": format!("{BASE}/CodeSystem/activity-kind"), "code": "group" }] },
-                "code": { "text": "Townley lunch club" },
-                "performedDateTime": "2026-03-20",
-            }),
-        ),
+        ("POST /fhir/Communication", phone_call(referral)),
+        ("POST /fhir/Procedure", lunch_club(referral)),
         (
             "POST /fhir/Observation",
             score(
@@ -1834,28 +1842,8 @@ async fn every_route_that_touches_identifiable_data_leaves_an_audit_event_an_adm
                 "2026-03-10T10:00:00Z",
             ),
         ),
-        (
-            ("POST", "/fhir/Communication"),
-            json!({
-                "resourceType": "Communication",
-                "status": "completed",
-                "basedOn": [{ "reference": format!("ServiceRequest/{referral}") }],
-                "sent": "2026-03-09T15:00:00Z",
-                "medium": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationMode", "code": "PHONE" }] }],
-            }),
-        ),
-        (
-            ("POST", "/fhir/Procedure"),
-            json!({
-                "resourceType": "Procedure",
-                "status": "completed",
-                "basedOn": [{ "reference": format!("ServiceRequest/{referral}") }],
-                "subject": { "reference": format!("Patient/{}", referral.patient_id()) },
-                "category": { "coding": [{ "system": format!("{BASE}/CodeSystem/activity-kind"), "code": "group" }] },
-                "code": { "text": "Townley lunch club" },
-                "performedDateTime": "2026-03-20",
-            }),
-        ),
+        (("POST", "/fhir/Communication"), phone_call(referral)),
+        (("POST", "/fhir/Procedure"), lunch_club(referral)),
         (("POST", "/fhir/Consent"), consent(referral)),
     ] {
         let (status, answer) = run.post(route.1, &connectors, &body).await;
@@ -2180,4 +2168,52 @@ async fn changes_that_come_over_kafka_are_audited_like_those_over_http() {
         );
         assert!(!event.to_string().contains(linkwork_testkit::NHS_NUMBERS[0]));
     }
+}
+
+/// The pipeline against the local broker with SASL/SCRAM authentication on: the
+/// security settings pass from configuration (`LINKWORK_KAFKA_*`) to every client
+/// linkwork makes (topic admin, producers, consumers, the outbox relay), and a wrong
+/// password gets nothing through.
+#[tokio::test]
+async fn the_pipeline_runs_against_a_broker_that_requires_sasl_scram() {
+    let secured = stack().over_sasl_scram(None);
+    assert_eq!(
+        secured.kafka.properties["security.protocol"], "SASL_PLAINTEXT",
+        "the settings came through as configured"
+    );
+    // Topics, ingest, the router and the projector, all through the SASL listener.
+    let run = Loop::start_on(secured).await;
+    let referral = run.routed_referral(&unique("SASL")).await;
+    let queue = run
+        .names
+        .provider_queue(&linkwork_domain::ProviderId::parse("connectors").unwrap());
+    let queued = run
+        .stack
+        .read_topic(&queue, 1, Duration::from_secs(60))
+        .await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(
+        queued[0].key.as_deref(),
+        Some(referral.to_string().as_str())
+    );
+
+    // A wrong password writes nothing.
+    let intruder = stack().over_sasl_scram(Some("not-the-password"));
+    let producer =
+        Producer::with_delivery_timeout(&intruder.kafka, Duration::from_secs(5)).unwrap();
+    let sent = producer
+        .send(Outbound {
+            topic: &queue,
+            key: Some(b"intruder"),
+            partition: None,
+            payload: b"{}",
+            headers: HeaderList::default(),
+        })
+        .await;
+    assert!(sent.is_err(), "a wrong SCRAM password is refused");
+    let after = run
+        .stack
+        .read_topic(&queue, 1, Duration::from_secs(30))
+        .await;
+    assert_eq!(after.len(), 1, "nothing more on the queue");
 }
