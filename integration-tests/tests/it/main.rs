@@ -17,3 +17,4 @@ mod router;
 mod store;
 mod topics;
 mod tracing_context;
+mod vault;
