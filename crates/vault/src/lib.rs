@@ -311,6 +311,38 @@ impl Vault {
         }
     }
 
+    /// The keys of `people`, made now for those who have none yet, in two statements
+    /// for the whole batch (ingest seals a group of referrals at once). Erased people
+    /// are absent: nothing is sealed for them again.
+    pub async fn keys_for(
+        &self,
+        connection: &mut PgConnection,
+        people: &[Person],
+    ) -> Result<HashMap<Person, DataKey>, VaultError> {
+        let mut wanted: Vec<Person> = people.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let names: Vec<Vec<u8>> = wanted.iter().map(|person| person.0.to_vec()).collect();
+        let wrapped: Vec<Vec<u8>> = wanted
+            .iter()
+            .map(|person| self.wrap(person, Aes256Gcm::generate_key(&mut OsRng).as_slice()))
+            .collect();
+        // In person order, so two batches never wait on each other's rows.
+        sqlx::query(
+            "INSERT INTO vault_person_keys (person, wrapped_key)
+             SELECT batch.person, batch.wrapped_key
+             FROM unnest($1::BYTEA[], $2::BYTEA[]) AS batch(person, wrapped_key)
+             WHERE NOT EXISTS (SELECT 1 FROM vault_erasures e WHERE e.person = batch.person)
+             ORDER BY batch.person
+             ON CONFLICT (person) DO NOTHING",
+        )
+        .bind(&names)
+        .bind(&wrapped)
+        .execute(&mut *connection)
+        .await?;
+        self.keys(connection, &wanted).await
+    }
+
     /// The keys of `people` that exist, in one query: an erased person (or one never
     /// given a key) is absent, and what was sealed for them stays shut.
     pub async fn keys(

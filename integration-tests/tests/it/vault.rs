@@ -72,3 +72,47 @@ async fn a_persons_key_is_made_once_read_in_batches_and_destroyed_by_erasure() {
     let keys = vault.keys(&mut connection, &[ada, tobias]).await.unwrap();
     assert!(keys.values().all(|key| key.open(&sealed).is_err()));
 }
+
+#[tokio::test]
+async fn a_batch_of_people_gets_its_keys_in_one_go_and_an_erased_person_none() {
+    let pool = stack().database().await;
+    linkwork_vault::migrator().run(&pool).await.unwrap();
+    let vault = Vault::new(&SecretString::from(
+        "vault-integration-secret-0123456789abcdef0123",
+    ))
+    .unwrap();
+    let people: Vec<_> = linkwork_testkit::NHS_NUMBERS
+        .iter()
+        .map(|number| vault.person_with_nhs_number(number))
+        .collect();
+    let mut connection = pool.acquire().await.unwrap();
+    // One of them already has a key; another was erased.
+    let sealed = vault
+        .key_for(&mut connection, people[0])
+        .await
+        .unwrap()
+        .seal(b"kept");
+    vault.key_for(&mut connection, people[1]).await.unwrap();
+    vault
+        .erase(&mut connection, people[1], "ig-lead")
+        .await
+        .unwrap();
+    // The batch names someone twice.
+    let mut batch = people.clone();
+    batch.push(people[2]);
+    let keys = vault.keys_for(&mut connection, &batch).await.unwrap();
+    assert_eq!(keys.len(), people.len() - 1);
+    assert!(
+        !keys.contains_key(&people[1]),
+        "no key is made again for the erased"
+    );
+    assert_eq!(
+        keys[&people[0]].open(&sealed).unwrap(),
+        b"kept",
+        "an existing key is kept, not replaced"
+    );
+    // Asking again changes nothing.
+    let again = vault.keys_for(&mut connection, &batch).await.unwrap();
+    let sealed_again = again[&people[3]].seal(b"same key");
+    assert!(keys[&people[3]].open(&sealed_again).is_ok());
+}
