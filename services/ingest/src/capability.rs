@@ -29,7 +29,7 @@ pub fn statement(base_url: &str, software_version: &str) -> Value {
             "security": {
                 "cors": false,
                 "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth"}]}],
-                "description": "Bearer JWT; scope referral:submit to send referrals, call-log:submit to send the ASC call log, referral:respond for providers' updates, referral:read to read"
+                "description": "Bearer JWT; scope referral:submit to send referrals, call-log:submit to send the ASC call log, referral:respond for providers' updates, referral:read to read, admin for the audit trail"
             },
             "resource": [{
                 "type": "ServiceRequest",
@@ -70,7 +70,19 @@ pub fn statement(base_url: &str, software_version: &str) -> Value {
                 "type": "Consent",
                 "interaction": [{"code": "create"}],
                 "documentation": "Consent to share pseudonymised outcomes for evaluation: active (given) or inactive (withdrawn), \
-                                  the ServiceRequest in provision.data."
+                                  the ServiceRequest in provision.data; by the provider holding the referral, its referrer, \
+                                  or the person through a per-submission self-referral identity."
+            }, {
+                "type": "AuditEvent",
+                "interaction": [{"code": "search-type"}],
+                "searchParam": [
+                    {"name": "patient", "type": "reference", "documentation": "Patient/<id>: linkwork's Patient id of a referral"},
+                    {"name": "date", "type": "date", "documentation": "when recorded; prefixes eq, ge, gt, le, lt; may repeat"},
+                    {"name": "agent", "type": "token", "documentation": "the client id that acted"},
+                    {"name": "_count", "type": "number", "documentation": "page size, at most 500"}
+                ],
+                "documentation": "Administrators only. One AuditEvent (IHE Basic Audit Log Patterns) per read, search, \
+                                  create and update of identifiable data, refused attempts included, newest first."
             }],
             "interaction": [
                 {"code": "batch", "documentation": "POST /fhir: each ServiceRequest entry independent"},

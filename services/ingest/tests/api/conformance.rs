@@ -111,6 +111,7 @@ async fn the_capability_statement_tells_what_is_served() {
         ("Communication", &["create"][..]),
         ("Procedure", &["create"][..]),
         ("Consent", &["create"][..]),
+        ("AuditEvent", &["search-type"][..]),
     ]
     .iter()
     .map(|(kind, codes)| {
