@@ -166,13 +166,27 @@ fn client_address(headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<Strin
         .or_else(|| peer.map(|address| address.ip().to_string()))
 }
 
-/// The audit layer of one route: runs the route, then writes its AuditEvent and waits
-/// for the broker before answering.
-pub async fn record(
-    State((state, interaction)): State<(AppState, Interaction)>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// The interaction of the route `method` `path` (a route template), when it touches
+/// identifiable data.
+fn interaction_of(method: &Method, path: &str) -> Option<Interaction> {
+    static ROUTES: std::sync::OnceLock<Vec<crate::http::RouteSpec>> = std::sync::OnceLock::new();
+    ROUTES
+        .get_or_init(crate::http::routes)
+        .iter()
+        .find(|spec| spec.path == path && spec.method == method.as_str())
+        .and_then(|spec| spec.audit)
+}
+
+/// The audit layer: runs the request, then, for a route marked audited, writes its
+/// AuditEvent (and, for a read or search, waits for the broker) before answering.
+pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(interaction) = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .and_then(|matched| interaction_of(request.method(), matched.as_str()))
+    else {
+        return next.run(request).await;
+    };
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -897,6 +911,24 @@ mod tests {
             observation_referral(Some(&format!("based-on=ServiceRequest%2F{id}&_count=5"))),
             Some(ReferralId::from_uuid(id))
         );
+    }
+
+    #[test]
+    fn each_route_template_is_audited_as_its_table_entry_says() {
+        assert_eq!(
+            interaction_of(&Method::GET, "/fhir/ServiceRequest/{id}"),
+            Some(Interaction::Read)
+        );
+        assert_eq!(
+            interaction_of(&Method::POST, "/fhir/ServiceRequest/_search"),
+            Some(Interaction::Search)
+        );
+        assert_eq!(
+            interaction_of(&Method::PATCH, "/fhir/Task/{id}"),
+            Some(Interaction::Patch)
+        );
+        assert_eq!(interaction_of(&Method::GET, "/fhir/metadata"), None);
+        assert_eq!(interaction_of(&Method::DELETE, "/fhir/Task/{id}"), None);
     }
 
     #[test]

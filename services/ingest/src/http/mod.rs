@@ -317,14 +317,6 @@ pub fn router(state: AppState) -> Router {
                 axum::middleware::from_fn_with_state((state.clone(), spec.access), authorize),
             ),
         };
-        // Outside the access check, so refused attempts are audited too.
-        let handler = match spec.audit {
-            Some(interaction) => handler.route_layer(axum::middleware::from_fn_with_state(
-                (state.clone(), interaction),
-                crate::audit::record,
-            )),
-            None => handler,
-        };
         match by_path.iter_mut().find(|(path, _)| *path == spec.path) {
             Some((_, methods)) => *methods = std::mem::take(methods).merge(handler),
             None => by_path.push((spec.path, handler)),
@@ -340,7 +332,13 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             time_limit,
         ))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), admit));
+        .layer(axum::middleware::from_fn_with_state(state.clone(), admit))
+        // Outermost, so refused attempts (401, 403), overload (503) and requests cut
+        // off by the time limit are audited too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::record,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
