@@ -70,6 +70,8 @@ impl IngestSettings {
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    /// For the limits put on routes served beside ingest's.
+    state: http::AppState,
 }
 
 impl std::fmt::Debug for Application {
@@ -115,13 +117,16 @@ impl Application {
         );
         Ok(Self {
             listener,
-            router: http::router(state),
+            router: http::router(state.clone()),
+            state,
         })
     }
 
-    /// Serves `routes` beside ingest's (`linkwork serve all` adds the metrics routes).
+    /// Serves `routes` beside ingest's (`linkwork serve all` adds the metrics routes),
+    /// under the same limits: they count against `max_in_flight` and are cut off at
+    /// the request time limit.
     pub fn with_routes(mut self, routes: axum::Router) -> Self {
-        self.router = self.router.merge(routes);
+        self.router = self.router.merge(http::limited(routes, &self.state));
         self
     }
 

@@ -45,13 +45,22 @@ fn every_fixed_topic_in_code_is_declared_and_every_declared_topic_is_known() {
 }
 
 #[test]
-fn every_consumer_has_a_declared_dead_letter_topic() {
+fn every_consumer_has_a_declared_dead_letter_topic_with_a_finite_retention() {
     let file = declared();
     for consumer in consumers::ALL {
         let dead_letters = dlq(consumer);
+        let declared = file
+            .topics
+            .iter()
+            .find(|topic| topic.name == dead_letters)
+            .unwrap_or_else(|| panic!("{dead_letters} is not declared"));
+        // Dead letters hold refused messages as they were sent, identifiers and all:
+        // they are deleted after a while, never kept for ever.
+        let kept = retention_ms(&declared.retention).unwrap();
         assert!(
-            file.topics.iter().any(|topic| topic.name == dead_letters),
-            "{dead_letters} is not declared"
+            (1..=90 * 86_400_000).contains(&kept),
+            "{dead_letters} keeps its messages for {}",
+            declared.retention
         );
     }
 }

@@ -327,12 +327,8 @@ pub fn router(state: AppState) -> Router {
         .fold(Router::new(), |router, (path, methods)| {
             router.route(path, methods)
         })
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            time_limit,
-        ))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), admit))
+        .fallback(not_found);
+    let fhir = limited(fhir, &state)
         // Outermost, so refused attempts (401, 403), overload (503) and requests cut
         // off by the time limit are audited too.
         .layer(axum::middleware::from_fn_with_state(
@@ -359,6 +355,16 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .with_state(state)
+}
+
+/// `routes` under ingest's limits: the time limit, then admission (`max_in_flight`).
+pub fn limited<S: Clone + Send + Sync + 'static>(routes: Router<S>, state: &AppState) -> Router<S> {
+    routes
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            time_limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), admit))
 }
 
 /// The route's access, enforced before anything else of the request is read: a

@@ -105,10 +105,31 @@ pub async fn spawn_app_without_broker(adjust: impl FnOnce(&mut IngestSettings)) 
     start(KafkaSettings::new("127.0.0.1:1"), isolated_names(), adjust).await
 }
 
+/// Ingest on the local broker with `routes` served beside its own, as `serve all`
+/// serves the metrics routes.
+pub async fn spawn_app_beside(
+    routes: axum::Router,
+    adjust: impl FnOnce(&mut IngestSettings),
+) -> TestApp {
+    let kafka = kafka();
+    let names = isolated_names();
+    topics(&kafka, &names).await;
+    start_with_routes(kafka, names, adjust, Some(routes)).await
+}
+
 async fn start(
     kafka: KafkaSettings,
     names: Names,
     adjust: impl FnOnce(&mut IngestSettings),
+) -> TestApp {
+    start_with_routes(kafka, names, adjust, None).await
+}
+
+async fn start_with_routes(
+    kafka: KafkaSettings,
+    names: Names,
+    adjust: impl FnOnce(&mut IngestSettings),
+    routes: Option<axum::Router>,
 ) -> TestApp {
     let pool = database().await;
     let mut settings = IngestSettings::new("127.0.0.1:0".parse().expect("address"));
@@ -118,9 +139,12 @@ async fn start(
     settings.http.audit_topic = names.topic(AUDIT_EVENTS);
     adjust(&mut settings);
     let verifier = Verifier::dev(SecretString::from(DEV_SECRET)).expect("verifier");
-    let application = Application::build(settings, &kafka, pool.clone(), verifier)
+    let mut application = Application::build(settings, &kafka, pool.clone(), verifier)
         .await
         .expect("build");
+    if let Some(routes) = routes {
+        application = application.with_routes(routes);
+    }
     let address = format!("http://127.0.0.1:{}", application.port());
     let shutdown = CancellationToken::new();
     tokio::spawn(application.run_until_stopped(shutdown.clone()));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use linkwork_testkit::gp_referral;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{gp_token, spawn_app, spawn_app_with, unique_reference};
+use crate::helpers::{gp_token, spawn_app, spawn_app_beside, spawn_app_with, unique_reference};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn referrals_posted_at_once_are_each_answered_as_if_posted_alone() {
@@ -152,4 +152,33 @@ async fn hold_place(address: &str, head: &str, first: &[u8]) -> tokio::net::TcpS
     slow.write_all(head.as_bytes()).await.unwrap();
     slow.write_all(first).await.unwrap();
     slow
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_served_beside_ingests_are_under_its_in_flight_and_time_limits() {
+    // A slow route beside ingest's, as `serve all` puts the metrics routes.
+    let slow = axum::Router::new().route(
+        "/slow",
+        axum::routing::get(|| async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            "done"
+        }),
+    );
+    let app = spawn_app_beside(slow, |settings| {
+        settings.http.max_in_flight = 1;
+        settings.http.request_timeout = Duration::from_millis(1500);
+    })
+    .await;
+    let url = format!("{}/slow", app.address);
+    let first = tokio::spawn({
+        let (client, url) = (app.client.clone(), url.clone());
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The one place is taken: refused at once, not queued.
+    let second = app.client.get(&url).send().await.unwrap();
+    assert_eq!(second.status().as_u16(), 503);
+    assert!(second.headers().contains_key("retry-after"));
+    // And the first is cut off at the time limit.
+    assert_eq!(first.await.unwrap(), 503);
 }
