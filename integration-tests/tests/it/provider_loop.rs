@@ -350,6 +350,30 @@ fn task(referral: ReferralId, attempt: u32, status: &str, reason: Option<&str>) 
     task
 }
 
+/// UCLA-3 loneliness at baseline: 8 (the scale runs 3 to 9).
+fn ucla_baseline(referral: ReferralId) -> Value {
+    score(
+        referral,
+        "ucla-3",
+        None,
+        8,
+        "baseline",
+        "2026-03-10T10:00:00Z",
+    )
+}
+
+/// UCLA-3 at follow-up: 5, less lonely than at baseline.
+fn ucla_follow_up(referral: ReferralId) -> Value {
+    score(
+        referral,
+        "ucla-3",
+        None,
+        5,
+        "follow-up",
+        "2026-06-01T10:00:00Z",
+    )
+}
+
 /// A phone call with the person, as a provider records it.
 fn phone_call(referral: ReferralId) -> Value {
     json!({
@@ -429,17 +453,7 @@ async fn a_gp_referral_is_routed_accepted_scored_completed_and_reads_back() {
     let steps: Vec<(&str, Value)> = vec![
         ("PUT", task(referral, 1, "accepted", None)),
         ("POST /fhir/Consent", consent(referral)),
-        (
-            "POST /fhir/Observation",
-            score(
-                referral,
-                "ucla-3",
-                None,
-                8,
-                "baseline",
-                "2026-03-10T10:00:00Z",
-            ),
-        ),
+        ("POST /fhir/Observation", ucla_baseline(referral)),
         (
             "POST /fhir/Observation",
             score(
@@ -454,17 +468,7 @@ async fn a_gp_referral_is_routed_accepted_scored_completed_and_reads_back() {
         ("PUT", task(referral, 1, "in-progress", None)),
         ("POST /fhir/Communication", phone_call(referral)),
         ("POST /fhir/Procedure", lunch_club(referral)),
-        (
-            "POST /fhir/Observation",
-            score(
-                referral,
-                "ucla-3",
-                None,
-                5,
-                "follow-up",
-                "2026-06-01T10:00:00Z",
-            ),
-        ),
+        ("POST /fhir/Observation", ucla_follow_up(referral)),
         (
             "POST /fhir/Observation",
             score(
@@ -1350,29 +1354,9 @@ async fn no_identifier_token_or_key_reaches_a_log_line_or_a_data_team_topic() {
     let steps = [
         ("PUT", task(referral, 1, "accepted", None)),
         ("POST /fhir/Consent", consent(referral)),
-        (
-            "POST /fhir/Observation",
-            score(
-                referral,
-                "ucla-3",
-                None,
-                8,
-                "baseline",
-                "2026-03-10T10:00:00Z",
-            ),
-        ),
+        ("POST /fhir/Observation", ucla_baseline(referral)),
         ("PUT", task(referral, 1, "in-progress", None)),
-        (
-            "POST /fhir/Observation",
-            score(
-                referral,
-                "ucla-3",
-                None,
-                5,
-                "follow-up",
-                "2026-06-01T10:00:00Z",
-            ),
-        ),
+        ("POST /fhir/Observation", ucla_follow_up(referral)),
         ("PUT", task(referral, 1, "completed", None)),
     ];
     run.provide(referral, &connectors, &steps).await;
@@ -1555,28 +1539,8 @@ async fn two_referrers_each_see_only_their_own_people_on_every_outbound_topic_an
         let referral = *referral;
         let steps: Vec<(&str, Value)> = vec![
             ("PUT", task(referral, 1, "accepted", None)),
-            (
-                "POST /fhir/Observation",
-                score(
-                    referral,
-                    "ucla-3",
-                    None,
-                    8,
-                    "baseline",
-                    "2026-03-10T10:00:00Z",
-                ),
-            ),
-            (
-                "POST /fhir/Observation",
-                score(
-                    referral,
-                    "ucla-3",
-                    None,
-                    5,
-                    "follow-up",
-                    "2026-06-01T10:00:00Z",
-                ),
-            ),
+            ("POST /fhir/Observation", ucla_baseline(referral)),
+            ("POST /fhir/Observation", ucla_follow_up(referral)),
             ("PUT", task(referral, 1, "completed", None)),
         ];
         run.provide(referral, &connectors, &steps).await;
@@ -1831,17 +1795,7 @@ async fn every_route_that_touches_identifiable_data_leaves_an_audit_event_an_adm
         status,
     );
     for (route, body) in [
-        (
-            ("POST", "/fhir/Observation"),
-            score(
-                referral,
-                "ucla-3",
-                None,
-                8,
-                "baseline",
-                "2026-03-10T10:00:00Z",
-            ),
-        ),
+        (("POST", "/fhir/Observation"), ucla_baseline(referral)),
         (("POST", "/fhir/Communication"), phone_call(referral)),
         (("POST", "/fhir/Procedure"), lunch_club(referral)),
         (("POST", "/fhir/Consent"), consent(referral)),

@@ -6,14 +6,20 @@ use secrecy::SecretString;
 
 use crate::helpers::stack;
 
-#[tokio::test]
-async fn a_persons_key_is_made_once_read_in_batches_and_destroyed_by_erasure() {
+/// A database of the test's own with the vault's table, and a vault.
+async fn vault_and_database() -> (linkwork_store::sqlx::PgPool, Vault) {
     let pool = stack().database().await;
     linkwork_vault::migrator().run(&pool).await.unwrap();
     let vault = Vault::new(&SecretString::from(
         "vault-integration-secret-0123456789abcdef0123",
     ))
     .unwrap();
+    (pool, vault)
+}
+
+#[tokio::test]
+async fn a_persons_key_is_made_once_read_in_batches_and_destroyed_by_erasure() {
+    let (pool, vault) = vault_and_database().await;
     let ada = vault.person_with_nhs_number("9990000018");
     let tobias = vault.person_with_nhs_number("9990000026");
     let mut connection = pool.acquire().await.unwrap();
@@ -75,12 +81,7 @@ async fn a_persons_key_is_made_once_read_in_batches_and_destroyed_by_erasure() {
 
 #[tokio::test]
 async fn a_batch_of_people_gets_its_keys_in_one_go_and_an_erased_person_none() {
-    let pool = stack().database().await;
-    linkwork_vault::migrator().run(&pool).await.unwrap();
-    let vault = Vault::new(&SecretString::from(
-        "vault-integration-secret-0123456789abcdef0123",
-    ))
-    .unwrap();
+    let (pool, vault) = vault_and_database().await;
     let people: Vec<_> = linkwork_testkit::NHS_NUMBERS
         .iter()
         .map(|number| vault.person_with_nhs_number(number))

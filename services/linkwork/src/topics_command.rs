@@ -40,11 +40,12 @@ pub async fn apply_report(
     referrers: &[String],
 ) -> anyhow::Result<topics::ApplyReport> {
     let declaration = load(file)?;
+    let (stored_providers, stored_referrers) = stored_members(settings).await?;
     let mut providers = providers
         .iter()
         .map(|id| ProviderId::parse(id))
         .collect::<Result<Vec<_>, _>>()?;
-    for id in directory_providers(settings).await? {
+    for id in stored_providers {
         if !providers.contains(&id) {
             providers.push(id);
         }
@@ -53,7 +54,7 @@ pub async fn apply_report(
         .iter()
         .map(|id| Source::parse(id))
         .collect::<Result<Vec<_>, _>>()?;
-    for source in projected_referrers(settings).await? {
+    for source in stored_referrers {
         if !referrers.contains(&source) {
             referrers.push(source);
         }
@@ -70,46 +71,36 @@ pub async fn apply_report(
     .await?)
 }
 
-/// Every referrer with a projected referral: the registry of referrers, each of which
-/// has its outcomes topic.
-async fn projected_referrers(settings: &Settings) -> anyhow::Result<Vec<Source>> {
+/// Who has a topic of their own, from the database when one is configured: the
+/// providers of the stored directory and every referrer with a projected referral (the
+/// registry of referrers). Tables not made yet mean nobody yet.
+async fn stored_members(settings: &Settings) -> anyhow::Result<(Vec<ProviderId>, Vec<Source>)> {
     let Ok(database) = settings.database() else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     };
     let pool = linkwork_store::connect(&database)
         .await
-        .context("connecting to LINKWORK_DATABASE_URL for the referrers")?;
+        .context("connecting to LINKWORK_DATABASE_URL for the providers and referrers")?;
     let mut connection = pool.acquire().await?;
-    match linkwork_projection::aggregates::referrers(&mut connection).await {
-        Ok(referrers) => Ok(referrers),
-        // No read models yet: nobody has referred.
+    let providers =
+        none_if_missing(linkwork_router::directory::load_current(&mut connection).await)?
+            .flatten()
+            .map(|stored| stored.document.provider_ids())
+            .unwrap_or_default();
+    let referrers =
+        none_if_missing(linkwork_projection::aggregates::referrers(&mut connection).await)?
+            .unwrap_or_default();
+    Ok((providers, referrers))
+}
+
+/// `None` when the query met a table or schema not made yet (42P01, 3F000).
+fn none_if_missing<T>(result: Result<T, linkwork_store::sqlx::Error>) -> anyhow::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
         Err(linkwork_store::sqlx::Error::Database(error))
             if matches!(error.code().as_deref(), Some("42P01" | "3F000")) =>
         {
-            Ok(Vec::new())
-        }
-        Err(error) => Err(error.into()),
-    }
-}
-
-/// The providers of the stored directory, when a database is configured and holds one.
-async fn directory_providers(settings: &Settings) -> anyhow::Result<Vec<ProviderId>> {
-    let Ok(database) = settings.database() else {
-        return Ok(Vec::new());
-    };
-    let pool = linkwork_store::connect(&database)
-        .await
-        .context("connecting to LINKWORK_DATABASE_URL for the provider directory")?;
-    let mut connection = pool.acquire().await?;
-    match linkwork_router::directory::load_current(&mut connection).await {
-        Ok(stored) => Ok(stored
-            .map(|stored| stored.document.provider_ids())
-            .unwrap_or_default()),
-        // No router tables yet: no directory stored.
-        Err(linkwork_store::sqlx::Error::Database(error))
-            if error.code().as_deref() == Some("42P01") =>
-        {
-            Ok(Vec::new())
+            Ok(None)
         }
         Err(error) => Err(error.into()),
     }
