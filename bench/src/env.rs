@@ -15,6 +15,7 @@ use linkwork_store::sqlx::{self, Connection, PgConnection};
 /// The secrets every process of a bench run shares (development tokens, pseudonyms).
 pub const DEV_SECRET: &str = "bench-development-secret-0123456789abcdef";
 const PSEUDONYM_KEY: &str = "bench-pseudonym-key-0123456789abcdef0123";
+const VAULT_KEY: &str = "bench-vault-key-0123456789abcdef0123456789";
 
 /// The broker, Postgres and the `linkwork` binary.
 #[derive(Debug, Clone)]
@@ -100,6 +101,7 @@ impl Deployment {
             .env("LINKWORK_GROUP_PREFIX", self.names.group_prefix())
             .env("LINKWORK_AUTH_DEV_SECRET", DEV_SECRET)
             .env("LINKWORK_PSEUDONYM_KEY", PSEUDONYM_KEY)
+            .env("LINKWORK_VAULT_KEY", VAULT_KEY)
             .env("LINKWORK_REQUESTS_PER_MINUTE", "100000000")
             // Refusals under load are counted by the bench; their warnings would bury
             // the figures.

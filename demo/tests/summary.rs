@@ -31,6 +31,10 @@ fn the_demo_without_waiting_drives_the_borough_and_its_summary_agrees_with_the_r
             "LINKWORK_PSEUDONYM_KEY",
             "cli-tests-pseudonym-key-0123456789abcdef",
         )
+        .env(
+            "LINKWORK_VAULT_KEY",
+            "demo-tests-vault-key-0123456789abcdef0123456",
+        )
         .env("RUST_LOG", "error,tower_http=off")
         .output()
         .expect("linkwork-demo runs");

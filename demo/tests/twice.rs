@@ -39,6 +39,10 @@ fn demo(brokers: &str, url: &str) -> String {
         .env(
             "LINKWORK_PSEUDONYM_KEY",
             "demo-tests-pseudonym-key-0123456789abcdef",
+        )
+        .env(
+            "LINKWORK_VAULT_KEY",
+            "demo-tests-vault-key-0123456789abcdef0123456",
         ))
 }
 

@@ -36,7 +36,7 @@ pub struct PersonName {
 
 /// Who the referral is for. Identifiable data: it stays on `referral.events`, the
 /// provider the referral is routed to, and the referrer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Subject {
     /// Present unless the referral came from a self-referral or the contact centre
     /// without one, in which case name, birth date and postcode identify the person.
@@ -99,7 +99,117 @@ pub struct ReferralReceived {
     /// front end's per-submission identity (`self:<id>`), which alone may read it back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_by: Option<String>,
+    /// What identifies the person (`subject`, `requester`, `service_request`,
+    /// `patient`), sealed under their own data key; when present those fields hold
+    /// placeholders (see [`ReferralReceived::take_identity`]). A reader opens it with
+    /// linkwork-vault; once the person is erased it never opens again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<Sealed>,
     pub occurred_at: DateTime<Utc>,
+}
+
+/// A value sealed under one person's data key (AES-256-GCM, the person bound in as
+/// associated data): what the log holds in place of what identifies them.
+/// linkwork-vault seals and opens it; erasing the person destroys the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Sealed {
+    /// The person, as the vault names them: a keyed hash (64 hex digits), never an
+    /// identifier.
+    pub person: String,
+    /// The 96-bit nonce, base64.
+    pub nonce: String,
+    /// The ciphertext with its tag, base64.
+    pub ciphertext: String,
+}
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Sealed")
+            .field("person", &self.person)
+            .field("bytes", &self.ciphertext.len())
+            .finish()
+    }
+}
+
+/// What identifies the person on a [`ReferralReceived`]: the parts sealed on the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReferralIdentity {
+    pub subject: Subject,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<String>,
+    pub service_request: ResourceJson,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<ResourceJson>,
+}
+
+/// The security label FHIR gives a redacted resource (v3 ObservationValue `REDACTED`).
+pub const REDACTED_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue";
+
+/// The ServiceRequest that stands in for one whose person's data is sealed or erased:
+/// its id, status `unknown`, labelled `REDACTED`, and nothing about the person.
+pub fn redacted_service_request(referral_id: ReferralId) -> ResourceJson {
+    ResourceJson::from_value(&serde_json::json!({
+        "resourceType": "ServiceRequest",
+        "id": referral_id.to_string(),
+        "meta": {"security": [{
+            "system": REDACTED_SYSTEM,
+            "code": "REDACTED",
+            "display": "redacted"
+        }]},
+        "status": "unknown",
+        "intent": "order",
+        "subject": {"display": "redacted: the person's data is sealed or was erased"}
+    }))
+}
+
+/// The CloudEvents type of a redaction notice on an outbound topic (a provider's
+/// queue, triage, a referrer's outcomes): see [`erasure_notice`].
+pub const REDACTION_NOTICE_TYPE: &str = "linkwork.referral.redacted.v1";
+
+/// What goes to everyone linkwork gave a referral's identifying data to, once the
+/// person is erased: the redacted ServiceRequest (same id), with a note asking them to
+/// delete what they hold about the person.
+pub fn erasure_notice(referral_id: ReferralId, erased_at: DateTime<Utc>) -> serde_json::Value {
+    let mut notice = redacted_service_request(referral_id).to_value();
+    notice["note"] = serde_json::json!([{
+        "time": erased_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "text": "The person's data was erased at their request (UK GDPR Article 17). \
+                 Delete what you hold about them from this referral: linkwork no longer holds it."
+    }]);
+    notice
+}
+
+impl ReferralReceived {
+    /// Takes out what identifies the person, leaving placeholders: an empty subject,
+    /// no requester or Patient, and [`redacted_service_request`].
+    pub fn take_identity(&mut self) -> ReferralIdentity {
+        ReferralIdentity {
+            subject: std::mem::take(&mut self.subject),
+            requester: self.requester.take(),
+            service_request: std::mem::replace(
+                &mut self.service_request,
+                redacted_service_request(self.referral_id),
+            ),
+            patient: self.patient.take(),
+        }
+    }
+
+    /// Puts an opened identity back: the event as it was before it was sealed.
+    pub fn restore_identity(&mut self, identity: ReferralIdentity) {
+        self.subject = identity.subject;
+        self.requester = identity.requester;
+        self.service_request = identity.service_request;
+        self.patient = identity.patient;
+        self.sealed = None;
+    }
+
+    /// Whether what identifies the person is still sealed (not opened here: the
+    /// person was erased, or this reader has no vault), so the event holds
+    /// placeholders.
+    pub fn is_redacted(&self) -> bool {
+        self.sealed.is_some()
+    }
 }
 
 /// Why a candidate provider was or was not chosen.
@@ -239,6 +349,17 @@ pub struct ConsentChange {
     pub occurred_at: DateTime<Utc>,
 }
 
+/// The person's data was erased (their data key destroyed): what identified them on
+/// this referral can no longer be read, and every reader redacts what it holds and
+/// tells those it sent it to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReferralErased {
+    pub referral_id: ReferralId,
+    /// The administrator (or linkwork service) that erased them.
+    pub erased_by: Actor,
+    pub occurred_at: DateTime<Utc>,
+}
+
 /// Every fact about a referral.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReferralEvent {
@@ -260,6 +381,7 @@ pub enum ReferralEvent {
     OutcomeRecorded(OutcomeRecorded),
     ConsentRecorded(ConsentChange),
     ConsentWithdrawn(ConsentChange),
+    Erased(ReferralErased),
 }
 
 /// Declares the event types once: CloudEvents type, variant and payload.
@@ -323,6 +445,7 @@ referral_event_types! {
     "linkwork.referral.outcome-recorded.v1" => OutcomeRecorded(OutcomeRecorded),
     "linkwork.referral.consent-recorded.v1" => ConsentRecorded(ConsentChange),
     "linkwork.referral.consent-withdrawn.v1" => ConsentWithdrawn(ConsentChange),
+    "linkwork.referral.erased.v1" => Erased(ReferralErased),
 }
 
 impl ReferralEvent {
@@ -342,6 +465,7 @@ impl ReferralEvent {
             Self::ActivityAttended(event) => event.referral_id,
             Self::OutcomeRecorded(event) => event.referral_id,
             Self::ConsentRecorded(event) | Self::ConsentWithdrawn(event) => event.referral_id,
+            Self::Erased(event) => event.referral_id,
         }
     }
 
@@ -361,6 +485,7 @@ impl ReferralEvent {
             Self::ActivityAttended(event) => event.occurred_at,
             Self::OutcomeRecorded(event) => event.occurred_at,
             Self::ConsentRecorded(event) | Self::ConsentWithdrawn(event) => event.occurred_at,
+            Self::Erased(event) => event.occurred_at,
         }
     }
 }

@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use crate::event::{
     ActivityAttended, ConsentChange, ContactRecorded, OutcomeRecorded, ProviderStatusChange,
-    ReferralClosedBy, ReferralReceived, ReferralRouted, ReferralUnroutable,
+    ReferralClosedBy, ReferralErased, ReferralReceived, ReferralRouted, ReferralUnroutable,
 };
 use crate::ids::{Actor, ProviderId, ReferralId, Source};
 use crate::ReferralEvent;
@@ -176,6 +176,7 @@ pub enum Command {
     RecordOutcome(OutcomeRecorded),
     GiveConsent(ConsentChange),
     WithdrawConsent(ConsentChange),
+    Erase(ReferralErased),
 }
 
 impl From<ReferralEvent> for Command {
@@ -199,6 +200,7 @@ impl From<ReferralEvent> for Command {
             ReferralEvent::OutcomeRecorded(outcome) => Command::RecordOutcome(outcome),
             ReferralEvent::ConsentRecorded(consent) => Command::GiveConsent(consent),
             ReferralEvent::ConsentWithdrawn(consent) => Command::WithdrawConsent(consent),
+            ReferralEvent::Erased(erased) => Command::Erase(erased),
         }
     }
 }
@@ -346,6 +348,15 @@ pub fn decide(state: Option<&Referral>, command: Command) -> Result<Vec<Referral
             }
             Ok(vec![ReferralEvent::ConsentWithdrawn(consent)])
         }
+        // Whatever the referral's state: an erasure is the person's right, and
+        // repeating one redacts again (nothing in the state records it).
+        Command::Erase(erased) => match erased.erased_by {
+            Actor::Admin(_) | Actor::System(_) => Ok(vec![ReferralEvent::Erased(erased)]),
+            ref actor => Err(Refusal::NotPermitted {
+                actor: actor.clone(),
+                action: "erase the person of",
+            }),
+        },
     }
 }
 
@@ -533,6 +544,7 @@ fn command_referral_id(command: &Command) -> ReferralId {
         Command::RecordActivity(event) => event.referral_id,
         Command::RecordOutcome(event) => event.referral_id,
         Command::GiveConsent(event) | Command::WithdrawConsent(event) => event.referral_id,
+        Command::Erase(event) => event.referral_id,
     }
 }
 
@@ -654,6 +666,7 @@ fn advance(mut referral: Referral, event: &ReferralEvent) -> Referral {
         }
         ReferralEvent::ConsentRecorded(_) => referral.consent_to_evaluation = true,
         ReferralEvent::ConsentWithdrawn(_) => referral.consent_to_evaluation = false,
+        ReferralEvent::Erased(_) => {}
     }
     referral
 }

@@ -110,6 +110,7 @@ impl ValidatedReferral {
             patient: self.patient.map(Into::into),
             national_data_opt_out: self.national_data_opt_out,
             submitted_by: self.submitted_by,
+            sealed: None,
             occurred_at: received_at,
         }
     }

@@ -438,6 +438,9 @@ pub struct BatchWrites {
     pub activities: Vec<ActivityRow>,
     /// Events this batch applied or superseded (their pending command rows go).
     pub seen_event_ids: Vec<Uuid>,
+    /// Referrals whose person was erased: what identifies them is cleared from the
+    /// row, the ServiceRequest replaced by its redacted stand-in.
+    pub erased: Vec<ReferralId>,
 }
 
 impl BatchWrites {
@@ -477,6 +480,30 @@ impl BatchWrites {
     }
 
     pub async fn write(self, connection: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if !self.erased.is_empty() {
+            let ids: Vec<Uuid> = self.erased.iter().map(|id| *id.as_uuid()).collect();
+            let stand_ins: Vec<String> = self
+                .erased
+                .iter()
+                .map(|id| {
+                    linkwork_domain::event::redacted_service_request(*id)
+                        .text()
+                        .to_owned()
+                })
+                .collect();
+            // After the batch's inserts, so a referral received and erased in one
+            // batch is redacted too.
+            sqlx::query(
+                "UPDATE referrals r SET nhs_number = NULL, birth_date = NULL, postcode = NULL,
+                    requester = NULL, patient = NULL, service_request = e.stand_in::JSONB
+                 FROM UNNEST($1::UUID[], $2::TEXT[]) AS e(referral_id, stand_in)
+                 WHERE r.referral_id = e.referral_id",
+            )
+            .bind(&ids)
+            .bind(&stand_ins)
+            .execute(&mut *connection)
+            .await?;
+        }
         let mut history = CopyRows::new();
         for row in &self.history {
             history

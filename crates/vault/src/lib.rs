@@ -10,8 +10,13 @@
 //!   secret (`LINKWORK_VAULT_KEY`), so a copy of the database alone opens nothing.
 //! - A sealed value ([`Sealed`]) names its person and is bound to them (the person is
 //!   the AEAD's associated data): it opens with that person's key or not at all.
-//! - [`Vault::erase`] deletes the key and records the erasure (the keyed hash and
-//!   when, nothing else), so a key is never made for that person again.
+//! - [`Vault::erase`] deletes the key and records the erasure (the keyed hash, when
+//!   and by whom, nothing else). A later referral of the same person is new
+//!   processing and gets a new key; what was sealed before stays shut, since no key
+//!   but the destroyed one opens it.
+//! - [`Vault::seal_referrals`] and [`Vault::open_referrals`] do this for the
+//!   `ReferralReceived` events of a batch, one query each; which referrals are whose
+//!   is kept (`vault_referrals`) so an erasure can name the referrals it redacts.
 //!
 //! Written on RustCrypto's `aes-gcm` and `hmac`: what is linkwork's own is only where
 //! the keys live and how a person is named.
@@ -24,10 +29,13 @@ use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use linkwork_domain::event::{ReferralIdentity, ReferralReceived};
+use linkwork_domain::{NhsNumber, ReferralId};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use sqlx::PgConnection;
+
+pub use linkwork_domain::event::Sealed;
 
 /// The vault's migrations (run after the store's).
 pub fn migrator() -> sqlx::migrate::Migrator {
@@ -41,8 +49,6 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 pub enum VaultError {
     #[error("the vault secret must be at least 32 bytes")]
     WeakSecret,
-    #[error("person {0} was erased: their data cannot be sealed or opened")]
-    Erased(Person),
     #[error("a sealed value could not be opened: {0}")]
     Unreadable(&'static str),
     #[error(transparent)]
@@ -58,7 +64,7 @@ impl Person {
         &self.0
     }
 
-    fn from_hex(text: &str) -> Option<Person> {
+    pub fn from_hex(text: &str) -> Option<Person> {
         if text.len() != 64 {
             return None;
         }
@@ -85,34 +91,10 @@ impl fmt::Debug for Person {
     }
 }
 
-/// A value sealed under its person's key: what goes on the log in place of the
-/// plaintext.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sealed {
-    /// The person, as a keyed hash in hex.
-    pub person: String,
-    /// The 96-bit nonce, base64.
-    pub nonce: String,
-    /// The ciphertext with its tag, base64.
-    pub ciphertext: String,
-}
-
-impl fmt::Debug for Sealed {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter
-            .debug_struct("Sealed")
-            .field("person", &self.person)
-            .field("bytes", &self.ciphertext.len())
-            .finish()
-    }
-}
-
-impl Sealed {
-    /// The person it is sealed for.
-    pub fn person(&self) -> Result<Person, VaultError> {
-        Person::from_hex(&self.person)
-            .ok_or(VaultError::Unreadable("the person is not 64 hex digits"))
-    }
+/// The person a sealed value names.
+pub fn sealed_person(sealed: &Sealed) -> Result<Person, VaultError> {
+    Person::from_hex(&sealed.person)
+        .ok_or(VaultError::Unreadable("the person is not 64 hex digits"))
 }
 
 /// One person's data key, unwrapped.
@@ -151,9 +133,18 @@ impl DataKey {
         }
     }
 
+    /// Seals what identifies the person of `received` (this key's person), leaving
+    /// placeholders in its place.
+    pub fn seal_referral(&self, received: &mut ReferralReceived) {
+        let identity = received.take_identity();
+        // Plain structs: serializing them cannot fail.
+        let plaintext = serde_json::to_vec(&identity).unwrap_or_default();
+        received.sealed = Some(self.seal(&plaintext));
+    }
+
     /// Opens what was sealed for this key's person.
     pub fn open(&self, sealed: &Sealed) -> Result<Vec<u8>, VaultError> {
-        if sealed.person()? != self.person {
+        if sealed_person(sealed)? != self.person {
             return Err(VaultError::Unreadable("sealed for another person"));
         }
         let nonce = BASE64
@@ -283,8 +274,7 @@ impl Vault {
         })
     }
 
-    /// The person's key, made now if they have none yet; [`VaultError::Erased`] when
-    /// they were erased (nothing is sealed for them again).
+    /// The person's key, made now if they have none (yet, or since an erasure).
     pub async fn key_for(
         &self,
         connection: &mut PgConnection,
@@ -292,8 +282,7 @@ impl Vault {
     ) -> Result<DataKey, VaultError> {
         let fresh = Aes256Gcm::generate_key(&mut OsRng);
         sqlx::query(
-            "INSERT INTO vault_person_keys (person, wrapped_key)
-             SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM vault_erasures WHERE person = $1)
+            "INSERT INTO vault_person_keys (person, wrapped_key) VALUES ($1, $2)
              ON CONFLICT (person) DO NOTHING",
         )
         .bind(person.0.as_slice())
@@ -307,13 +296,14 @@ impl Vault {
                 .await?;
         match wrapped {
             Some(wrapped) => self.unwrap(person, &wrapped),
-            None => Err(VaultError::Erased(person)),
+            // Erased between the two statements: what is sealed now is for no one.
+            None => Err(VaultError::Unreadable("the person was erased meanwhile")),
         }
     }
 
     /// The keys of `people`, made now for those who have none yet, in two statements
-    /// for the whole batch (ingest seals a group of referrals at once). Erased people
-    /// are absent: nothing is sealed for them again.
+    /// for the whole batch (ingest seals a group of referrals at once). Someone erased
+    /// gets a new key: what was sealed before stays shut.
     pub async fn keys_for(
         &self,
         connection: &mut PgConnection,
@@ -332,7 +322,6 @@ impl Vault {
             "INSERT INTO vault_person_keys (person, wrapped_key)
              SELECT batch.person, batch.wrapped_key
              FROM unnest($1::BYTEA[], $2::BYTEA[]) AS batch(person, wrapped_key)
-             WHERE NOT EXISTS (SELECT 1 FROM vault_erasures e WHERE e.person = batch.person)
              ORDER BY batch.person
              ON CONFLICT (person) DO NOTHING",
         )
@@ -369,8 +358,9 @@ impl Vault {
     }
 
     /// Erases `person`: their key is destroyed and the erasure recorded (by whom, and
-    /// when). Returns whether a key was destroyed (false: none existed, or erased
-    /// before). Commit the connection's transaction for it to stand.
+    /// when; the latest erasure of someone erased twice). Returns whether a key was
+    /// destroyed (false: none existed, or erased before). Commit the connection's
+    /// transaction for it to stand.
     pub async fn erase(
         &self,
         connection: &mut PgConnection,
@@ -385,7 +375,7 @@ impl Vault {
             > 0;
         sqlx::query(
             "INSERT INTO vault_erasures (person, erased_at, erased_by) VALUES ($1, now(), $2)
-             ON CONFLICT (person) DO NOTHING",
+             ON CONFLICT (person) DO UPDATE SET erased_at = now(), erased_by = $2",
         )
         .bind(person.0.as_slice())
         .bind(by)
@@ -393,6 +383,286 @@ impl Vault {
         .await?;
         Ok(destroyed)
     }
+}
+
+impl Vault {
+    /// The person a referral is about: by NHS number when it has one, else by the
+    /// referral alone.
+    pub fn person_of(&self, received: &ReferralReceived) -> Person {
+        self.person_with(received.subject.nhs_number.as_ref(), received.referral_id)
+    }
+
+    /// The person of a referral with this NHS number (if it has one).
+    pub fn person_with(&self, nhs_number: Option<&NhsNumber>, referral_id: ReferralId) -> Person {
+        match nhs_number {
+            Some(number) => self.person_with_nhs_number(&number.to_string()),
+            None => self.person_of_referral(&referral_id.to_string()),
+        }
+    }
+
+    /// A dead letter's person: the first valid NHS number written in its bytes (the
+    /// person it is most likely about), else one made up for this dead letter alone
+    /// (`id`), which no erasure by NHS number reaches: its retention ends it.
+    pub fn person_of_dead_letter(&self, bytes: &[u8], id: &str) -> Person {
+        match nhs_numbers_in(bytes).into_iter().next() {
+            Some(number) => self.person_with_nhs_number(&number.to_string()),
+            None => self.name("dead-letter", id),
+        }
+    }
+
+    /// Seals what identifies the person of each referral under their key (made now
+    /// for people new to the vault) and records whose each referral is, in two
+    /// round trips for the batch. Referrals already sealed are left as they are.
+    pub async fn seal_referrals(
+        &self,
+        connection: &mut PgConnection,
+        referrals: &mut [&mut ReferralReceived],
+    ) -> Result<(), VaultError> {
+        let people: Vec<(usize, Person)> = referrals
+            .iter()
+            .enumerate()
+            .filter(|(_, received)| received.sealed.is_none())
+            .map(|(index, received)| (index, self.person_of(received)))
+            .collect();
+        if people.is_empty() {
+            return Ok(());
+        }
+        let everyone: Vec<Person> = people.iter().map(|(_, person)| *person).collect();
+        let keys = self.keys_for(connection, &everyone).await?;
+        let whose: Vec<(uuid::Uuid, Person)> = people
+            .iter()
+            .map(|(index, person)| (*referrals[*index].referral_id.as_uuid(), *person))
+            .collect();
+        self.record_referrals(connection, &whose).await?;
+        for (index, person) in people {
+            let key = keys
+                .get(&person)
+                .ok_or(VaultError::Unreadable("the person was erased meanwhile"))?;
+            key.seal_referral(referrals[index]);
+        }
+        Ok(())
+    }
+
+    /// Records whose each referral is (for erasure), in one statement.
+    pub async fn record_referrals(
+        &self,
+        connection: &mut PgConnection,
+        whose: &[(uuid::Uuid, Person)],
+    ) -> Result<(), VaultError> {
+        if whose.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<uuid::Uuid> = whose.iter().map(|(id, _)| *id).collect();
+        let names: Vec<Vec<u8>> = whose.iter().map(|(_, person)| person.0.to_vec()).collect();
+        sqlx::query(
+            "INSERT INTO vault_referrals (referral_id, person)
+             SELECT * FROM unnest($1::UUID[], $2::BYTEA[]) ORDER BY 1
+             ON CONFLICT (referral_id) DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&names)
+        .execute(&mut *connection)
+        .await?;
+        Ok(())
+    }
+
+    /// Opens the sealed referrals of a batch with one query for their keys. Those
+    /// whose person was erased (no key, or not the key they were sealed under) stay
+    /// redacted; returns how many did.
+    pub async fn open_referrals(
+        &self,
+        connection: &mut PgConnection,
+        referrals: &mut [&mut ReferralReceived],
+    ) -> Result<usize, VaultError> {
+        let mut people = Vec::new();
+        for received in referrals.iter() {
+            if let Some(sealed) = &received.sealed {
+                if let Ok(person) = sealed_person(sealed) {
+                    people.push(person);
+                }
+            }
+        }
+        if people.is_empty() {
+            return Ok(0);
+        }
+        let keys = self.keys(connection, &people).await?;
+        let mut redacted = 0;
+        for received in referrals.iter_mut() {
+            let Some(sealed) = &received.sealed else {
+                continue;
+            };
+            let opened = sealed_person(sealed)
+                .ok()
+                .and_then(|person| keys.get(&person))
+                .ok_or(VaultError::Unreadable("no key: the person was erased"))
+                .and_then(|key| key.open(sealed))
+                .and_then(|plaintext| {
+                    serde_json::from_slice::<ReferralIdentity>(&plaintext)
+                        .map_err(|_| VaultError::Unreadable("the sealed identity does not parse"))
+                });
+            match opened {
+                Ok(identity) => received.restore_identity(identity),
+                Err(error) => {
+                    tracing::debug!(referral = %received.referral_id, %error, "a referral stays redacted");
+                    redacted += 1;
+                }
+            }
+        }
+        Ok(redacted)
+    }
+
+    /// The person a referral was sealed for, if this vault sealed it.
+    pub async fn person_of_sealed_referral(
+        &self,
+        connection: &mut PgConnection,
+        referral_id: ReferralId,
+    ) -> Result<Option<Person>, VaultError> {
+        let found: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT person FROM vault_referrals WHERE referral_id = $1")
+                .bind(referral_id.as_uuid())
+                .fetch_optional(&mut *connection)
+                .await?;
+        Ok(found.and_then(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).ok().map(Person)))
+    }
+
+    /// The referrals sealed for `person`, in id order.
+    pub async fn referrals_of(
+        &self,
+        connection: &mut PgConnection,
+        person: Person,
+    ) -> Result<Vec<ReferralId>, VaultError> {
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT referral_id FROM vault_referrals WHERE person = $1 ORDER BY referral_id",
+        )
+        .bind(person.0.as_slice())
+        .fetch_all(&mut *connection)
+        .await?;
+        Ok(ids.into_iter().map(ReferralId::from_uuid).collect())
+    }
+}
+
+/// The valid NHS numbers written in `bytes` (ten digits, together or in groups
+/// split by single spaces or hyphens, passing the Modulus 11 check), in the order they
+/// appear.
+pub fn nhs_numbers_in(bytes: &[u8]) -> Vec<NhsNumber> {
+    nhs_numbers_at(bytes)
+        .into_iter()
+        .map(|(_, number)| number)
+        .collect()
+}
+
+/// [`nhs_numbers_in`], with where each is written.
+fn nhs_numbers_at(bytes: &[u8]) -> Vec<(std::ops::Range<usize>, NhsNumber)> {
+    let mut found = Vec::new();
+    // A run of digit groups, each split from the next by one separator.
+    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut check = |groups: &mut Vec<std::ops::Range<usize>>| {
+        for first in 0..groups.len() {
+            let mut digits = String::new();
+            let mut end = groups[first].start;
+            for group in &groups[first..] {
+                digits.extend(bytes[group.clone()].iter().map(|&byte| byte as char));
+                end = group.end;
+                if digits.len() >= 10 {
+                    break;
+                }
+            }
+            if digits.len() == 10 {
+                if let Ok(number) = NhsNumber::parse(&digits) {
+                    found.push((groups[first].start..end, number));
+                }
+            }
+        }
+        groups.clear();
+    };
+    for (index, &byte) in bytes.iter().enumerate() {
+        if byte.is_ascii_digit() {
+            start.get_or_insert(index);
+            continue;
+        }
+        if let Some(from) = start.take() {
+            groups.push(from..index);
+            if matches!(byte, b' ' | b'-') {
+                continue; // the run may go on after one separator
+            }
+        }
+        check(&mut groups);
+    }
+    if let Some(from) = start {
+        groups.push(from..bytes.len());
+    }
+    check(&mut groups);
+    found
+}
+
+/// Where a full UK postcode (`LS1 4AP`, `ls14ap`) starts at `at` in `bytes`, its end.
+fn postcode_at(bytes: &[u8], at: usize) -> Option<usize> {
+    let letter = |index: usize| bytes.get(index).is_some_and(u8::is_ascii_alphabetic);
+    let digit = |index: usize| bytes.get(index).is_some_and(u8::is_ascii_digit);
+    if at > 0 && bytes[at - 1].is_ascii_alphanumeric() || !letter(at) {
+        return None;
+    }
+    let mut index = at + 1;
+    if letter(index) {
+        index += 1;
+    }
+    if !digit(index) {
+        return None;
+    }
+    index += 1;
+    // The outward code may have one more letter or digit, then the inward code.
+    for outward_end in [index + 1, index] {
+        if outward_end > index && !(letter(index) || digit(index)) {
+            continue;
+        }
+        let mut inward = outward_end;
+        if bytes.get(inward) == Some(&b' ') {
+            inward += 1;
+        }
+        if digit(inward)
+            && letter(inward + 1)
+            && letter(inward + 2)
+            && !bytes.get(inward + 3).is_some_and(u8::is_ascii_alphanumeric)
+        {
+            return Some(inward + 3);
+        }
+    }
+    None
+}
+
+/// `text` with every valid NHS number and full postcode in it masked: what may stand
+/// in a header beside a sealed body (a dead letter's reason).
+pub fn mask_identifiers(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut masked: Vec<std::ops::Range<usize>> = nhs_numbers_at(bytes)
+        .into_iter()
+        .map(|(range, _)| range)
+        .collect();
+    let mut at = 0;
+    while at < bytes.len() {
+        match postcode_at(bytes, at) {
+            Some(end) => {
+                masked.push(at..end);
+                at = end;
+            }
+            None => at += 1,
+        }
+    }
+    masked.sort_by_key(|range| range.start);
+    let mut out = String::with_capacity(text.len());
+    let mut next = 0;
+    for range in masked {
+        if range.start < next {
+            continue;
+        }
+        // Both kinds are ASCII, so their ends are character boundaries.
+        out.push_str(&text[next..range.start]);
+        out.push_str("[redacted]");
+        next = range.end;
+    }
+    out.push_str(&text[next..]);
+    out
 }
 
 #[cfg(test)]

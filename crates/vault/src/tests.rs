@@ -22,7 +22,7 @@ fn a_sealed_value_opens_with_its_persons_key_and_no_other() {
     let (ada_key, tobias_key) = (key(&vault, ada), key(&vault, tobias));
     let sealed = ada_key.seal(br#"{"family":"Brightwater"}"#);
     assert!(!sealed.ciphertext.contains("Brightwater"));
-    assert_eq!(sealed.person().unwrap(), ada);
+    assert_eq!(sealed_person(&sealed).unwrap(), ada);
     assert_eq!(
         ada_key.open(&sealed).unwrap(),
         br#"{"family":"Brightwater"}"#
@@ -103,4 +103,46 @@ fn a_short_vault_secret_is_refused() {
         Vault::new(&SecretString::from("short")),
         Err(VaultError::WeakSecret)
     ));
+}
+
+#[test]
+fn nhs_numbers_are_found_in_bytes_however_they_are_spaced_and_only_when_valid() {
+    let text = br#"{"nhs":"9990000018","note":"also 999 000 0026, 999-000-0034; not 9990000019; 12 9990000018 7"}"#;
+    let found: Vec<String> = nhs_numbers_in(text)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    // The last among other numbers still counts: better sealed for someone than missed.
+    assert_eq!(
+        found,
+        ["9990000018", "9990000026", "9990000034", "9990000018"]
+    );
+    assert!(nhs_numbers_in(b"no numbers here, 12345").is_empty());
+    assert!(
+        nhs_numbers_in(b"99900000181").is_empty(),
+        "eleven digits are not one"
+    );
+}
+
+#[test]
+fn a_dead_letter_is_its_nhs_numbers_person_or_one_of_its_own() {
+    let vault = vault(SECRET);
+    assert_eq!(
+        vault.person_of_dead_letter(b"{\"value\":\"9990000018\"}", "a"),
+        vault.person_with_nhs_number("9990000018")
+    );
+    let anonymous = vault.person_of_dead_letter(b"not json", "a");
+    assert_ne!(anonymous, vault.person_of_dead_letter(b"not json", "b"));
+    assert_ne!(anonymous, vault.person_of_referral("a"));
+}
+
+#[test]
+fn identifiers_in_a_reason_are_masked_and_the_rest_kept() {
+    let reason = r#"{"diagnostics":"NHS number 999 000 0018 at LS1 4AP (and lw12ab) is not found; code X12 3 stays"}"#;
+    let masked = mask_identifiers(reason);
+    assert_eq!(
+        masked,
+        r#"{"diagnostics":"NHS number [redacted] at [redacted] (and [redacted]) is not found; code X12 3 stays"}"#
+    );
+    assert_eq!(mask_identifiers("nothing to hide"), "nothing to hide");
 }

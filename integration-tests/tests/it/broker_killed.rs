@@ -169,6 +169,7 @@ async fn referrals_acknowledged_while_the_broker_is_killed_are_on_the_log_once_a
                     HttpSettings::new("127.0.0.1:0".parse()?),
                 )?;
                 settings.topics = Stack::small_declaration();
+                settings.vault = Some(crate::helpers::vault());
                 Topology::build(settings, pool).await?.run(shutdown).await
             }
         }

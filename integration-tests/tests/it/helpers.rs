@@ -283,6 +283,15 @@ pub fn process_token(role: linkwork_auth::Role, client: &str) -> String {
     .expect("a development token")
 }
 
+/// The vault the tests' processes share (a fixed secret: every process of a test must
+/// open what the others sealed).
+pub fn vault() -> linkwork_vault::Vault {
+    linkwork_vault::Vault::new(&secrecy::SecretString::from(
+        "integration-tests-vault-secret-0123456789abcdef",
+    ))
+    .expect("a strong enough secret")
+}
+
 impl Process {
     /// Builds and starts `services` on `names`, with the small topics declaration and
     /// what `configure` changes in the settings (a clock, a pseudonym key, ...).
@@ -302,6 +311,7 @@ impl Process {
             TopologySettings::new(stack.kafka.clone(), names.clone(), services, http)
                 .expect("the built-in topics declaration");
         settings.topics = Stack::small_declaration();
+        settings.vault = Some(vault());
         configure(&mut settings);
         let own = sqlx::postgres::PgPoolOptions::new()
             .max_connections(10)

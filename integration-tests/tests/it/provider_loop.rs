@@ -116,6 +116,7 @@ impl Loop {
         )
         .unwrap();
         settings.pseudonym_key = Some(PseudonymKey::new(&[7u8; 32]).unwrap());
+        settings.vault = Some(crate::helpers::vault());
         let topology = Topology::build(settings, pool.clone()).await.unwrap();
         let address = format!("http://{}", topology.http_addr().expect("ingest listens"));
         let shutdown = CancellationToken::new();
@@ -974,7 +975,25 @@ async fn on_provider_responses_the_same_transitions_are_refused_to_the_dlq_and_r
             diagnostics.iter().any(|text| text.contains(expected)),
             "expected {expected:?} in {reason}"
         );
-        assert_eq!(payload, body, "the dead letter carries the message as sent");
+        // Sealed under the key of the person it is about: opened, the message as sent.
+        assert_ne!(payload, body, "the dead letter is sealed");
+        let opened = dlq::open(
+            &crate::helpers::vault(),
+            &mut run.pool.acquire().await.unwrap(),
+            payload,
+        )
+        .await
+        .expect("a live person's dead letter opens");
+        assert_eq!(
+            &opened.body_bytes(),
+            body,
+            "the dead letter carries the message as sent"
+        );
+        assert_eq!(
+            &serde_json::from_str::<Value>(&opened.reason).unwrap(),
+            reason,
+            "the full reason is sealed with it (the header's has no identifier to mask)"
+        );
     }
 
     assert_eq!(
@@ -1834,6 +1853,23 @@ async fn every_route_that_touches_identifiable_data_leaves_an_audit_event_an_adm
         ("POST", "/asc/call-log"),
         "/asc/call-log".into(),
         "asc",
+        status,
+    );
+    // The person erased by an administrator (after the steps that read them).
+    let (status, answer) = run
+        .post(
+            "/fhir/Patient/$erase",
+            &admin,
+            &json!({"resourceType": "Parameters", "parameter": [
+                {"name": "referral", "valueString": referral.to_string()}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    note(
+        ("POST", "/fhir/Patient/$erase"),
+        "/fhir/Patient/$erase".into(),
+        "ig-lead",
         status,
     );
     let (status, _) = run

@@ -334,6 +334,7 @@ pub(crate) fn referral(number: u32, needs: &[Need], at: DateTime<Utc>) -> Referr
         patient: None,
         national_data_opt_out: false,
         submitted_by: None,
+        sealed: None,
         occurred_at: at,
     }
 }

@@ -1,5 +1,6 @@
 //! The vault's keys in Postgres: one per person however often asked for, read in one
-//! query for a batch, and gone for good when the person is erased.
+//! query for a batch, and gone for good when the person is erased; sealed referrals
+//! open with them until then.
 
 use linkwork_vault::{Vault, VaultError};
 use secrecy::SecretString;
@@ -18,7 +19,7 @@ async fn vault_and_database() -> (linkwork_store::sqlx::PgPool, Vault) {
 }
 
 #[tokio::test]
-async fn a_persons_key_is_made_once_read_in_batches_and_destroyed_by_erasure() {
+async fn a_persons_key_is_made_once_read_in_batches_and_destroyed_by_erasure_for_good() {
     let (pool, vault) = vault_and_database().await;
     let ada = vault.person_with_nhs_number("9990000018");
     let tobias = vault.person_with_nhs_number("9990000026");
@@ -52,7 +53,7 @@ async fn a_persons_key_is_made_once_read_in_batches_and_destroyed_by_erasure() {
     assert_eq!(keys.len(), 2);
     assert!(keys[&tobias].open(&tobias_sealed).is_ok());
 
-    // Erased: the key is gone, nothing opens, and no key is made for Ada again.
+    // Erased: the key is gone, nothing opens.
     assert!(vault.erase(&mut connection, ada, "ig-lead").await.unwrap());
     assert!(!vault.erase(&mut connection, ada, "ig-lead").await.unwrap());
     let keys = vault.keys(&mut connection, &[ada, tobias]).await.unwrap();
@@ -61,9 +62,11 @@ async fn a_persons_key_is_made_once_read_in_batches_and_destroyed_by_erasure() {
         keys[&tobias].open(&tobias_sealed).is_ok(),
         "others are untouched"
     );
+    // Referred again later, Ada gets a new key, which opens nothing sealed before.
+    let renewed = vault.key_for(&mut connection, ada).await.unwrap();
     assert!(matches!(
-        vault.key_for(&mut connection, ada).await,
-        Err(VaultError::Erased(person)) if person == ada
+        renewed.open(&sealed),
+        Err(VaultError::Unreadable(_))
     ));
     let erasures: Vec<(Vec<u8>, String)> =
         linkwork_store::sqlx::query_as("SELECT person, erased_by FROM vault_erasures")
@@ -74,13 +77,14 @@ async fn a_persons_key_is_made_once_read_in_batches_and_destroyed_by_erasure() {
         erasures,
         vec![(ada.as_bytes().to_vec(), "ig-lead".to_owned())]
     );
-    // What was sealed for Ada stays sealed: the one key left is Tobias's.
+    // What was sealed for Ada stays sealed under every key the vault holds.
     let keys = vault.keys(&mut connection, &[ada, tobias]).await.unwrap();
+    assert_eq!(keys.len(), 2);
     assert!(keys.values().all(|key| key.open(&sealed).is_err()));
 }
 
 #[tokio::test]
-async fn a_batch_of_people_gets_its_keys_in_one_go_and_an_erased_person_none() {
+async fn a_batch_of_people_gets_its_keys_in_one_go_and_an_erased_person_a_new_one() {
     let (pool, vault) = vault_and_database().await;
     let people: Vec<_> = linkwork_testkit::NHS_NUMBERS
         .iter()
@@ -102,10 +106,10 @@ async fn a_batch_of_people_gets_its_keys_in_one_go_and_an_erased_person_none() {
     let mut batch = people.clone();
     batch.push(people[2]);
     let keys = vault.keys_for(&mut connection, &batch).await.unwrap();
-    assert_eq!(keys.len(), people.len() - 1);
-    assert!(
-        !keys.contains_key(&people[1]),
-        "no key is made again for the erased"
+    assert_eq!(
+        keys.len(),
+        people.len(),
+        "one key each, the erased a new one"
     );
     assert_eq!(
         keys[&people[0]].open(&sealed).unwrap(),
@@ -116,4 +120,97 @@ async fn a_batch_of_people_gets_its_keys_in_one_go_and_an_erased_person_none() {
     let again = vault.keys_for(&mut connection, &batch).await.unwrap();
     let sealed_again = again[&people[3]].seal(b"same key");
     assert!(keys[&people[3]].open(&sealed_again).is_ok());
+}
+
+#[tokio::test]
+async fn a_batch_of_referrals_is_sealed_on_the_log_opens_for_its_readers_and_stays_shut_once_erased(
+) {
+    use linkwork_domain::need::Need;
+    use linkwork_domain::DomainEvent;
+    let (pool, vault) = vault_and_database().await;
+    let at = chrono::Utc::now();
+    let originals = [
+        crate::router::referral(1, &[Need::Loneliness], at),
+        crate::router::referral(2, &[Need::Loneliness], at),
+    ];
+    let mut sealed = originals.clone();
+    let mut connection = pool.acquire().await.unwrap();
+    vault
+        .seal_referrals(&mut connection, &mut sealed.iter_mut().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    // On the log: nothing that identifies either person.
+    for (original, sealed) in originals.iter().zip(&sealed) {
+        let body = String::from_utf8(
+            linkwork_domain::ReferralEvent::Received(Box::new(sealed.clone())).encode(),
+        )
+        .unwrap();
+        let number = original.subject.nhs_number.as_ref().unwrap().to_string();
+        let family = original
+            .subject
+            .name
+            .as_ref()
+            .unwrap()
+            .family
+            .clone()
+            .unwrap();
+        for secret in [
+            number.as_str(),
+            family.as_str(),
+            "LW1 2AB",
+            "1950-05-17",
+            "Dr Example",
+        ] {
+            assert!(!body.contains(secret), "{secret} is on the log: {body}");
+        }
+        assert!(sealed.is_redacted());
+        assert_eq!(
+            sealed.needs, original.needs,
+            "what routing needs beyond the person stays"
+        );
+    }
+    // Each referral is recorded as its person's.
+    let first = vault.person_of(&originals[0]);
+    assert_eq!(
+        vault.referrals_of(&mut connection, first).await.unwrap(),
+        vec![originals[0].referral_id]
+    );
+    assert_eq!(
+        vault
+            .person_of_sealed_referral(&mut connection, originals[1].referral_id)
+            .await
+            .unwrap(),
+        Some(vault.person_of(&originals[1]))
+    );
+
+    // A reader opens both, as they were.
+    let mut opened = sealed.clone();
+    let redacted = vault
+        .open_referrals(&mut connection, &mut opened.iter_mut().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(redacted, 0);
+    assert_eq!(opened, originals);
+
+    // The first person is erased: theirs stays shut, the other's opens.
+    vault
+        .erase(&mut connection, first, "admin:ig-lead")
+        .await
+        .unwrap();
+    let mut reopened = sealed.clone();
+    let redacted = vault
+        .open_referrals(
+            &mut connection,
+            &mut reopened.iter_mut().collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(redacted, 1);
+    assert!(reopened[0].is_redacted());
+    assert_eq!(
+        reopened[0].subject,
+        linkwork_domain::event::Subject::default()
+    );
+    assert!(reopened[0].service_request.text().contains("REDACTED"));
+    assert_eq!(reopened[1], originals[1]);
 }

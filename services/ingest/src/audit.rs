@@ -54,6 +54,8 @@ pub enum Interaction {
     Patch,
     /// `$process-message` and batch/transaction Bundles: creates or withdrawals.
     Operation,
+    /// `Patient/$erase`: a person's data destroyed (crypto-shredded).
+    Erase,
 }
 
 impl Interaction {
@@ -66,6 +68,7 @@ impl Interaction {
             Self::Update => "update",
             Self::Patch => "patch",
             Self::Operation => "operation",
+            Self::Erase => "delete",
         }
     }
 
@@ -84,6 +87,9 @@ impl Interaction {
             Self::Update | Self::Patch => {
                 "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Update"
             }
+            Self::Erase => {
+                "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Delete"
+            }
         }
     }
 
@@ -99,6 +105,7 @@ impl Interaction {
             Self::Read | Self::History => "R",
             Self::Update | Self::Patch => "U",
             Self::Search | Self::Operation => "E",
+            Self::Erase => "D",
         }
     }
 }

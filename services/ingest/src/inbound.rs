@@ -83,6 +83,8 @@ pub struct InboundHandler {
     pub events_topic: String,
     /// Where each accepted change is audited (`audit.events`); `None`: not audited.
     pub audit: Option<crate::audit::KafkaAudit>,
+    /// Seals what identifies each person before their referral goes on the log.
+    pub vault: Option<linkwork_vault::Vault>,
 }
 
 impl InboundHandler {
@@ -92,6 +94,7 @@ impl InboundHandler {
             clock: linkwork_domain::Clock::system(),
             events_topic: REFERRAL_EVENTS.to_owned(),
             audit: None,
+            vault: None,
         }
     }
 
@@ -164,6 +167,35 @@ impl Handler for InboundHandler {
                 .collect();
         let mut published = Vec::new();
         let mut cancelled = Vec::new();
+        // Each referral taken is sealed as it is published, its person's key read (and
+        // made) with the rest of the batch's at once.
+        let keys = match &self.vault {
+            Some(vault) => {
+                let people: Vec<linkwork_vault::Person> = requests
+                    .iter()
+                    .flat_map(|(_, request)| match request {
+                        Request::Take(referrals) => referrals
+                            .iter()
+                            .map(|referral| {
+                                vault.person_with(
+                                    referral.subject.nhs_number.as_ref(),
+                                    referral.referral_id,
+                                )
+                            })
+                            .collect(),
+                        Request::Withdraw { .. } => Vec::new(),
+                    })
+                    .collect();
+                Some(
+                    vault
+                        .keys_for(transaction, &people)
+                        .await
+                        .map_err(vault_error)?,
+                )
+            }
+            None => None,
+        };
+        let mut sealed_for = Vec::new();
         for (incoming, request) in requests {
             match request {
                 Request::Take(referrals) => {
@@ -199,7 +231,18 @@ impl Handler for InboundHandler {
                         ]);
                         published.push(PublishedReceipt::from(&referral));
                         let referral_id = referral.referral_id;
-                        let event = ReferralEvent::Received(Box::new(referral.into_event(now)));
+                        let mut received = referral.into_event(now);
+                        if let (Some(vault), Some(keys)) = (&self.vault, &keys) {
+                            let person = vault.person_of(&received);
+                            let key = keys.get(&person).ok_or_else(|| {
+                                HandlerError::Retryable(Box::new(std::io::Error::other(
+                                    "a person's key went missing while sealing",
+                                )))
+                            })?;
+                            key.seal_referral(&mut received);
+                            sealed_for.push((*referral_id.as_uuid(), person));
+                        }
+                        let event = ReferralEvent::Received(Box::new(received));
                         effects.publish(incoming, self.event(event_id, now, &event));
                         self.audit(
                             effects,
@@ -261,6 +304,12 @@ impl Handler for InboundHandler {
             }
         }
         record_published(transaction, &published).await?;
+        if let Some(vault) = &self.vault {
+            vault
+                .record_referrals(transaction, &sealed_for)
+                .await
+                .map_err(vault_error)?;
+        }
         if !cancelled.is_empty() {
             sqlx::query!(
                 "UPDATE ingest_receipts SET cancelled_at = now() WHERE referral_id = ANY($1) AND cancelled_at IS NULL",
@@ -432,4 +481,12 @@ async fn record_published(
     .execute(&mut *transaction)
     .await?;
     Ok(())
+}
+
+/// A vault failure as the consumer sees it: the database's are retried.
+fn vault_error(error: linkwork_vault::VaultError) -> HandlerError {
+    match error {
+        linkwork_vault::VaultError::Database(error) => error.into(),
+        other => HandlerError::Fatal(Box::new(other)),
+    }
 }

@@ -145,6 +145,8 @@ pub struct Intake {
     clock: linkwork_domain::Clock,
     /// Lone submissions go through the group commit when there is one.
     group: Option<tokio::sync::mpsc::Sender<Waiting>>,
+    /// Seals what identifies each person before their referral goes on the log.
+    vault: Option<linkwork_vault::Vault>,
 }
 
 /// A lone submission waiting for its group, and where its answer goes.
@@ -195,7 +197,21 @@ impl Intake {
             events_topic: REFERRAL_EVENTS.to_owned(),
             clock: linkwork_domain::Clock::system(),
             group: None,
+            vault: None,
         }
+    }
+
+    /// The vault referrals are sealed with, if any.
+    pub fn vault(&self) -> Option<&linkwork_vault::Vault> {
+        self.vault.as_ref()
+    }
+
+    /// Seals what identifies each person under their own key before the referral goes
+    /// on the log (crypto-shredding: erasing the person destroys the key). Call it
+    /// before [`Intake::with_group_commit`].
+    pub fn with_vault(mut self, vault: Option<linkwork_vault::Vault>) -> Self {
+        self.vault = vault;
+        self
     }
 
     /// Takes lone submissions in groups (see [`GroupCommit`]) on a task of their own,
@@ -657,6 +673,25 @@ impl Intake {
         if to_publish.is_empty() {
             return finish(results);
         }
+        if let Err(error) = self.seal(&mut to_publish).await {
+            // Nothing went out: the claims are given back, the submitters told to retry.
+            tracing::warn!(%error, referrals = meta.len(), "referrals could not be sealed; nothing was published");
+            if let Ok(mut connection) = self.pool.acquire().await {
+                for (_, referral_id, _, _, hash, _, attempted_at) in &meta {
+                    let _ =
+                        receipts::release(&mut connection, *referral_id, hash, *attempted_at).await;
+                }
+            }
+            for (index, ..) in &meta {
+                results[*index] = Some(Err(match &error {
+                    linkwork_vault::VaultError::Database(error) => {
+                        IntakeError::Database(clone_error(error))
+                    }
+                    _ => IntakeError::Internal("a referral could not be sealed"),
+                }));
+            }
+            return finish(results);
+        }
         // A 2xx needs the event's place on the log. librdkafka also reports success
         // without one (offset -1001) when it infers a delivery from a later message's:
         // that has been wrong (see `Producer`), so such a delivery counts as sent but
@@ -758,6 +793,26 @@ impl Intake {
             }
         }
         finish(results)
+    }
+
+    /// Seals the referrals about to be published, when there is a vault: their
+    /// people's keys in one round trip.
+    async fn seal(
+        &self,
+        events: &mut [(EventId, ReferralEvent)],
+    ) -> Result<(), linkwork_vault::VaultError> {
+        let Some(vault) = &self.vault else {
+            return Ok(());
+        };
+        let mut received: Vec<&mut linkwork_domain::event::ReferralReceived> = events
+            .iter_mut()
+            .filter_map(|(_, event)| match event {
+                ReferralEvent::Received(received) => Some(&mut **received),
+                _ => None,
+            })
+            .collect();
+        let mut connection = self.pool.acquire().await?;
+        vault.seal_referrals(&mut connection, &mut received).await
     }
 
     /// Starts the attempts of `claimed` now, not at their claim: planning the rest of a

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod call_log;
 pub mod capability;
+pub mod erasure;
 pub mod http;
 pub mod inbound;
 pub mod intake;
@@ -36,6 +37,8 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 
 pub async fn migrate(pool: &PgPool) -> Result<(), linkwork_store::StoreError> {
     migrator().run(pool).await?;
+    // Ingest seals referrals with the vault and erases people from it.
+    linkwork_vault::migrator().run(pool).await?;
     // The provider API records its unprojected events in the read side's table.
     linkwork_projection::migrate(pool).await?;
     Ok(())
@@ -50,6 +53,9 @@ pub struct IngestSettings {
     pub bars_targets: BarsTargets,
     /// How long to wait for the broker's acknowledgement before answering 503.
     pub delivery_timeout: Duration,
+    /// Seals what identifies each person on the log, and erases people
+    /// (`LINKWORK_VAULT_KEY`); `None` leaves referrals unsealed (tests of other things).
+    pub vault: Option<linkwork_vault::Vault>,
 }
 
 impl IngestSettings {
@@ -62,6 +68,7 @@ impl IngestSettings {
             rules,
             bars_targets,
             delivery_timeout: Duration::from_secs(5),
+            vault: None,
         }
     }
 }
@@ -105,6 +112,7 @@ impl Application {
         )
         .with_events_topic(settings.http.events_topic.clone())
         .with_clock(settings.http.clock.clone())
+        .with_vault(settings.vault.clone())
         .with_group_commit(intake::GroupCommit::default());
         let state = http::AppState::new(
             intake,

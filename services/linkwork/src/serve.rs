@@ -40,6 +40,7 @@ impl Service {
 pub fn projector_config(settings: &Settings) -> anyhow::Result<ProjectorConfig> {
     let mut config = crate::topology::projector_config(&settings.names, settings.pseudonym_key()?);
     config.evaluation_lawful_basis = settings.evaluation_lawful_basis.clone();
+    config.vault = Some(settings.vault()?);
     Ok(config)
 }
 
@@ -77,6 +78,9 @@ pub async fn run_with_clock(
         TopologySettings::new(kafka.clone(), settings.names.clone(), services, http)?;
     if services.projector {
         topology_settings.pseudonym_key = Some(settings.pseudonym_key()?);
+    }
+    if services.ingest || services.router || services.projector {
+        topology_settings.vault = Some(settings.vault()?);
     }
     if services.ingest || services.metrics {
         topology_settings.http.verifier = Some(linkwork_auth::Verifier::from_env()?);

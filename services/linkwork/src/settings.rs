@@ -26,6 +26,9 @@ pub struct Settings {
     pub directory_file: Option<std::path::PathBuf>,
     /// The secret behind data-team pseudonyms (`LINKWORK_PSEUDONYM_KEY`).
     pseudonym_key: Option<secrecy::SecretString>,
+    /// The secret that wraps each person's data key and names people in the vault
+    /// (`LINKWORK_VAULT_KEY`): what makes erasure possible.
+    vault_key: Option<secrecy::SecretString>,
     /// The date the call-log reduction is measured from (`LINKWORK_CALL_LOG_BASELINE`,
     /// YYYY-MM-DD); the first case's day when unset.
     pub call_log_baseline: Option<chrono::NaiveDate>,
@@ -127,6 +130,10 @@ impl Settings {
                 .ok()
                 .filter(|key| !key.is_empty())
                 .map(secrecy::SecretString::from),
+            vault_key: std::env::var("LINKWORK_VAULT_KEY")
+                .ok()
+                .filter(|key| !key.is_empty())
+                .map(secrecy::SecretString::from),
         })
     }
 
@@ -148,6 +155,15 @@ impl Settings {
         Ok(linkwork_projector::PseudonymKey::new(
             key.expose_secret().as_bytes(),
         )?)
+    }
+
+    /// The vault; an error naming the variable when its secret is not set or weak.
+    pub fn vault(&self) -> anyhow::Result<linkwork_vault::Vault> {
+        let Some(key) = &self.vault_key else {
+            bail!("LINKWORK_VAULT_KEY is not set (a random secret of at least 32 bytes; it seals what identifies each person on the log under a key of their own, which erasure destroys)");
+        };
+        linkwork_vault::Vault::new(key)
+            .map_err(|error| anyhow::anyhow!("LINKWORK_VAULT_KEY: {error}"))
     }
 
     /// The database URL with any password replaced, for telling people where to look.
@@ -213,6 +229,7 @@ mod tests {
             public_base_url: String::new(),
             directory_file: None,
             pseudonym_key: Some(secrecy::SecretString::from("a-pseudonym-key-not-to-print")),
+            vault_key: Some(secrecy::SecretString::from("a-vault-key-not-to-print")),
             call_log_baseline: None,
             names: linkwork_bus::Names::default(),
             requests_per_minute: 6_000,
@@ -223,5 +240,6 @@ mod tests {
         let printed = format!("{settings:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(!printed.contains("a-pseudonym-key"), "{printed}");
+        assert!(!printed.contains("a-vault-key"), "{printed}");
     }
 }

@@ -96,6 +96,9 @@ pub struct TopologySettings {
     pub clock: Clock,
     /// The projector's pseudonym secret; needed only when the projector runs.
     pub pseudonym_key: Option<PseudonymKey>,
+    /// Seals (ingest) and opens (router, projector) what identifies each person, and
+    /// erases people; needed when any of the three runs.
+    pub vault: Option<linkwork_vault::Vault>,
     pub http: HttpSettings,
     /// A provider directory (YAML) the router stores at start when it differs from the
     /// newest.
@@ -136,6 +139,7 @@ impl TopologySettings {
             services,
             clock: Clock::system(),
             pseudonym_key: None,
+            vault: None,
             http,
             directory_file: None,
             topics: crate::topics_command::load(None)?,
@@ -198,6 +202,7 @@ impl Topology {
             services,
             clock,
             pseudonym_key,
+            vault,
             http,
             directory_file,
             topics,
@@ -209,10 +214,16 @@ impl Topology {
             deadline_poll,
         } = settings;
         let events_topic = names.topic(REFERRAL_EVENTS);
+        if (services.ingest || services.router || services.projector) && vault.is_none() {
+            anyhow::bail!(
+                "ingest, the router and the projector need the vault (LINKWORK_VAULT_KEY)"
+            );
+        }
         let projector_config = if services.projector {
             let key = pseudonym_key.context("the projector needs a pseudonym key")?;
             let mut config = projector_config(&names, key);
             config.evaluation_lawful_basis = evaluation_lawful_basis;
+            config.vault = vault.clone();
             config.ensure_referrer_topics = Some((
                 kafka.clone(),
                 names.declaration(&topics.only(TopicTemplate::Referrer)),
@@ -284,6 +295,7 @@ impl Topology {
             ingest.http.audit_topic = names.topic(AUDIT_EVENTS);
             ingest.delivery_timeout = http.delivery_timeout;
             ingest.http.requests_per_minute = http.requests_per_minute;
+            ingest.vault = vault.clone();
             let mut application =
                 Application::build(ingest, &kafka, pool.clone(), verifier).await?;
             topology.http_addr = Some(application.local_addr()?);
@@ -296,8 +308,11 @@ impl Topology {
                 Ok(())
             });
             let rules = linkwork_fhir::IntakeRules::default();
+            let mut responses_config =
+                names.consumer(consumers::PROVIDER_RESPONSES, &[PROVIDER_RESPONSES]);
+            responses_config.vault = vault.clone();
             let responses = ConsumerRunner::new(
-                names.consumer(consumers::PROVIDER_RESPONSES, &[PROVIDER_RESPONSES]),
+                responses_config,
                 kafka.clone(),
                 pool.clone(),
                 linkwork_ingest::responses::ProviderResponsesHandler::new(&rules.canonical_base)
@@ -311,8 +326,10 @@ impl Topology {
                 responses.run(token).await?;
                 Ok(())
             });
+            let mut inbound_config = names.consumer(consumers::INBOUND, &[REFERRALS_INBOUND]);
+            inbound_config.vault = vault.clone();
             let inbound = ConsumerRunner::new(
-                names.consumer(consumers::INBOUND, &[REFERRALS_INBOUND]),
+                inbound_config,
                 kafka.clone(),
                 pool.clone(),
                 linkwork_ingest::inbound::InboundHandler {
@@ -323,6 +340,7 @@ impl Topology {
                     rules,
                     clock: clock.clone(),
                     events_topic: events_topic.clone(),
+                    vault: vault.clone(),
                 },
             )
             .with_outbox_notify(outbox.clone());
@@ -357,6 +375,7 @@ impl Topology {
                 ensure_queue_topics: Some((kafka.clone(), names.declaration(&topics))),
                 clock: clock.clone(),
                 deadline_poll,
+                vault: vault.clone(),
                 ..linkwork_router::RouterConfig::default()
             };
             let router = linkwork_router::Router::new(

@@ -36,6 +36,10 @@ fn linkwork(
         .env(
             "LINKWORK_PSEUDONYM_KEY",
             "admin-tests-pseudonym-key-0123456789abcdef",
+        )
+        .env(
+            "LINKWORK_VAULT_KEY",
+            "admin-tests-vault-key-0123456789abcdef012345",
         );
     command
 }

@@ -419,6 +419,7 @@ fn serve_all_takes_referrals_and_provider_responses_and_replay_rebuilds_the_same
 }
 
 const SECRET: &str = "cli-tests-development-secret-0123456789abcdef";
+const VAULT_KEY: &str = "cli-tests-vault-key-0123456789abcdef01234567";
 
 /// `linkwork serve all` as an operator runs it: on a fresh database after `topics
 /// apply`, with a directory of one provider (`connectors`, LS1) and development tokens.
@@ -536,6 +537,7 @@ impl ServeAll {
                 "LINKWORK_PSEUDONYM_KEY",
                 "cli-tests-pseudonym-key-0123456789abcdef",
             )
+            .env("LINKWORK_VAULT_KEY", VAULT_KEY)
             .env("LINKWORK_DIRECTORY", &self.directory);
         command
     }

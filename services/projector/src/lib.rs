@@ -29,6 +29,8 @@ pub use pseudonym::PseudonymKey;
 /// The projector's tables in `public` are the read side's (`linkwork-projection`).
 pub async fn migrate(pool: &PgPool) -> Result<(), linkwork_store::StoreError> {
     linkwork_projection::migrate(pool).await?;
+    // The projector opens sealed referrals with the vault's keys.
+    linkwork_vault::migrator().run(pool).await?;
     Ok(())
 }
 
@@ -85,6 +87,9 @@ pub struct ProjectorConfig {
     /// for the deployment), before its first message goes out. Unset, the topics must
     /// exist already (`linkwork topics apply --referrer`).
     pub ensure_referrer_topics: Option<(KafkaSettings, bus_topics::TopicsFile)>,
+    /// Opens the sealed parts of referrals for the read models (`LINKWORK_VAULT_KEY`);
+    /// without it (or once a person is erased) they are projected redacted.
+    pub vault: Option<linkwork_vault::Vault>,
 }
 
 impl ProjectorConfig {
@@ -101,6 +106,7 @@ impl ProjectorConfig {
             rebuild_schema: format!("{}_rebuild", linkwork_projection::LIVE_SCHEMA),
             dlq_topic: bus_topics::dlq(bus_topics::consumers::PROJECTOR),
             ensure_referrer_topics: None,
+            vault: None,
         }
     }
 
@@ -109,6 +115,7 @@ impl ProjectorConfig {
         config.group_id = group_id.to_owned();
         config.dlq_topic = self.dlq_topic.clone();
         config.source = self.source.clone();
+        config.vault = self.vault.clone();
         config
     }
 }

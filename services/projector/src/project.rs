@@ -139,7 +139,14 @@ impl Handler for ProjectorHandler {
                 event: &incoming.message.0.event,
             })
             .collect();
-        let applied = apply_batch(transaction, &self.schema, &logged, self.publish).await?;
+        let applied = apply_batch(
+            transaction,
+            &self.schema,
+            &logged,
+            self.publish,
+            self.config.vault.as_ref(),
+        )
+        .await?;
         if self.publish && !applied.folded.outputs.is_empty() {
             self.ensure_referrer_topics(&applied).await?;
             let messages = self.render(transaction, &applied).await?;
@@ -192,6 +199,7 @@ pub async fn apply_batch(
     schema: &str,
     events: &[LoggedEvent<'_>],
     live: bool,
+    vault: Option<&linkwork_vault::Vault>,
 ) -> Result<AppliedBatch, HandlerError> {
     // The read models first; the consumer's own tables (offsets, outbox) are in public.
     // A ServiceRequest is large enough to be compressed: lz4 where the server has it
@@ -230,6 +238,16 @@ pub async fn apply_batch(
             fresh.push(*logged);
         }
     }
+    // Sealed receipts opened, one query for the batch; a person erased stays redacted.
+    let opened = open_received(transaction, vault, &fresh).await?;
+    let fresh: Vec<LoggedEvent<'_>> = fresh
+        .iter()
+        .enumerate()
+        .map(|(index, logged)| match opened.get(&index) {
+            Some(event) => LoggedEvent { event, ..*logged },
+            None => *logged,
+        })
+        .collect();
     let mut folded = fold_batch(&mut referrals, &fresh);
     let mut writes = std::mem::take(&mut folded.writes);
     if !live {
@@ -243,6 +261,44 @@ pub async fn apply_batch(
         referrals,
         positions,
     })
+}
+
+/// The sealed `ReferralReceived` among `events`, opened with the vault, by position.
+/// Without a vault they stay as they are: redacted.
+async fn open_received(
+    transaction: &mut PgConnection,
+    vault: Option<&linkwork_vault::Vault>,
+    events: &[LoggedEvent<'_>],
+) -> Result<HashMap<usize, ReferralEvent>, HandlerError> {
+    let Some(vault) = vault else {
+        return Ok(HashMap::new());
+    };
+    let mut sealed: Vec<(usize, ReferralReceived)> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(index, logged)| match logged.event {
+            ReferralEvent::Received(received) if received.is_redacted() => {
+                Some((index, (**received).clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    if sealed.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut referrals: Vec<&mut ReferralReceived> =
+        sealed.iter_mut().map(|(_, received)| received).collect();
+    vault
+        .open_referrals(transaction, &mut referrals)
+        .await
+        .map_err(|error| match error {
+            linkwork_vault::VaultError::Database(error) => HandlerError::from(error),
+            other => HandlerError::Fatal(Box::new(other)),
+        })?;
+    Ok(sealed
+        .into_iter()
+        .map(|(index, received)| (index, ReferralEvent::Received(Box::new(received))))
+        .collect())
 }
 
 /// One logged event as the fold sees it.
@@ -365,6 +421,15 @@ enum Output {
     ConsentWithdrawn {
         referral: ReferralId,
         at: DateTime<Utc>,
+    },
+    /// The person was erased: the referrer is told, and what data teams were sent
+    /// is retracted (the person as they were before the erasure names the copies).
+    Erased {
+        referral: ReferralId,
+        at: DateTime<Utc>,
+        nhs_number: Option<String>,
+        birth_date: Option<chrono::NaiveDate>,
+        postcode: Option<String>,
     },
     /// The referral closed: the summary for the referrer.
     Closed {
@@ -526,6 +591,26 @@ fn step(
                 },
             ))
         }
+        ReferralEvent::Erased(erased) => {
+            outputs.push((
+                index,
+                Output::Erased {
+                    referral: referral_id,
+                    at: erased.occurred_at,
+                    nhs_number: projected.nhs_number.take(),
+                    birth_date: projected.birth_date.take(),
+                    postcode: projected.postcode.take(),
+                },
+            ));
+            if let Some(row) = &mut projected.new_row {
+                row.requester = None;
+                row.patient = None;
+                row.service_request = linkwork_domain::event::redacted_service_request(referral_id)
+                    .text()
+                    .to_owned();
+            }
+            writes.erased.push(referral_id);
+        }
         ReferralEvent::Received(_) => {}
     }
     if after_status.is_terminal() && !before_status.is_terminal() {
@@ -566,7 +651,9 @@ impl ProjectorHandler {
         let mut new: Vec<linkwork_domain::Source> = Vec::new();
         for (_, output) in &applied.folded.outputs {
             let referral = match output {
-                Output::Observation { referral, .. } | Output::Closed { referral, .. } => referral,
+                Output::Observation { referral, .. }
+                | Output::Closed { referral, .. }
+                | Output::Erased { referral, .. } => referral,
                 Output::ConsentGiven { .. } | Output::ConsentWithdrawn { .. } => continue,
             };
             let source = &applied.referrals[referral].state.source;
@@ -627,9 +714,9 @@ impl ProjectorHandler {
         for (_, output) in &applied.folded.outputs {
             match output {
                 Output::Closed { referral, .. } => closed.push(*referral.as_uuid()),
-                Output::ConsentGiven { referral } | Output::ConsentWithdrawn { referral, .. } => {
-                    consenting.push(*referral.as_uuid())
-                }
+                Output::ConsentGiven { referral }
+                | Output::ConsentWithdrawn { referral, .. }
+                | Output::Erased { referral, .. } => consenting.push(*referral.as_uuid()),
                 Output::Observation { .. } => {}
             }
         }
@@ -690,7 +777,51 @@ impl ProjectorHandler {
                     for observation in released.get(referral.as_uuid()).into_iter().flatten() {
                         messages.push((
                             *index,
-                            resources::retraction_message(config, &person, observation, *at),
+                            resources::retraction_message(
+                                config,
+                                &person,
+                                observation,
+                                *at,
+                                resources::Retraction::ConsentWithdrawn,
+                            ),
+                        ));
+                    }
+                }
+                Output::Erased {
+                    referral,
+                    at,
+                    nhs_number,
+                    birth_date,
+                    postcode,
+                } => {
+                    let projected = &referrals[referral];
+                    messages.push((
+                        *index,
+                        resources::erasure_notice_message(
+                            config,
+                            &projected.state.source,
+                            *referral,
+                            *at,
+                        ),
+                    ));
+                    // Whatever data teams were sent is taken back; a retraction of a
+                    // record never sent is harmless (its id names nothing they hold).
+                    let person = Person {
+                        referral: *referral,
+                        nhs_number: nhs_number.as_deref(),
+                        birth_date: *birth_date,
+                        postcode: postcode.as_deref(),
+                    };
+                    for observation in released.get(referral.as_uuid()).into_iter().flatten() {
+                        messages.push((
+                            *index,
+                            resources::retraction_message(
+                                config,
+                                &person,
+                                observation,
+                                *at,
+                                resources::Retraction::Erased,
+                            ),
                         ));
                     }
                 }

@@ -260,12 +260,13 @@ async fn write_batch(
     connection: &mut PgConnection,
     schema: &str,
     events: &[LoggedEvent<'_>],
+    vault: Option<&linkwork_vault::Vault>,
 ) -> Result<(), HandlerError> {
     let mut transaction = connection.begin().await?;
     sqlx::query("SELECT set_config('synchronous_commit', 'off', true)")
         .execute(&mut *transaction)
         .await?;
-    apply_batch(&mut transaction, schema, events, false).await?;
+    apply_batch(&mut transaction, schema, events, false, vault).await?;
     transaction.commit().await?;
     Ok(())
 }
@@ -277,6 +278,7 @@ async fn write_with_retries(
     connection: &mut PgConnection,
     schema: &str,
     batch: &[Logged],
+    vault: Option<&linkwork_vault::Vault>,
 ) -> Result<(), ProjectorError> {
     let logged: Vec<LoggedEvent<'_>> = batch
         .iter()
@@ -289,7 +291,7 @@ async fn write_with_retries(
     let mut backoff = Duration::from_millis(100);
     let mut attempts = 0;
     loop {
-        match write_batch(connection, schema, &logged).await {
+        match write_batch(connection, schema, &logged, vault).await {
             Ok(()) => return Ok(()),
             Err(HandlerError::Retryable(error)) if attempts < 10 => {
                 attempts += 1;
@@ -302,7 +304,7 @@ async fn write_with_retries(
         }
     }
     for one in &logged {
-        match write_batch(connection, schema, std::slice::from_ref(one)).await {
+        match write_batch(connection, schema, std::slice::from_ref(one), vault).await {
             Ok(()) => {}
             Err(HandlerError::Data(error)) => {
                 tracing::warn!(event = %one.event_id, %error, "event refused by the database passed over");
@@ -396,7 +398,13 @@ pub async fn replay_in_batches(
         let mut connection = pool.acquire().await?;
         while let Some(batch) = received.recv().await {
             let batch = batch.map_err(ProjectorError::Replay)?;
-            write_with_retries(&mut connection, &config.rebuild_schema, &batch.events).await?;
+            write_with_retries(
+                &mut connection,
+                &config.rebuild_schema,
+                &batch.events,
+                config.vault.as_ref(),
+            )
+            .await?;
             bar.inc(batch.records);
         }
         Ok::<_, ProjectorError>(())

@@ -129,21 +129,60 @@ pub fn pseudonymised_message(
 /// saying why, and no value, date, age band or district. Data teams delete the record
 /// of that id. Sent once per Observation (its event id derives from the
 /// Observation's), whether or not the copy was ever sent.
+/// Why a pseudonymised record is taken back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retraction {
+    ConsentWithdrawn,
+    Erased,
+}
+
+/// The redaction notice on the referrer's outcomes topic once the person is erased
+/// (`linkwork.referral.redacted.v1`, the redacted ServiceRequest with a note).
+pub fn erasure_notice_message(
+    config: &ProjectorConfig,
+    source: &linkwork_domain::Source,
+    referral: linkwork_domain::ReferralId,
+    erased_at: DateTime<Utc>,
+) -> OutboxEvent {
+    let id = referral.to_string();
+    OutboxEvent::fhir(
+        &config.topics.referrer(source),
+        EventId::derive(&[
+            "redaction-notice",
+            &id,
+            &erased_at.timestamp_micros().to_string(),
+        ]),
+        &config.source,
+        erased_at,
+        id,
+        linkwork_domain::event::REDACTION_NOTICE_TYPE,
+        &linkwork_domain::event::erasure_notice(referral, erased_at),
+    )
+}
+
 pub fn retraction_message(
     config: &ProjectorConfig,
     person: &Person<'_>,
     row: &ObservationRow,
     withdrawn_at: DateTime<Utc>,
+    why: Retraction,
 ) -> OutboxEvent {
     let key = &config.pseudonym_key;
     let copy = pseudonymised(config, person, row);
+    let (code, display) = match why {
+        Retraction::ConsentWithdrawn => (
+            "consent-withdrawn",
+            "The person withdrew consent to share for evaluation",
+        ),
+        Retraction::Erased => ("erased", "The person's data was erased at their request"),
+    };
     let retraction = json!({
         "resourceType": "Observation",
         "id": copy["id"],
         "meta": { "tag": [{
             "system": format!("{}/CodeSystem/retraction-reason", config.canonical_base),
-            "code": "consent-withdrawn",
-            "display": "The person withdrew consent to share for evaluation",
+            "code": code,
+            "display": display,
         }]},
         "status": "entered-in-error",
         "code": copy["code"],

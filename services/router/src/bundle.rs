@@ -403,6 +403,7 @@ mod tests {
             patient: patient.map(Into::into),
             national_data_opt_out: false,
             submitted_by: None,
+            sealed: None,
             occurred_at: at,
         }
     }

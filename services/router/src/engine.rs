@@ -162,6 +162,9 @@ pub struct Step<'a> {
     pub loads: &'a mut Loads,
     pub now: DateTime<Utc>,
     pub outbox: Vec<OutboxEvent>,
+    /// The batch's referrals opened with the vault ([`open_received`]): what routing
+    /// reads of the person. A referral absent here is read as it is on the log.
+    pub opened: &'a HashMap<ReferralId, ReferralReceived>,
 }
 
 impl Step<'_> {
@@ -174,6 +177,7 @@ impl Step<'_> {
                 if routes.contains_key(&referral_id) {
                     return; // a resubmission: routed already
                 }
+                let received = self.opened.get(&referral_id).unwrap_or(received);
                 let mut route = Route {
                     referral_id,
                     status: RouteStatus::Requested,
@@ -188,7 +192,12 @@ impl Step<'_> {
                     is_new: true,
                     changed: true,
                 };
-                self.route(&mut route, received, received.occurred_at);
+                if received.is_redacted() {
+                    tracing::info!(referral = %referral_id, "the person was erased before routing: not routed");
+                    close(&mut route);
+                } else {
+                    self.route(&mut route, received, received.occurred_at);
+                }
                 routes.insert(referral_id, route);
             }
             ReferralEvent::Routed(routed) => {
@@ -304,6 +313,38 @@ impl Step<'_> {
             | ReferralEvent::OutcomeRecorded(_)
             | ReferralEvent::ConsentRecorded(_)
             | ReferralEvent::ConsentWithdrawn(_) => {}
+            ReferralEvent::Erased(erased) => {
+                let Some(route) = routes.get_mut(&referral_id) else {
+                    return;
+                };
+                // Every queue the person's data went to is told to delete it.
+                let mut told: Vec<String> = Vec::new();
+                for provider in &route.tried {
+                    told.push(self.config.topics.provider_queue(provider));
+                }
+                if route.status == RouteStatus::Unroutable {
+                    told.push(self.config.topics.triage.clone());
+                }
+                told.sort_unstable();
+                told.dedup();
+                let referral = referral_id.to_string();
+                let at = erased.occurred_at.timestamp_micros().to_string();
+                let notice =
+                    linkwork_domain::event::erasure_notice(referral_id, erased.occurred_at);
+                for topic in told {
+                    self.outbox.push(OutboxEvent::fhir(
+                        &topic,
+                        EventId::derive(&["redaction-notice", &topic, &referral, &at]),
+                        &self.config.source,
+                        self.now,
+                        referral.clone(),
+                        linkwork_domain::event::REDACTION_NOTICE_TYPE,
+                        &notice,
+                    ));
+                }
+                self.release(route);
+                close(route);
+            }
         }
     }
 
@@ -328,11 +369,18 @@ impl Step<'_> {
     }
 
     fn reroute(&mut self, route: &mut Route, at: DateTime<Utc>) {
-        let received = route
-            .received
-            .as_deref()
-            .map(serde_json::from_slice::<ReferralReceived>);
+        let received = match self.opened.get(&route.referral_id) {
+            Some(opened) => Some(Ok(opened.clone())),
+            None => route
+                .received
+                .as_deref()
+                .map(serde_json::from_slice::<ReferralReceived>),
+        };
         match received {
+            Some(Ok(received)) if received.is_redacted() => {
+                tracing::info!(referral = %route.referral_id, "the person was erased: not routed again");
+                close(route);
+            }
             Some(Ok(received)) => self.route(route, &received, at),
             _ => {
                 // Not reachable through the router's own writes; kept safe anyway.
@@ -549,6 +597,57 @@ pub fn touches_caseloads(event: &ReferralEvent) -> bool {
             | ReferralEvent::Cancelled(_)
             | ReferralEvent::EnteredInError(_)
     )
+}
+
+/// The sealed referrals the router may route while applying `events` (received now,
+/// or held in `routes` for a rejection or a passed deadline) opened with the vault,
+/// one query for the batch. Without a vault, or for an erased person, a referral
+/// stays redacted and is not routed.
+pub async fn open_received<'e>(
+    connection: &mut sqlx::PgConnection,
+    vault: Option<&linkwork_vault::Vault>,
+    events: impl IntoIterator<Item = &'e ReferralEvent>,
+    routes: &Routes,
+    due: &[ReferralId],
+) -> Result<HashMap<ReferralId, ReferralReceived>, linkwork_bus::consumer::HandlerError> {
+    let Some(vault) = vault else {
+        return Ok(HashMap::new());
+    };
+    let mut sealed: HashMap<ReferralId, ReferralReceived> = HashMap::new();
+    let held = |id: &ReferralId, sealed: &mut HashMap<ReferralId, ReferralReceived>| {
+        if let Some(received) = routes
+            .get(id)
+            .and_then(|route| route.received.as_deref())
+            .and_then(|body| serde_json::from_slice::<ReferralReceived>(body).ok())
+            .filter(ReferralReceived::is_redacted)
+        {
+            sealed.insert(*id, received);
+        }
+    };
+    for event in events {
+        match event {
+            ReferralEvent::Received(received) if received.is_redacted() => {
+                sealed.insert(received.referral_id, (**received).clone());
+            }
+            ReferralEvent::Rejected(change) => held(&change.referral_id, &mut sealed),
+            _ => {}
+        }
+    }
+    for id in due {
+        held(id, &mut sealed);
+    }
+    if sealed.is_empty() {
+        return Ok(sealed);
+    }
+    let mut referrals: Vec<&mut ReferralReceived> = sealed.values_mut().collect();
+    vault
+        .open_referrals(connection, &mut referrals)
+        .await
+        .map_err(|error| match error {
+            linkwork_vault::VaultError::Database(error) => error.into(),
+            other => linkwork_bus::consumer::HandlerError::Fatal(Box::new(other)),
+        })?;
+    Ok(sealed)
 }
 
 mod store;

@@ -41,6 +41,8 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 
 pub async fn migrate(pool: &PgPool) -> Result<(), linkwork_store::StoreError> {
     migrator().run(pool).await?;
+    // The router opens sealed referrals with the vault's keys.
+    linkwork_vault::migrator().run(pool).await?;
     Ok(())
 }
 
@@ -94,6 +96,8 @@ pub struct RouterConfig {
     /// Creates the queue topics of new directory versions when set (production: the
     /// built-in topics.yaml). Tests create their own prefixed topics.
     pub ensure_queue_topics: Option<(KafkaSettings, TopicsFile)>,
+    /// Opens the sealed parts of referrals to route them (`LINKWORK_VAULT_KEY`).
+    pub vault: Option<linkwork_vault::Vault>,
 }
 
 impl Default for RouterConfig {
@@ -107,6 +111,7 @@ impl Default for RouterConfig {
             deadline_batch: 500,
             group_id: format!("linkwork.{}", bus_topics::consumers::ROUTER),
             ensure_queue_topics: None,
+            vault: None,
         }
     }
 }
@@ -195,6 +200,14 @@ impl Handler for RouterHandler {
             Loads::default()
         };
         let now = self.config.clock.now();
+        let opened = engine::open_received(
+            transaction,
+            self.config.vault.as_ref(),
+            batch.iter().map(|incoming| &incoming.message.event),
+            &routes,
+            &[],
+        )
+        .await?;
         for incoming in batch {
             let mut step = Step {
                 config: &self.config,
@@ -202,6 +215,7 @@ impl Handler for RouterHandler {
                 loads: &mut loads,
                 now,
                 outbox: Vec::new(),
+                opened: &opened,
             };
             let body = incoming.record.payload.as_deref().unwrap_or_default();
             {
@@ -335,15 +349,24 @@ impl DeadlineSweeper {
             .current(&mut transaction, &self.config)
             .await?;
         let mut loads = engine::lock_loads(&mut transaction).await?;
+        let mut due: Vec<_> = routes.keys().copied().collect();
+        due.sort_by_key(|id| *id.as_uuid());
+        let opened = engine::open_received(
+            &mut transaction,
+            self.config.vault.as_ref(),
+            [],
+            &routes,
+            &due,
+        )
+        .await?;
         let mut step = Step {
             config: &self.config,
             directory: &directory,
             loads: &mut loads,
             now,
             outbox: Vec::new(),
+            opened: &opened,
         };
-        let mut due: Vec<_> = routes.keys().copied().collect();
-        due.sort_by_key(|id| *id.as_uuid());
         for id in &due {
             if let Some(route) = routes.get_mut(id) {
                 tracing::info!(referral = %id, "acceptance deadline passed; escalating");
@@ -383,6 +406,7 @@ impl Router {
             ConsumerConfig::new(bus_topics::consumers::ROUTER, &[&config.topics.events]);
         consumer_config.group_id = config.group_id.clone();
         consumer_config.dlq_topic = config.topics.dlq.clone();
+        consumer_config.vault = config.vault.clone();
         consumer_config.source = config.source.clone();
         let config = Arc::new(config);
         let mut consumer = ConsumerRunner::new(

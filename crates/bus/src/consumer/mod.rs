@@ -64,6 +64,11 @@ pub struct ConsumerConfig {
     /// How long processed event ids are remembered. Copies of an event sit close
     /// together in the log (retries, relay restarts), so days are ample.
     pub dedup_retention: Duration,
+    /// Seals each dead letter's body and reason under the key of the person it is
+    /// about ([`crate::dlq::seal`]), so an erasure reaches dead letters too. `None`:
+    /// dead letters are kept as they came (consumers of linkwork's own events, whose
+    /// identifying parts are sealed already, and tests).
+    pub vault: Option<linkwork_vault::Vault>,
 }
 
 impl ConsumerConfig {
@@ -81,6 +86,7 @@ impl ConsumerConfig {
             max_retry_backoff: Duration::from_secs(30),
             source: format!("linkwork/{name}"),
             dedup_retention: Duration::from_secs(14 * 24 * 3600),
+            vault: None,
         }
     }
 }

@@ -464,9 +464,10 @@ impl<H: Handler> Processor<H> {
             .iter()
             .filter_map(|index| dead.get(index).map(|reason| (*index, reason.clone())))
             .chain(effects.rejected);
+        let mut letters = Vec::new();
         for (index, reason) in dead_letters {
             dead_lettered += 1;
-            messages.push(dlq::dead_letter(
+            letters.push(dlq::dead_letter(
                 &self.config.name,
                 &self.config.dlq_topic,
                 &self.config.source,
@@ -474,6 +475,15 @@ impl<H: Handler> Processor<H> {
                 &reason,
             ));
         }
+        if let Some(vault) = &self.config.vault {
+            dlq::seal(vault, &mut transaction, &mut letters)
+                .await
+                .map_err(|error| match error {
+                    linkwork_vault::VaultError::Database(error) => Failure::from(error),
+                    other => Failure::Fatal(other.to_string()),
+                })?;
+        }
+        messages.extend(letters);
         let handled_at = started.elapsed();
         let outboxed = messages.len();
         outbox::insert(&mut transaction, messages).await?;

@@ -49,6 +49,7 @@ fn received(hash: &str) -> ReferralReceived {
         patient: None,
         national_data_opt_out: false,
         submitted_by: None,
+        sealed: None,
         occurred_at: at(0),
     }
 }

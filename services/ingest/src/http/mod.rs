@@ -296,6 +296,15 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             get(crate::audit::search),
         ),
         (
+            spec(
+                "POST",
+                "/fhir/Patient/$erase",
+                ScopeAs(scopes::ADMIN, Role::Admin),
+            )
+            .audited(Interaction::Erase),
+            post(crate::erasure::http_erase),
+        ),
+        (
             spec("POST", "/asc/call-log", Scope(scopes::CALL_LOG_SUBMIT))
                 .audited(Interaction::Create),
             post(call_log),

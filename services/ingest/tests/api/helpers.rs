@@ -72,6 +72,14 @@ pub async fn database() -> PgPool {
     pool
 }
 
+/// The vault ingest seals referrals with in these tests.
+pub fn vault() -> linkwork_vault::Vault {
+    linkwork_vault::Vault::new(&SecretString::from(
+        "ingest-api-tests-vault-secret-0123456789abcdef",
+    ))
+    .expect("a strong enough secret")
+}
+
 /// Topic and group names of a test's own.
 pub fn isolated_names() -> Names {
     Names::isolated(&format!(
@@ -137,6 +145,7 @@ async fn start_with_routes(
     settings.http.events_topic = names.topic(REFERRAL_EVENTS);
     settings.http.call_log_topic = names.topic(ASC_CALL_LOG);
     settings.http.audit_topic = names.topic(AUDIT_EVENTS);
+    settings.vault = Some(vault());
     adjust(&mut settings);
     let verifier = Verifier::dev(SecretString::from(DEV_SECRET)).expect("verifier");
     let mut application = Application::build(settings, &kafka, pool.clone(), verifier)

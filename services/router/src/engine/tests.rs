@@ -101,6 +101,7 @@ fn received(at: DateTime<Utc>) -> ReferralReceived {
         patient: None,
         national_data_opt_out: false,
         submitted_by: None,
+        sealed: None,
         occurred_at: at,
     }
 }
@@ -243,6 +244,8 @@ struct World {
     from_router: VecDeque<ReferralEvent>,
     /// Ingest's events, in the order published, not yet on the log.
     from_ingest: VecDeque<ReferralEvent>,
+    /// Referrals opened with the vault: none, these tests seal nothing.
+    opened: HashMap<ReferralId, ReferralReceived>,
 }
 
 impl World {
@@ -258,6 +261,7 @@ impl World {
             published_by_ingest: Vec::new(),
             from_router: VecDeque::new(),
             from_ingest: VecDeque::new(),
+            opened: HashMap::new(),
         }
     }
 
@@ -268,6 +272,7 @@ impl World {
             loads: &mut self.loads,
             now: self.now,
             outbox: Vec::new(),
+            opened: &self.opened,
         }
     }
 
