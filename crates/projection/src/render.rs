@@ -144,8 +144,14 @@ pub fn service_request(
     };
     resource["resourceType"] = json!("ServiceRequest");
     resource["id"] = json!(referral.to_string());
+    // Security labels stay (a redacted stand-in says so); the rest of meta is the
+    // read model's.
+    let security = resource["meta"]["security"].clone();
     resource["meta"] =
         json!({ "versionId": version.to_string(), "lastUpdated": instant(last_updated) });
+    if !security.is_null() {
+        resource["meta"]["security"] = security;
+    }
     resource["status"] = json!(service_request_status(status));
     let extension = json!({
         "url": format!("{base}/StructureDefinition/referral-status"),

@@ -2207,3 +2207,320 @@ async fn the_pipeline_runs_against_a_broker_that_requires_sasl_scram() {
         .await;
     assert_eq!(after.len(), 1, "nothing more on the queue");
 }
+
+/// Every row of every table in `pool`'s database as text, with the table's name: what
+/// linkwork's Postgres holds, for scanning.
+async fn every_row(pool: &PgPool) -> Vec<(String, String)> {
+    let tables: Vec<(String, String)> = linkwork_store::sqlx::query_as(
+        "SELECT table_schema::TEXT, table_name::TEXT FROM information_schema.tables
+         WHERE table_type = 'BASE TABLE'
+           AND table_schema NOT IN ('pg_catalog', 'information_schema')",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut rows = Vec::new();
+    for (schema, table) in tables {
+        let name = format!("\"{schema}\".\"{table}\"");
+        let texts: Vec<String> =
+            linkwork_store::sqlx::query_scalar(&format!("SELECT t::TEXT FROM {name} t"))
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        rows.extend(texts.into_iter().map(|text| (name.clone(), text)));
+    }
+    rows
+}
+
+/// The tables whose rows carry any of `needles`.
+fn holding<'a>(rows: &'a [(String, String)], needles: &[&str]) -> Vec<(&'a str, String)> {
+    rows.iter()
+        .filter_map(|(table, text)| {
+            needles
+                .iter()
+                .find(|needle| text.contains(**needle))
+                .map(|needle| (table.as_str(), (*needle).to_owned()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_erased_person_is_unreadable_on_the_log_redacted_after_replay_and_noticed_outbound() {
+    let run = Loop::start().await;
+    let connectors = provider("connectors");
+    let admin = token(Role::Admin, "ig-lead");
+    // (Tobias shares Ada's birth date: the read model's is checked by column.)
+    let ada = [
+        linkwork_testkit::NHS_NUMBERS[0],
+        "Brightwater",
+        "LS1 4AP",
+        "1 Invented Row",
+    ];
+    let tobias = [linkwork_testkit::NHS_NUMBERS[1], "Quillfeather", "LS1 3ZZ"];
+
+    // Ada (gp:A81001) and Tobias (gp:B82002), both supported by Community Connectors;
+    // Ada consents to evaluation, so a pseudonymised copy of her score goes out.
+    let erased = run.routed_referral(&unique("ERASE")).await;
+    let other_gp = token(Role::Source, "gp:B82002");
+    let (status, created) = run
+        .post(
+            "/fhir/ServiceRequest",
+            &other_gp,
+            &other_practice_referral(&unique("KEEP")),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let kept = ReferralId::from_uuid(Uuid::parse_str(created["id"].as_str().unwrap()).unwrap());
+    run.wait_for_status_as(kept, "requested", &other_gp).await;
+    run.provide(
+        erased,
+        &connectors,
+        &[
+            ("PUT", task(erased, 1, "accepted", None)),
+            ("POST /fhir/Consent", consent(erased)),
+            ("POST /fhir/Observation", ucla_baseline(erased)),
+        ],
+    )
+    .await;
+    let pseudonymised = run.names.topic(OUTCOMES_OBSERVATIONS_PSEUDONYMISED);
+    run.stack
+        .read_topic(&pseudonymised, 1, Duration::from_secs(60))
+        .await;
+
+    // On the log, what identifies either person is sealed.
+    let events = run.names.topic(REFERRAL_EVENTS);
+    let log = run
+        .stack
+        .read_topic(&events, 6, Duration::from_secs(60))
+        .await;
+    let received: Vec<_> = log
+        .iter()
+        .filter(|message| message.header("ce_type") == Some("linkwork.referral.received.v1"))
+        .collect();
+    assert_eq!(received.len(), 2);
+    for message in &log {
+        let text = String::from_utf8_lossy(&message.payload);
+        for secret in ada.iter().chain(&tobias) {
+            assert!(!text.contains(secret), "{secret} on the log: {text}");
+        }
+    }
+    // Before the erasure the read models have both people.
+    let (_, read) = run
+        .get(&format!("/fhir/ServiceRequest/{erased}"), &gp())
+        .await;
+    assert!(read.to_string().contains("Brightwater"), "{read}");
+
+    // An administrator erases Ada by her NHS number.
+    let (status, answer) = run
+        .post(
+            "/fhir/Patient/$erase",
+            &admin,
+            &json!({"resourceType": "Parameters", "parameter": [
+                {"name": "nhsNumber", "valueString": ada[0]}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["parameter"],
+        json!([
+            {"name": "keyDestroyed", "valueBoolean": true},
+            {"name": "referral", "valueString": erased.to_string()}
+        ])
+    );
+    // Nobody else may.
+    let (status, _) = run
+        .post(
+            "/fhir/Patient/$erase",
+            &gp(),
+            &json!({"resourceType": "Parameters", "parameter": [
+                {"name": "nhsNumber", "valueString": tobias[0]}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    // Redaction notices: on the provider's queue and on the referrer's topic; the
+    // pseudonymised copy is retracted.
+    let notice_on = |topic: String| {
+        let run = &run;
+        async move {
+            let notices = || async {
+                run.stack
+                    .read_topic(&topic, 1, Duration::from_secs(5))
+                    .await
+                    .into_iter()
+                    .filter(|message| {
+                        message.header("ce_type") == Some("linkwork.referral.redacted.v1")
+                    })
+                    .collect::<Vec<_>>()
+            };
+            eventually(
+                Duration::from_secs(60),
+                &format!("a notice on {topic}"),
+                || async { !notices().await.is_empty() },
+            )
+            .await;
+            notices().await.remove(0)
+        }
+    };
+    for topic in [
+        run.names.topic("provider.connectors.referrals"),
+        run.names
+            .referrer_outcomes(&linkwork_domain::Source::parse("gp:A81001").unwrap()),
+    ] {
+        let notice = notice_on(topic.clone()).await;
+        assert_eq!(notice.key.as_deref(), Some(erased.to_string().as_str()));
+        let body: Value = serde_json::from_slice(&notice.payload).unwrap();
+        assert_eq!(body["id"], erased.to_string(), "{topic}");
+        assert_eq!(body["meta"]["security"][0]["code"], "REDACTED");
+        let text = body.to_string();
+        assert!(text.contains("erased at their request"), "{text}");
+        for secret in ada {
+            assert!(!text.contains(secret), "{topic}: {text}");
+        }
+    }
+    eventually(
+        Duration::from_secs(60),
+        "the pseudonymised copy retracted",
+        || async {
+            run.stack
+                .read_topic(&pseudonymised, 1, Duration::from_secs(5))
+                .await
+                .iter()
+                .any(|message| {
+                    let text = String::from_utf8_lossy(&message.payload);
+                    text.contains("entered-in-error") && text.contains("\"code\":\"erased\"")
+                })
+        },
+    )
+    .await;
+
+    // The read models: Ada redacted, found by nobody; Tobias untouched.
+    run.stack
+        .caught_up(&run.pool, consumers::PROJECTOR, &events)
+        .await;
+    let check_read_models = || async {
+        let (status, read) = run
+            .get(&format!("/fhir/ServiceRequest/{erased}"), &gp())
+            .await;
+        assert_eq!(status, 200, "{read}");
+        assert_eq!(read["meta"]["security"][0]["code"], "REDACTED", "{read}");
+        let (_, found) = run
+            .post_form(
+                "/fhir/ServiceRequest/_search",
+                &gp(),
+                &[(
+                    "subject:identifier",
+                    &format!("https://fhir.nhs.uk/Id/nhs-number|{}", ada[0]),
+                )],
+            )
+            .await;
+        assert_eq!(found["total"], 0, "{found}");
+        let (_, other) = run
+            .get(&format!("/fhir/ServiceRequest/{kept}"), &other_gp)
+            .await;
+        assert!(other.to_string().contains("Quillfeather"), "{other}");
+        // Nothing readable about Ada anywhere in linkwork's database (her key is gone,
+        // so what the log and the router hold of her stays sealed).
+        let rows = every_row(&run.pool).await;
+        let found = holding(&rows, &ada);
+        assert!(found.is_empty(), "Ada is still readable in {found:?}");
+        assert!(!holding(&rows, &tobias[..2]).is_empty(), "Tobias is kept");
+        let birth_date: Option<chrono::NaiveDate> = linkwork_store::sqlx::query_scalar(
+            "SELECT birth_date FROM projection.referrals WHERE referral_id = $1",
+        )
+        .bind(erased.as_uuid())
+        .fetch_one(&run.pool)
+        .await
+        .unwrap();
+        assert_eq!(birth_date, None);
+    };
+    check_read_models().await;
+
+    // A replay from offset 0 rebuilds the read models with Ada redacted.
+    let mut config =
+        linkwork::topology::projector_config(&run.names, PseudonymKey::new(&[7u8; 32]).unwrap());
+    config.vault = Some(crate::helpers::vault());
+    let report = linkwork_projector::replay::replay(&run.pool, &run.stack.kafka, &config, false)
+        .await
+        .unwrap();
+    assert_eq!(report.referrals, 2);
+    check_read_models().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_about_a_person_is_sealed_and_unreadable_once_they_are_erased() {
+    let run = Loop::start().await;
+    let admin = token(Role::Admin, "ig-lead");
+    // A referral the intake refuses (no reason for it), about Ada.
+    let mut refused = linkwork_testkit::gp_referral(&unique("DLQ"));
+    refused.as_object_mut().unwrap().remove("reasonCode");
+    refused.as_object_mut().unwrap().remove("code");
+    let producer = Producer::new(&run.stack.kafka).unwrap();
+    let mut headers = HeaderList::default();
+    headers.push("linkwork-source", "gp:A81001");
+    let body = refused.to_string();
+    producer
+        .send(Outbound {
+            topic: &run.names.topic(linkwork_bus::topics::REFERRALS_INBOUND),
+            key: Some(b"https://gp.example/referrals|DLQ"),
+            partition: None,
+            payload: body.as_bytes(),
+            headers,
+        })
+        .await
+        .expect("acknowledged");
+    let dead_letters = run.names.dlq(consumers::INBOUND);
+    let letters = run
+        .stack
+        .read_topic(&dead_letters, 1, Duration::from_secs(60))
+        .await;
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    let text = String::from_utf8_lossy(&letter.payload).into_owned();
+    let everything = format!("{text} {:?}", letter.headers);
+    for secret in [
+        linkwork_testkit::NHS_NUMBERS[0],
+        "Brightwater",
+        "LS1 4AP",
+        "1941-05-06",
+    ] {
+        assert!(
+            !everything.contains(secret),
+            "{secret} in the dead letter: {everything}"
+        );
+    }
+    assert_eq!(
+        letter.header("content-type"),
+        Some(dlq::SEALED_CONTENT_TYPE)
+    );
+    let reason: Value = serde_json::from_str(letter.header(dlq::REASON).unwrap()).unwrap();
+    assert_eq!(reason["resourceType"], "OperationOutcome", "{reason}");
+
+    // While Ada's key lives, an operator opens it: the message as sent, the full reason.
+    let vault = crate::helpers::vault();
+    let mut connection = run.pool.acquire().await.unwrap();
+    let opened = dlq::open(&vault, &mut connection, &letter.payload)
+        .await
+        .expect("it opens");
+    assert_eq!(opened.body_bytes(), body.as_bytes());
+    assert!(opened.reason.contains("OperationOutcome"));
+
+    // Erased (she has no referral on record, only the dead letter): it opens no more.
+    let (status, answer) = run
+        .post(
+            "/fhir/Patient/$erase",
+            &admin,
+            &json!({"resourceType": "Parameters", "parameter": [
+                {"name": "nhsNumber", "valueString": linkwork_testkit::NHS_NUMBERS[0]}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["parameter"][0]["valueBoolean"], true, "{answer}");
+    assert!(matches!(
+        dlq::open(&vault, &mut connection, &letter.payload).await,
+        Err(linkwork_vault::VaultError::Unreadable(_))
+    ));
+}

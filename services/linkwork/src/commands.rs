@@ -49,6 +49,65 @@ pub async fn replay(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `linkwork erase`: erases the person named by NHS number or by one of their
+/// referrals, then publishes the `ReferralErased` events at once (a running ingest's
+/// relay would too, within a second).
+pub async fn erase(
+    settings: &Settings,
+    nhs_number: Option<&str>,
+    referral: Option<&str>,
+    by: &str,
+) -> anyhow::Result<()> {
+    use linkwork_ingest::erasure::{erase, ErasureTarget};
+    let target = match (nhs_number, referral) {
+        (Some(number), None) => {
+            ErasureTarget::NhsNumber(linkwork_domain::NhsNumber::parse(number).map_err(
+                |error| anyhow::anyhow!("--nhs-number is not a valid NHS number: {error}"),
+            )?)
+        }
+        (None, Some(id)) => ErasureTarget::Referral(
+            id.parse()
+                .map_err(|_| anyhow::anyhow!("--referral {id:?} is not a referral id"))?,
+        ),
+        _ => anyhow::bail!("name the person by --nhs-number or by --referral, not both"),
+    };
+    let by = linkwork_domain::Actor::parse(&format!("admin:{by}"))
+        .map_err(|error| anyhow::anyhow!("--by {by:?}: {error}"))?;
+    let vault = settings.vault()?;
+    let kafka = settings.kafka()?.clone();
+    let pool = linkwork_store::connect(&settings.database()?).await?;
+    linkwork_store::migrate(&pool).await?;
+    linkwork_ingest::migrate(&pool).await?;
+    let events = settings.names.topic(linkwork_bus::topics::REFERRAL_EVENTS);
+    let erasure = erase(&pool, &vault, &events, &target, by).await?;
+    let mut relay = linkwork_bus::relay::OutboxRelay::new(
+        pool.clone(),
+        &kafka,
+        linkwork_bus::relay::RelayConfig::default(),
+    )?;
+    // Rounds until nothing is pending (other rows of the outbox go out with these).
+    for _ in 0..100 {
+        if relay.relay_once().await? == 0 {
+            break;
+        }
+    }
+    println!(
+        "erased: key {}, {} referral(s) redacted{}",
+        if erasure.key_destroyed {
+            "destroyed"
+        } else {
+            "already gone (erased before, or never made)"
+        },
+        erasure.referrals.len(),
+        erasure
+            .referrals
+            .iter()
+            .map(|id| format!("\n  {id}"))
+            .collect::<String>()
+    );
+    Ok(())
+}
+
 /// `linkwork report`: the evaluation report for a period, as Markdown and HTML.
 pub async fn report(
     settings: &Settings,

@@ -43,6 +43,9 @@ enum Command {
     /// Write an evaluation summary (Markdown and HTML) of the call log, referrals and
     /// outcomes between two dates.
     Report(ReportArgs),
+    /// Erase a person (crypto-shredding): destroy their data key, so nothing sealed for
+    /// them opens again, and tell the read models, providers and referrer.
+    Erase(EraseArgs),
     /// Print a development token (needs LINKWORK_AUTH_DEV_SECRET).
     DevToken(DevTokenArgs),
     /// Adult Social Care call log.
@@ -68,6 +71,21 @@ struct ReportArgs {
     /// Where to write the two files.
     #[arg(long, default_value = ".")]
     out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("person").required(true).multiple(false)))]
+struct EraseArgs {
+    /// The person's NHS number (ten digits).
+    #[arg(long, group = "person")]
+    nhs_number: Option<String>,
+    /// One of the person's referrals (for a person without an NHS number).
+    #[arg(long, group = "person")]
+    referral: Option<String>,
+    /// Who asked for it, for the erasure record and the event (an administrator's
+    /// client id).
+    #[arg(long, default_value = "linkwork-cli")]
+    by: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,6 +173,7 @@ fn main() -> ExitCode {
         Command::Serve { .. } => "serve",
         Command::Replay => "replay",
         Command::Report(_) => "report",
+        Command::Erase(_) => "erase",
         Command::DevToken(_) => "dev-token",
         Command::Asc { .. } => "asc",
         Command::Directory { .. } => "directory",
@@ -177,6 +196,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { service } => linkwork::serve::run(&settings, service, shutdown).await,
         Command::Replay => commands::replay(&settings).await,
         Command::Report(args) => commands::report(&settings, args.from, args.to, &args.out).await,
+        Command::Erase(args) => {
+            commands::erase(
+                &settings,
+                args.nhs_number.as_deref(),
+                args.referral.as_deref(),
+                &args.by,
+            )
+            .await
+        }
         Command::DevToken(args) => {
             commands::dev_token(args.role, &args.client, &args.scopes, args.ttl)
         }

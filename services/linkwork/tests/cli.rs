@@ -847,3 +847,74 @@ fn topics_apply_exits_non_zero_when_it_refuses_to_grow_a_topic_ordered_by_key() 
         "the rest is applied: {stdout}"
     );
 }
+
+#[test]
+fn erase_by_nhs_number_destroys_the_key_and_the_referral_reads_back_redacted() {
+    let deployment = ServeAll::new();
+    let _served = deployment.start();
+    let gp = deployment.token(linkwork_auth::Role::Source, "gp:A81001");
+    let connectors = deployment.token(linkwork_auth::Role::Provider, "connectors");
+    let id = deployment.post_referral(&gp);
+    deployment.wait_for(&connectors, &id, "requested");
+    let read = || -> serde_json::Value {
+        deployment
+            .client
+            .get(format!("{}/fhir/ServiceRequest/{id}", deployment.base()))
+            .bearer_auth(&gp)
+            .send()
+            .expect("ingest answers")
+            .json()
+            .expect("a ServiceRequest")
+    };
+    assert!(read().to_string().contains("Brightwater"));
+
+    // A bad NHS number is named, and nothing is erased.
+    let refused = deployment
+        .command(&["erase", "--nhs-number", "9990000019"])
+        .output()
+        .expect("linkwork runs");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not a valid NHS number"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let output = deployment
+        .command(&[
+            "erase",
+            "--nhs-number",
+            linkwork_testkit::NHS_NUMBERS[0],
+            "--by",
+            "ig-lead",
+        ])
+        .output()
+        .expect("linkwork runs");
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        printed.contains("key destroyed, 1 referral(s) redacted") && printed.contains(&id),
+        "{printed}"
+    );
+    // The running projector redacts its read model once ReferralErased comes back.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = read();
+        if now["meta"]["security"][0]["code"] == "REDACTED" {
+            assert!(!now.to_string().contains("Brightwater"), "{now}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not redacted: {now}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Erasing again destroys nothing more.
+    let again = deployment
+        .command(&["erase", "--nhs-number", linkwork_testkit::NHS_NUMBERS[0]])
+        .output()
+        .expect("linkwork runs");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("key already gone"));
+}
