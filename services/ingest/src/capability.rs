@@ -83,6 +83,16 @@ pub fn statement(base_url: &str, software_version: &str) -> Value {
                 ],
                 "documentation": "Administrators only. One AuditEvent (IHE Basic Audit Log Patterns) per read, search, \
                                   create and update of identifiable data, refused attempts included, newest first."
+            }, {
+                "type": "Patient",
+                "operation": [{
+                    "name": "erase",
+                    "definition": format!("{base_url}/OperationDefinition/Patient-erase"),
+                    "documentation": "Administrators only. POST a Parameters naming the person by nhsNumber or by one \
+                                      of their referrals (referral): their data key is destroyed (crypto-shredding), \
+                                      what identified them is redacted from the read models and outbound topics get \
+                                      a redaction notice. Answers Parameters: keyDestroyed, and each referral redacted."
+                }]
             }],
             "interaction": [
                 {"code": "batch", "documentation": "POST /fhir: each ServiceRequest entry independent"},

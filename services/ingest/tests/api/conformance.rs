@@ -92,9 +92,11 @@ async fn the_capability_statement_tells_what_is_served() {
         .unwrap()
         .iter()
         .map(|resource| {
+            // A resource served only through an operation ($erase) has no interactions.
             let interactions = resource["interaction"]
                 .as_array()
-                .unwrap()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
                 .iter()
                 .map(|interaction| interaction["code"].as_str().unwrap().to_owned())
                 .collect();
@@ -112,6 +114,7 @@ async fn the_capability_statement_tells_what_is_served() {
         ("Procedure", &["create"][..]),
         ("Consent", &["create"][..]),
         ("AuditEvent", &["search-type"][..]),
+        ("Patient", &[][..]),
     ]
     .iter()
     .map(|(kind, codes)| {
@@ -122,4 +125,6 @@ async fn the_capability_statement_tells_what_is_served() {
     })
     .collect();
     assert_eq!(claimed, expected);
+    let patient = &statement["rest"][0]["resource"][7];
+    assert_eq!(patient["operation"][0]["name"], "erase");
 }
