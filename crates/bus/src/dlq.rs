@@ -7,14 +7,11 @@
 //! reason with NHS numbers and postcodes masked, and [`open`] reads it back while the
 //! person's key lives. Erasing the person makes it unreadable.
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use chrono::Utc;
 use linkwork_domain::EventId;
 use linkwork_store::outbox::NewOutboxMessage;
 use linkwork_store::sqlx::PgConnection;
-use linkwork_vault::{Sealed, Vault, VaultError};
-use serde::{Deserialize, Serialize};
+use linkwork_vault::{Vault, VaultError};
 
 use crate::consumer::Record;
 use crate::headers::CONTENT_TYPE;
@@ -28,8 +25,8 @@ pub const ORIGINAL_OFFSET: &str = "dlq.original.offset";
 pub const ORIGINAL_HEADER_PREFIX: &str = "dlq.original.header.";
 /// CloudEvents type of a dead letter.
 pub const EVENT_TYPE: &str = "linkwork.dead-letter.v1";
-/// The content type of a sealed dead letter's body (a [`Sealed`] as JSON).
-pub const SEALED_CONTENT_TYPE: &str = "application/vnd.linkwork.sealed+json";
+/// The content type of a sealed dead letter's body (binary: see [`seal`]).
+pub const SEALED_CONTENT_TYPE: &str = "application/vnd.linkwork.sealed";
 /// The longest reason kept; diagnostics beyond it are cut.
 const MAX_REASON: usize = 4000;
 
@@ -98,22 +95,41 @@ pub fn dead_letter(
 }
 
 /// What a sealed dead letter holds: the full reason and the original body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetterContent {
     pub reason: String,
-    /// The original body, base64.
-    pub body: String,
+    pub body: Vec<u8>,
 }
 
 impl DeadLetterContent {
-    /// The original body's bytes.
-    pub fn body_bytes(&self) -> Vec<u8> {
-        BASE64.decode(&self.body).unwrap_or_default()
+    /// The reason's length (4 bytes, big-endian), the reason, the body.
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(4 + self.reason.len() + self.body.len());
+        bytes.extend_from_slice(&u32::try_from(self.reason.len()).unwrap_or(0).to_be_bytes());
+        bytes.extend_from_slice(self.reason.as_bytes());
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let (length, rest) = bytes.split_first_chunk::<4>()?;
+        let length = usize::try_from(u32::from_be_bytes(*length)).ok()?;
+        if rest.len() < length {
+            return None;
+        }
+        let (reason, body) = rest.split_at(length);
+        Some(Self {
+            reason: String::from_utf8(reason.to_vec()).ok()?,
+            body: body.to_vec(),
+        })
     }
 }
 
-/// Seals `letters` (made by [`dead_letter`]) in place, the keys of the batch's people
-/// read (and made) in one round trip on `connection`.
+/// Seals `letters` (made by [`dead_letter`]) in place: each under the keys of every
+/// person whose NHS number it carries (it opens only while all of them live), or
+/// under the day's key for dead letters naming nobody; the keys of the batch's people
+/// read (and made) in one round trip on `connection`. The body stays close to its
+/// size (binary, about 100 bytes more per person).
 pub async fn seal(
     vault: &Vault,
     connection: &mut PgConnection,
@@ -122,15 +138,25 @@ pub async fn seal(
     if letters.is_empty() {
         return Ok(());
     }
-    let people: Vec<_> = letters
+    let day = Utc::now().date_naive().to_string();
+    let people: Vec<Vec<_>> = letters
         .iter()
-        .map(|letter| vault.person_of_dead_letter(&letter.payload, &letter.event_id.to_string()))
+        .map(|letter| {
+            let named = vault.people_of_dead_letter(&letter.payload);
+            if named.is_empty() {
+                vec![vault.person_of_anonymous_dead_letters(&day)]
+            } else {
+                named
+            }
+        })
         .collect();
-    let keys = vault.keys_for(connection, &people).await?;
-    for (letter, person) in letters.iter_mut().zip(people) {
-        let key = keys
-            .get(&person)
-            .ok_or(VaultError::Unreadable("the person was erased meanwhile"))?;
+    let everyone: Vec<_> = people.iter().flatten().copied().collect();
+    let keys = vault.keys_for(connection, &everyone).await?;
+    for (letter, people) in letters.iter_mut().zip(people) {
+        let keys: Vec<_> = people
+            .iter()
+            .map(|person| keys.get(person).ok_or(VaultError::ErasedMeanwhile))
+            .collect::<Result<_, _>>()?;
         let reason = letter
             .extra_headers
             .iter()
@@ -139,11 +165,9 @@ pub async fn seal(
             .unwrap_or_default();
         let content = DeadLetterContent {
             reason: reason.clone(),
-            body: BASE64.encode(&letter.payload),
+            body: std::mem::take(&mut letter.payload),
         };
-        // Plain structs: serializing them cannot fail.
-        let sealed = key.seal(&serde_json::to_vec(&content).unwrap_or_default());
-        letter.payload = serde_json::to_vec(&sealed).unwrap_or_default();
+        letter.payload = linkwork_vault::seal_for_all(&keys, &content.to_bytes());
         for (name, value) in &mut letter.extra_headers {
             if name == REASON {
                 *value = linkwork_vault::mask_identifiers(&reason);
@@ -157,19 +181,14 @@ pub async fn seal(
     Ok(())
 }
 
-/// Opens a sealed dead letter's body while its person's key lives.
+/// Opens a sealed dead letter while the keys of everyone it names live.
 pub async fn open(
     vault: &Vault,
     connection: &mut PgConnection,
     payload: &[u8],
 ) -> Result<DeadLetterContent, VaultError> {
-    let sealed: Sealed = serde_json::from_slice(payload)
-        .map_err(|_| VaultError::Unreadable("not a sealed dead letter"))?;
-    let person = linkwork_vault::sealed_person(&sealed)?;
-    let keys = vault.keys(connection, &[person]).await?;
-    let key = keys
-        .get(&person)
-        .ok_or(VaultError::Unreadable("no key: the person was erased"))?;
-    serde_json::from_slice(&key.open(&sealed)?)
-        .map_err(|_| VaultError::Unreadable("the sealed dead letter does not parse"))
+    let plaintext = vault.open_sealed_for_all(connection, payload).await?;
+    DeadLetterContent::from_bytes(&plaintext).ok_or(VaultError::Unreadable(
+        "the sealed dead letter does not parse",
+    ))
 }

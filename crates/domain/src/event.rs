@@ -113,9 +113,9 @@ pub struct ReferralReceived {
 /// linkwork-vault seals and opens it; erasing the person destroys the key.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Sealed {
-    /// The person, as the vault names them: a keyed hash (64 hex digits), never an
-    /// identifier.
-    pub person: String,
+    /// The id of the data key it is sealed under (a random UUID, which says nothing
+    /// about the person; once the key is destroyed it names nothing).
+    pub key: String,
     /// The 96-bit nonce, base64.
     pub nonce: String,
     /// The ciphertext with its tag, base64.
@@ -126,7 +126,7 @@ impl std::fmt::Debug for Sealed {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("Sealed")
-            .field("person", &self.person)
+            .field("key", &self.key)
             .field("bytes", &self.ciphertext.len())
             .finish()
     }

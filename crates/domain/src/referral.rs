@@ -666,7 +666,14 @@ fn advance(mut referral: Referral, event: &ReferralEvent) -> Referral {
         }
         ReferralEvent::ConsentRecorded(_) => referral.consent_to_evaluation = true,
         ReferralEvent::ConsentWithdrawn(_) => referral.consent_to_evaluation = false,
-        ReferralEvent::Erased(_) => {}
+        // Nobody can work with a person whose data is gone: an open referral is
+        // cancelled (a closed one stays as it closed).
+        ReferralEvent::Erased(_) => {
+            if transition_allowed(referral.status, Status::Cancelled) {
+                referral.status = Status::Cancelled;
+                referral.accept_by = None;
+            }
+        }
     }
     referral
 }

@@ -5,15 +5,21 @@
 //! unreadable at once, and a replay rebuilds the read models without the person.
 //!
 //! - A person is named by a keyed hash ([`Person`]: HMAC-SHA256 of their NHS number,
-//!   or of a referral for someone without one), never by an identifier.
+//!   or of a referral for someone without one), never by an identifier, and only in
+//!   the vault's own rows, which erasure deletes: NHS numbers are few enough (about
+//!   10⁹) that whoever holds the vault secret could reverse such a hash by trying
+//!   them all, so nothing kept after an erasure, and nothing on the log, carries it.
+//! - What is sealed names its key by a random key id, not by the person: once the key
+//!   row is gone the id points at nothing.
 //! - Data keys are stored wrapped under a key derived from the deployment's vault
 //!   secret (`LINKWORK_VAULT_KEY`), so a copy of the database alone opens nothing.
-//! - A sealed value ([`Sealed`]) names its person and is bound to them (the person is
-//!   the AEAD's associated data): it opens with that person's key or not at all.
-//! - [`Vault::erase`] deletes the key and records the erasure (the keyed hash, when
-//!   and by whom, nothing else). A later referral of the same person is new
-//!   processing and gets a new key; what was sealed before stays shut, since no key
-//!   but the destroyed one opens it.
+//! - A sealed value ([`Sealed`]) names its key id and is bound to it (the id is the
+//!   AEAD's associated data): it opens with that key or not at all.
+//! - [`Vault::erase`] deletes the key and the record of whose referrals are whose, and
+//!   records that an erasure happened (when, by whom, how many referrals: nothing
+//!   about the person). A later referral of the same person is new processing and
+//!   gets a new key; what was sealed before stays shut, since no key but the
+//!   destroyed one opens it.
 //! - [`Vault::seal_referrals`] and [`Vault::open_referrals`] do this for the
 //!   `ReferralReceived` events of a batch, one query each; which referrals are whose
 //!   is kept (`vault_referrals`) so an erasure can name the referrals it redacts.
@@ -51,6 +57,10 @@ pub enum VaultError {
     WeakSecret,
     #[error("a sealed value could not be opened: {0}")]
     Unreadable(&'static str),
+    /// A person's key was destroyed while a batch was being sealed for them: retry
+    /// the batch (a new key is made).
+    #[error("a person was erased while their data was being sealed")]
+    ErasedMeanwhile,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -91,43 +101,84 @@ impl fmt::Debug for Person {
     }
 }
 
-/// The person a sealed value names.
-pub fn sealed_person(sealed: &Sealed) -> Result<Person, VaultError> {
-    Person::from_hex(&sealed.person)
-        .ok_or(VaultError::Unreadable("the person is not 64 hex digits"))
+/// The key id a sealed value names.
+pub fn sealed_key_id(sealed: &Sealed) -> Result<uuid::Uuid, VaultError> {
+    uuid::Uuid::parse_str(&sealed.key)
+        .map_err(|_| VaultError::Unreadable("the key id is not a UUID"))
 }
 
 /// One person's data key, unwrapped.
 #[derive(Clone)]
 pub struct DataKey {
-    person: Person,
+    key_id: uuid::Uuid,
     cipher: Aes256Gcm,
 }
 
 impl fmt::Debug for DataKey {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "DataKey({})", self.person)
+        write!(formatter, "DataKey({})", self.key_id)
     }
 }
 
+/// The first bytes of a value [`DataKey::seal_bytes`] sealed.
+const SEALED_BYTES_MAGIC: &[u8; 4] = b"LWS1";
+
 impl DataKey {
-    /// Seals `plaintext` for this key's person.
-    pub fn seal(&self, plaintext: &[u8]) -> Sealed {
+    /// The key's random id, which sealed values name.
+    pub fn key_id(&self) -> uuid::Uuid {
+        self.key_id
+    }
+
+    fn encrypt(&self, plaintext: &[u8]) -> (Nonce<<Aes256Gcm as AeadCore>::NonceSize>, Vec<u8>) {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-        let aad = self.person.0;
         let ciphertext = self
             .cipher
             .encrypt(
                 &nonce,
                 Payload {
                     msg: plaintext,
-                    aad: &aad,
+                    aad: self.key_id.as_bytes(),
                 },
             )
             // AES-GCM fails only beyond 64 GiB of plaintext.
             .unwrap_or_default();
+        (nonce, ciphertext)
+    }
+
+    fn decrypt(&self, nonce: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, VaultError> {
+        if nonce.len() != 12 {
+            return Err(VaultError::Unreadable("the nonce is not 12 bytes"));
+        }
+        self.cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: self.key_id.as_bytes(),
+                },
+            )
+            .map_err(|_| {
+                VaultError::Unreadable("the tag does not verify (altered, or another key)")
+            })
+    }
+
+    /// Seals `plaintext` as compact bytes (`LWS1`, the key id, the nonce, the
+    /// ciphertext): for bodies that must stay near their size (dead letters).
+    pub fn seal_bytes(&self, plaintext: &[u8]) -> Vec<u8> {
+        let (nonce, ciphertext) = self.encrypt(plaintext);
+        let mut sealed = Vec::with_capacity(4 + 16 + 12 + ciphertext.len());
+        sealed.extend_from_slice(SEALED_BYTES_MAGIC);
+        sealed.extend_from_slice(self.key_id.as_bytes());
+        sealed.extend_from_slice(&nonce);
+        sealed.extend_from_slice(&ciphertext);
+        sealed
+    }
+
+    /// Seals `plaintext` for this key's person.
+    pub fn seal(&self, plaintext: &[u8]) -> Sealed {
+        let (nonce, ciphertext) = self.encrypt(plaintext);
         Sealed {
-            person: self.person.to_string(),
+            key: self.key_id.to_string(),
             nonce: BASE64.encode(nonce),
             ciphertext: BASE64.encode(ciphertext),
         }
@@ -142,34 +193,120 @@ impl DataKey {
         received.sealed = Some(self.seal(&plaintext));
     }
 
-    /// Opens what was sealed for this key's person.
+    /// Opens what was sealed under this key.
     pub fn open(&self, sealed: &Sealed) -> Result<Vec<u8>, VaultError> {
-        if sealed_person(sealed)? != self.person {
-            return Err(VaultError::Unreadable("sealed for another person"));
+        if sealed_key_id(sealed)? != self.key_id {
+            return Err(VaultError::Unreadable("sealed under another key"));
         }
         let nonce = BASE64
             .decode(&sealed.nonce)
-            .ok()
-            .filter(|nonce| nonce.len() == 12)
-            .ok_or(VaultError::Unreadable(
-                "the nonce is not 12 bytes of base64",
-            ))?;
+            .map_err(|_| VaultError::Unreadable("the nonce is not base64"))?;
         let ciphertext = BASE64
             .decode(&sealed.ciphertext)
             .map_err(|_| VaultError::Unreadable("the ciphertext is not base64"))?;
-        let aad = self.person.0;
-        self.cipher
-            .decrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| {
-                VaultError::Unreadable("the tag does not verify (altered, or another key)")
-            })
+        self.decrypt(&nonce, &ciphertext)
     }
+
+    /// Opens what [`DataKey::seal_bytes`] sealed under this key.
+    pub fn open_bytes(&self, sealed: &[u8]) -> Result<Vec<u8>, VaultError> {
+        let (key_id, nonce, ciphertext) = split_sealed_bytes(sealed)?;
+        if key_id != self.key_id {
+            return Err(VaultError::Unreadable("sealed under another key"));
+        }
+        self.decrypt(nonce, ciphertext)
+    }
+}
+
+/// The first bytes of a value sealed for several people at once.
+const SEALED_FOR_ALL_MAGIC: &[u8; 4] = b"LWM1";
+
+/// Seals `plaintext` so that it opens only while every one of `keys` lives: under a
+/// fresh content key split into XOR shares, each share sealed under one person's key.
+/// Erasing any one of them shuts it (a dead letter naming several people).
+pub fn seal_for_all(keys: &[&DataKey], plaintext: &[u8]) -> Vec<u8> {
+    let content = Aes256Gcm::generate_key(&mut OsRng);
+    let mut last = [0u8; 32];
+    last.copy_from_slice(content.as_slice());
+    let mut shares: Vec<[u8; 32]> = Vec::with_capacity(keys.len());
+    for _ in 1..keys.len().max(1) {
+        let share: [u8; 32] = Aes256Gcm::generate_key(&mut OsRng).into();
+        for (byte, other) in last.iter_mut().zip(share) {
+            *byte ^= other;
+        }
+        shares.push(share);
+    }
+    shares.push(last);
+    let mut sealed = SEALED_FOR_ALL_MAGIC.to_vec();
+    sealed.extend_from_slice(&u16::try_from(keys.len()).unwrap_or(u16::MAX).to_be_bytes());
+    for (key, share) in keys.iter().zip(&shares) {
+        let wrapped = key.seal_bytes(share);
+        sealed.extend_from_slice(
+            &u16::try_from(wrapped.len())
+                .unwrap_or(u16::MAX)
+                .to_be_bytes(),
+        );
+        sealed.extend_from_slice(&wrapped);
+    }
+    let cipher = Aes256Gcm::new(&content);
+    let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+    let ciphertext = cipher
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plaintext,
+                aad: SEALED_FOR_ALL_MAGIC,
+            },
+        )
+        // AES-GCM fails only beyond 64 GiB of plaintext.
+        .unwrap_or_default();
+    sealed.extend_from_slice(&nonce);
+    sealed.extend_from_slice(&ciphertext);
+    sealed
+}
+
+/// The shares (each as [`DataKey::seal_bytes`] made it) and the sealed content of a
+/// value [`seal_for_all`] made.
+fn split_sealed_for_all(sealed: &[u8]) -> Result<(Vec<&[u8]>, &[u8]), VaultError> {
+    let unreadable = VaultError::Unreadable("not a value sealed for its people");
+    let mut rest = sealed
+        .strip_prefix(SEALED_FOR_ALL_MAGIC.as_slice())
+        .ok_or(unreadable)?;
+    let take = |rest: &mut &[u8], count: usize| -> Result<Vec<u8>, VaultError> {
+        if rest.len() < count {
+            return Err(VaultError::Unreadable("a sealed value is cut short"));
+        }
+        let (head, tail) = rest.split_at(count);
+        *rest = tail;
+        Ok(head.to_vec())
+    };
+    let count = take(&mut rest, 2)?;
+    let count = usize::from(u16::from_be_bytes([count[0], count[1]]));
+    let mut shares = Vec::with_capacity(count);
+    for _ in 0..count {
+        let length = take(&mut rest, 2)?;
+        let length = usize::from(u16::from_be_bytes([length[0], length[1]]));
+        if rest.len() < length {
+            return Err(VaultError::Unreadable("a sealed value is cut short"));
+        }
+        let (share, tail) = rest.split_at(length);
+        shares.push(share);
+        rest = tail;
+    }
+    Ok((shares, rest))
+}
+
+/// The key id, nonce and ciphertext of bytes [`DataKey::seal_bytes`] made.
+pub fn split_sealed_bytes(sealed: &[u8]) -> Result<(uuid::Uuid, &[u8], &[u8]), VaultError> {
+    let rest = sealed
+        .strip_prefix(SEALED_BYTES_MAGIC.as_slice())
+        .ok_or(VaultError::Unreadable("not sealed bytes"))?;
+    if rest.len() < 16 + 12 + 16 {
+        return Err(VaultError::Unreadable("sealed bytes too short"));
+    }
+    let (id, rest) = rest.split_at(16);
+    let (nonce, ciphertext) = rest.split_at(12);
+    let key_id = uuid::Uuid::from_slice(id).map_err(|_| VaultError::Unreadable("bad key id"))?;
+    Ok((key_id, nonce, ciphertext))
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -248,7 +385,12 @@ impl Vault {
         wrapped
     }
 
-    fn unwrap(&self, person: Person, wrapped: &[u8]) -> Result<DataKey, VaultError> {
+    fn unwrap(
+        &self,
+        person: Person,
+        key_id: uuid::Uuid,
+        wrapped: &[u8],
+    ) -> Result<DataKey, VaultError> {
         if wrapped.len() < 12 {
             return Err(VaultError::Unreadable("a wrapped key is too short"));
         }
@@ -269,9 +411,24 @@ impl Vault {
             return Err(VaultError::Unreadable("a stored key is not 32 bytes"));
         }
         Ok(DataKey {
-            person,
+            key_id,
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key)),
         })
+    }
+
+    /// Key rows as read: (person, key id, wrapped key).
+    fn unwrap_rows(
+        &self,
+        rows: Vec<(Vec<u8>, uuid::Uuid, Vec<u8>)>,
+    ) -> Result<Vec<(Person, DataKey)>, VaultError> {
+        rows.into_iter()
+            .map(|(person, key_id, wrapped)| {
+                let bytes = <[u8; 32]>::try_from(person.as_slice())
+                    .map_err(|_| VaultError::Unreadable("a stored person is not 32 bytes"))?;
+                let person = Person(bytes);
+                Ok((person, self.unwrap(person, key_id, &wrapped)?))
+            })
+            .collect()
     }
 
     /// The person's key, made now if they have none (yet, or since an erasure).
@@ -280,30 +437,17 @@ impl Vault {
         connection: &mut PgConnection,
         person: Person,
     ) -> Result<DataKey, VaultError> {
-        let fresh = Aes256Gcm::generate_key(&mut OsRng);
-        sqlx::query(
-            "INSERT INTO vault_person_keys (person, wrapped_key) VALUES ($1, $2)
-             ON CONFLICT (person) DO NOTHING",
-        )
-        .bind(person.0.as_slice())
-        .bind(self.wrap(&person, fresh.as_slice()))
-        .execute(&mut *connection)
-        .await?;
-        let wrapped: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT wrapped_key FROM vault_person_keys WHERE person = $1")
-                .bind(person.0.as_slice())
-                .fetch_optional(&mut *connection)
-                .await?;
-        match wrapped {
-            Some(wrapped) => self.unwrap(person, &wrapped),
-            // Erased between the two statements: what is sealed now is for no one.
-            None => Err(VaultError::Unreadable("the person was erased meanwhile")),
-        }
+        self.keys_for(connection, &[person])
+            .await?
+            .remove(&person)
+            .ok_or(VaultError::ErasedMeanwhile)
     }
 
     /// The keys of `people`, made now for those who have none yet, in two statements
     /// for the whole batch (ingest seals a group of referrals at once). Someone erased
-    /// gets a new key: what was sealed before stays shut.
+    /// gets a new key: what was sealed before stays shut. The rows are read `FOR
+    /// SHARE`: an erasure waits for the caller's transaction (in which it records whose
+    /// its referrals are), so it never misses a referral being sealed.
     pub async fn keys_for(
         &self,
         connection: &mut PgConnection,
@@ -329,7 +473,19 @@ impl Vault {
         .bind(&wrapped)
         .execute(&mut *connection)
         .await?;
-        self.keys(connection, &wanted).await
+        let rows: Vec<(Vec<u8>, uuid::Uuid, Vec<u8>)> = sqlx::query_as(
+            "SELECT person, key_id, wrapped_key FROM vault_person_keys
+             WHERE person = ANY($1) ORDER BY person FOR SHARE",
+        )
+        .bind(&names)
+        .fetch_all(&mut *connection)
+        .await?;
+        let keys: HashMap<Person, DataKey> = self.unwrap_rows(rows)?.into_iter().collect();
+        if keys.len() < wanted.len() {
+            // Erased between the two statements: sealed now, it would be for no one.
+            return Err(VaultError::ErasedMeanwhile);
+        }
+        Ok(keys)
     }
 
     /// The keys of `people` that exist, in one query: an erased person (or one never
@@ -340,49 +496,80 @@ impl Vault {
         people: &[Person],
     ) -> Result<HashMap<Person, DataKey>, VaultError> {
         let wanted: Vec<Vec<u8>> = people.iter().map(|person| person.0.to_vec()).collect();
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
-            "SELECT person, wrapped_key FROM vault_person_keys WHERE person = ANY($1)",
+        let rows: Vec<(Vec<u8>, uuid::Uuid, Vec<u8>)> = sqlx::query_as(
+            "SELECT person, key_id, wrapped_key FROM vault_person_keys WHERE person = ANY($1)",
         )
         .bind(&wanted)
         .fetch_all(&mut *connection)
         .await?;
-        let mut keys = HashMap::with_capacity(rows.len());
-        for (person, wrapped) in rows {
-            let Ok(bytes) = <[u8; 32]>::try_from(person.as_slice()) else {
-                return Err(VaultError::Unreadable("a stored person is not 32 bytes"));
-            };
-            let person = Person(bytes);
-            keys.insert(person, self.unwrap(person, &wrapped)?);
-        }
-        Ok(keys)
+        Ok(self.unwrap_rows(rows)?.into_iter().collect())
     }
 
-    /// Erases `person`: their key is destroyed and the erasure recorded (by whom, and
-    /// when; the latest erasure of someone erased twice). Returns whether a key was
-    /// destroyed (false: none existed, or erased before). Commit the connection's
-    /// transaction for it to stand.
+    /// The keys with these ids that still exist, in one query (what readers of sealed
+    /// values need): a destroyed key is absent.
+    pub async fn keys_by_id(
+        &self,
+        connection: &mut PgConnection,
+        key_ids: &[uuid::Uuid],
+    ) -> Result<HashMap<uuid::Uuid, DataKey>, VaultError> {
+        let rows: Vec<(Vec<u8>, uuid::Uuid, Vec<u8>)> = sqlx::query_as(
+            "SELECT person, key_id, wrapped_key FROM vault_person_keys WHERE key_id = ANY($1)",
+        )
+        .bind(key_ids)
+        .fetch_all(&mut *connection)
+        .await?;
+        Ok(self
+            .unwrap_rows(rows)?
+            .into_iter()
+            .map(|(_, key)| (key.key_id, key))
+            .collect())
+    }
+
+    /// Erases `person`: their key is destroyed (after any transaction sealing for them
+    /// has committed: see [`Vault::keys_for`]), the record of which referrals were
+    /// theirs deleted, and that an erasure happened recorded (when, by whom, how many
+    /// referrals; nothing about the person). Returns what it did. Commit the
+    /// connection's transaction for it to stand.
     pub async fn erase(
         &self,
         connection: &mut PgConnection,
         person: Person,
         by: &str,
-    ) -> Result<bool, VaultError> {
-        let destroyed = sqlx::query("DELETE FROM vault_person_keys WHERE person = $1")
+    ) -> Result<Erased, VaultError> {
+        let key_destroyed = sqlx::query("DELETE FROM vault_person_keys WHERE person = $1")
             .bind(person.0.as_slice())
             .execute(&mut *connection)
             .await?
             .rows_affected()
             > 0;
-        sqlx::query(
-            "INSERT INTO vault_erasures (person, erased_at, erased_by) VALUES ($1, now(), $2)
-             ON CONFLICT (person) DO UPDATE SET erased_at = now(), erased_by = $2",
+        let mut referrals: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "DELETE FROM vault_referrals WHERE person = $1 RETURNING referral_id",
         )
         .bind(person.0.as_slice())
+        .fetch_all(&mut *connection)
+        .await?;
+        referrals.sort_unstable();
+        sqlx::query(
+            "INSERT INTO vault_erasures (erased_at, erased_by, referrals) VALUES (now(), $1, $2)",
+        )
         .bind(by)
+        .bind(i32::try_from(referrals.len()).unwrap_or(i32::MAX))
         .execute(&mut *connection)
         .await?;
-        Ok(destroyed)
+        Ok(Erased {
+            key_destroyed,
+            referrals: referrals.into_iter().map(ReferralId::from_uuid).collect(),
+        })
     }
+}
+
+/// What [`Vault::erase`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erased {
+    /// Whether a key was destroyed (false: none existed, or erased before).
+    pub key_destroyed: bool,
+    /// The referrals sealed for the person, in id order.
+    pub referrals: Vec<ReferralId>,
 }
 
 impl Vault {
@@ -400,24 +587,35 @@ impl Vault {
         }
     }
 
-    /// A dead letter's person: the first valid NHS number written in its bytes (the
-    /// person it is most likely about), else one made up for this dead letter alone
-    /// (`id`), which no erasure by NHS number reaches: its retention ends it.
-    pub fn person_of_dead_letter(&self, bytes: &[u8], id: &str) -> Person {
-        match nhs_numbers_in(bytes).into_iter().next() {
-            Some(number) => self.person_with_nhs_number(&number.to_string()),
-            None => self.name("dead-letter", id),
-        }
+    /// A dead letter's people: everyone whose valid NHS number is written in its
+    /// bytes; none when it names nobody by NHS number.
+    pub fn people_of_dead_letter(&self, bytes: &[u8]) -> Vec<Person> {
+        let mut people: Vec<Person> = nhs_numbers_in(bytes)
+            .iter()
+            .map(|number| self.person_with_nhs_number(&number.to_string()))
+            .collect();
+        people.sort_unstable();
+        people.dedup();
+        people
+    }
+
+    /// The stand-in person of dead letters that name nobody by NHS number, one per
+    /// `day` (`YYYY-MM-DD`): no erasure by NHS number reaches them, their topic's
+    /// retention does, and the vault gains one key a day for them, not one each.
+    pub fn person_of_anonymous_dead_letters(&self, day: &str) -> Person {
+        self.name("dead-letters-of-day", day)
     }
 
     /// Seals what identifies the person of each referral under their key (made now
-    /// for people new to the vault) and records whose each referral is, in two
-    /// round trips for the batch. Referrals already sealed are left as they are.
+    /// for people new to the vault) and records whose each referral is, in one
+    /// transaction of three statements for the batch. Referrals already sealed are
+    /// left as they are.
     pub async fn seal_referrals(
         &self,
         connection: &mut PgConnection,
         referrals: &mut [&mut ReferralReceived],
     ) -> Result<(), VaultError> {
+        use sqlx::Connection;
         let people: Vec<(usize, Person)> = referrals
             .iter()
             .enumerate()
@@ -428,16 +626,16 @@ impl Vault {
             return Ok(());
         }
         let everyone: Vec<Person> = people.iter().map(|(_, person)| *person).collect();
-        let keys = self.keys_for(connection, &everyone).await?;
+        let mut transaction = connection.begin().await?;
+        let keys = self.keys_for(&mut transaction, &everyone).await?;
         let whose: Vec<(uuid::Uuid, Person)> = people
             .iter()
             .map(|(index, person)| (*referrals[*index].referral_id.as_uuid(), *person))
             .collect();
-        self.record_referrals(connection, &whose).await?;
+        self.record_referrals(&mut transaction, &whose).await?;
+        transaction.commit().await?;
         for (index, person) in people {
-            let key = keys
-                .get(&person)
-                .ok_or(VaultError::Unreadable("the person was erased meanwhile"))?;
+            let key = keys.get(&person).ok_or(VaultError::ErasedMeanwhile)?;
             key.seal_referral(referrals[index]);
         }
         Ok(())
@@ -474,27 +672,27 @@ impl Vault {
         connection: &mut PgConnection,
         referrals: &mut [&mut ReferralReceived],
     ) -> Result<usize, VaultError> {
-        let mut people = Vec::new();
-        for received in referrals.iter() {
-            if let Some(sealed) = &received.sealed {
-                if let Ok(person) = sealed_person(sealed) {
-                    people.push(person);
-                }
-            }
-        }
-        if people.is_empty() {
+        let mut ids: Vec<uuid::Uuid> = referrals
+            .iter()
+            .filter_map(|received| received.sealed.as_ref())
+            .filter_map(|sealed| sealed_key_id(sealed).ok())
+            .collect();
+        if ids.is_empty() {
             return Ok(0);
         }
-        let keys = self.keys(connection, &people).await?;
+        ids.sort_unstable();
+        ids.dedup();
+        let keys = self.keys_by_id(connection, &ids).await?;
         let mut redacted = 0;
         for received in referrals.iter_mut() {
             let Some(sealed) = &received.sealed else {
                 continue;
             };
-            let opened = sealed_person(sealed)
-                .ok()
-                .and_then(|person| keys.get(&person))
-                .ok_or(VaultError::Unreadable("no key: the person was erased"))
+            let opened = sealed_key_id(sealed)
+                .and_then(|id| {
+                    keys.get(&id)
+                        .ok_or(VaultError::Unreadable("no key: the person was erased"))
+                })
                 .and_then(|key| key.open(sealed))
                 .and_then(|plaintext| {
                     serde_json::from_slice::<ReferralIdentity>(&plaintext)
@@ -509,6 +707,51 @@ impl Vault {
             }
         }
         Ok(redacted)
+    }
+
+    /// Opens a value [`seal_for_all`] sealed, if every key it was sealed under still
+    /// exists (one query).
+    pub async fn open_sealed_for_all(
+        &self,
+        connection: &mut PgConnection,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, VaultError> {
+        let (shares, content) = split_sealed_for_all(sealed)?;
+        let mut ids = Vec::with_capacity(shares.len());
+        for share in &shares {
+            ids.push(split_sealed_bytes(share)?.0);
+        }
+        let keys = self.keys_by_id(connection, &ids).await?;
+        let mut key = [0u8; 32];
+        for (share, id) in shares.iter().zip(&ids) {
+            let opened = keys
+                .get(id)
+                .ok_or(VaultError::Unreadable(
+                    "no key: one of its people was erased",
+                ))?
+                .open_bytes(share)?;
+            if opened.len() != 32 {
+                return Err(VaultError::Unreadable("a key share is not 32 bytes"));
+            }
+            for (byte, other) in key.iter_mut().zip(opened) {
+                *byte ^= other;
+            }
+        }
+        if content.len() < 12 {
+            return Err(VaultError::Unreadable("a sealed value is cut short"));
+        }
+        let (nonce, ciphertext) = content.split_at(12);
+        Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key))
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: SEALED_FOR_ALL_MAGIC,
+                },
+            )
+            .map_err(|_| {
+                VaultError::Unreadable("the tag does not verify (altered, or another key)")
+            })
     }
 
     /// The person a referral was sealed for, if this vault sealed it.

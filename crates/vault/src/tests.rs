@@ -10,7 +10,11 @@ const SECRET: &str = "vault-tests-secret-0123456789abcdef0123456789";
 fn key(vault: &Vault, person: Person) -> DataKey {
     let fresh = Aes256Gcm::generate_key(&mut OsRng);
     vault
-        .unwrap(person, &vault.wrap(&person, fresh.as_slice()))
+        .unwrap(
+            person,
+            uuid::Uuid::now_v7(),
+            &vault.wrap(&person, fresh.as_slice()),
+        )
         .unwrap()
 }
 
@@ -22,7 +26,11 @@ fn a_sealed_value_opens_with_its_persons_key_and_no_other() {
     let (ada_key, tobias_key) = (key(&vault, ada), key(&vault, tobias));
     let sealed = ada_key.seal(br#"{"family":"Brightwater"}"#);
     assert!(!sealed.ciphertext.contains("Brightwater"));
-    assert_eq!(sealed_person(&sealed).unwrap(), ada);
+    assert_eq!(sealed_key_id(&sealed).unwrap(), ada_key.key_id());
+    assert!(
+        !sealed.key.contains(&ada.to_string()),
+        "the person is not named"
+    );
     assert_eq!(
         ada_key.open(&sealed).unwrap(),
         br#"{"family":"Brightwater"}"#
@@ -31,9 +39,9 @@ fn a_sealed_value_opens_with_its_persons_key_and_no_other() {
         tobias_key.open(&sealed),
         Err(VaultError::Unreadable(_))
     ));
-    // Claiming to be Tobias's does not help: the person is bound into the tag.
+    // Claiming to be under Tobias's key does not help: the key id is bound into the tag.
     let relabelled = Sealed {
-        person: tobias.to_string(),
+        key: tobias_key.key_id().to_string(),
         ..sealed.clone()
     };
     assert!(tobias_key.open(&relabelled).is_err());
@@ -85,15 +93,16 @@ fn a_stored_key_opens_only_under_the_vault_secret_that_wrapped_it() {
     let vault = vault(SECRET);
     let person = vault.person_of_referral("r-2");
     let wrapped = vault.wrap(&person, &[7u8; 32]);
-    assert!(vault.unwrap(person, &wrapped).is_ok());
+    let id = uuid::Uuid::now_v7();
+    assert!(vault.unwrap(person, id, &wrapped).is_ok());
     let other = self::vault("another-deployments-secret-0123456789abcdef");
     assert!(matches!(
-        other.unwrap(person, &wrapped),
+        other.unwrap(person, id, &wrapped),
         Err(VaultError::Unreadable(_))
     ));
     // Nor under another person's name.
     assert!(vault
-        .unwrap(vault.person_of_referral("r-3"), &wrapped)
+        .unwrap(vault.person_of_referral("r-3"), id, &wrapped)
         .is_err());
 }
 
@@ -125,15 +134,61 @@ fn nhs_numbers_are_found_in_bytes_however_they_are_spaced_and_only_when_valid() 
 }
 
 #[test]
-fn a_dead_letter_is_its_nhs_numbers_person_or_one_of_its_own() {
+fn a_dead_letters_people_are_everyone_it_names_by_nhs_number() {
     let vault = vault(SECRET);
     assert_eq!(
-        vault.person_of_dead_letter(b"{\"value\":\"9990000018\"}", "a"),
-        vault.person_with_nhs_number("9990000018")
+        vault.people_of_dead_letter(
+            b"{\"a\":\"9990000026\",\"b\":\"9990000018\",\"c\":\"9990000018\"}"
+        ),
+        {
+            let mut both = vec![
+                vault.person_with_nhs_number("9990000018"),
+                vault.person_with_nhs_number("9990000026"),
+            ];
+            both.sort_unstable();
+            both
+        }
     );
-    let anonymous = vault.person_of_dead_letter(b"not json", "a");
-    assert_ne!(anonymous, vault.person_of_dead_letter(b"not json", "b"));
-    assert_ne!(anonymous, vault.person_of_referral("a"));
+    assert!(vault.people_of_dead_letter(b"not json").is_empty());
+    let day = vault.person_of_anonymous_dead_letters("2026-12-07");
+    assert_eq!(day, vault.person_of_anonymous_dead_letters("2026-12-07"));
+    assert_ne!(day, vault.person_of_anonymous_dead_letters("2026-12-08"));
+}
+
+#[test]
+fn a_value_sealed_for_several_people_needs_every_ones_key() {
+    let vault = vault(SECRET);
+    let ada = key(&vault, vault.person_with_nhs_number("9990000018"));
+    let tobias = key(&vault, vault.person_with_nhs_number("9990000026"));
+    let sealed = seal_for_all(&[&ada, &tobias], b"both of them");
+    let (shares, content) = split_sealed_for_all(&sealed).unwrap();
+    assert_eq!(shares.len(), 2);
+    assert!(!content.windows(12).any(|window| window == b"both of them"));
+    // Each share opens with its own key only; the two together give the content key.
+    let first = ada.open_bytes(shares[0]).unwrap();
+    let second = tobias.open_bytes(shares[1]).unwrap();
+    assert!(tobias.open_bytes(shares[0]).is_err());
+    let mut content_key = [0u8; 32];
+    for ((byte, a), b) in content_key.iter_mut().zip(first).zip(second) {
+        *byte = a ^ b;
+    }
+    let (nonce, ciphertext) = content.split_at(12);
+    let opened = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&content_key))
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: SEALED_FOR_ALL_MAGIC,
+            },
+        )
+        .unwrap();
+    assert_eq!(opened, b"both of them");
+    // One person alone: one share, which is the content key itself.
+    let alone = seal_for_all(&[&ada], b"only Ada");
+    assert_eq!(split_sealed_for_all(&alone).unwrap().0.len(), 1);
+    // Cut short or not sealed at all: refused, not misread.
+    assert!(split_sealed_for_all(&sealed[..10]).is_err());
+    assert!(split_sealed_for_all(b"plain text").is_err());
 }
 
 #[test]

@@ -985,8 +985,7 @@ async fn on_provider_responses_the_same_transitions_are_refused_to_the_dlq_and_r
         .await
         .expect("a live person's dead letter opens");
         assert_eq!(
-            &opened.body_bytes(),
-            body,
+            &opened.body, body,
             "the dead letter carries the message as sent"
         );
         assert_eq!(
@@ -2371,6 +2370,20 @@ async fn an_erased_person_is_unreadable_on_the_log_redacted_after_replay_and_not
     ] {
         let notice = notice_on(topic.clone()).await;
         assert_eq!(notice.key.as_deref(), Some(erased.to_string().as_str()));
+        if topic.contains("provider.") {
+            // The provider holding the referral was told the request is void first.
+            let withdrawn = run
+                .stack
+                .read_topic(&topic, 1, Duration::from_secs(5))
+                .await
+                .into_iter()
+                .filter(|message| message.offset < notice.offset)
+                .any(|message| {
+                    let text = String::from_utf8_lossy(&message.payload);
+                    text.contains("\"cancelled\"") && text.contains("erased at their request")
+                });
+            assert!(withdrawn, "no withdrawal before the notice on {topic}");
+        }
         let body: Value = serde_json::from_slice(&notice.payload).unwrap();
         assert_eq!(body["id"], erased.to_string(), "{topic}");
         assert_eq!(body["meta"]["security"][0]["code"], "REDACTED");
@@ -2406,6 +2419,12 @@ async fn an_erased_person_is_unreadable_on_the_log_redacted_after_replay_and_not
             .await;
         assert_eq!(status, 200, "{read}");
         assert_eq!(read["meta"]["security"][0]["code"], "REDACTED", "{read}");
+        // Nobody can work with her now: the referral is cancelled, the Task with it.
+        assert_eq!(read["status"], "revoked", "{read}");
+        let (_, task_now) = run
+            .get(&format!("/fhir/Task/{}", erased.task_id(1)), &connectors)
+            .await;
+        assert_eq!(task_now["status"], "cancelled", "{task_now}");
         let (_, found) = run
             .post_form(
                 "/fhir/ServiceRequest/_search",
@@ -2423,8 +2442,13 @@ async fn an_erased_person_is_unreadable_on_the_log_redacted_after_replay_and_not
         assert!(other.to_string().contains("Quillfeather"), "{other}");
         // Nothing readable about Ada anywhere in linkwork's database (her key is gone,
         // so what the log and the router hold of her stays sealed).
+        // Not even the vault's keyed hash of her NHS number, which whoever holds the
+        // vault secret could reverse by trying every number.
+        let hash = crate::helpers::vault()
+            .person_with_nhs_number(ada[0])
+            .to_string();
         let rows = every_row(&run.pool).await;
-        let found = holding(&rows, &ada);
+        let found = holding(&rows, &[&ada[..], &[hash.as_str()]].concat());
         assert!(found.is_empty(), "Ada is still readable in {found:?}");
         assert!(!holding(&rows, &tobias[..2]).is_empty(), "Tobias is kept");
         let birth_date: Option<chrono::NaiveDate> = linkwork_store::sqlx::query_scalar(
@@ -2504,8 +2528,70 @@ async fn a_dead_letter_about_a_person_is_sealed_and_unreadable_once_they_are_era
     let opened = dlq::open(&vault, &mut connection, &letter.payload)
         .await
         .expect("it opens");
-    assert_eq!(opened.body_bytes(), body.as_bytes());
+    assert_eq!(opened.body, body.as_bytes());
     assert!(opened.reason.contains("OperationOutcome"));
+
+    // A refused Bundle naming two people opens only while both are in the vault.
+    let mut both = linkwork_testkit::gp_referral(&unique("DLQ2"));
+    both.as_object_mut().unwrap().remove("code");
+    both["contained"]
+        .as_array_mut()
+        .unwrap()
+        .push(other_practice_referral("x")["contained"][0].clone());
+    both["contained"][1]["id"] = json!("carer");
+    let body_of_both = both.to_string();
+    let mut headers = HeaderList::default();
+    headers.push("linkwork-source", "gp:A81001");
+    producer
+        .send(Outbound {
+            topic: &run.names.topic(linkwork_bus::topics::REFERRALS_INBOUND),
+            key: Some(b"https://gp.example/referrals|DLQ2"),
+            partition: None,
+            payload: body_of_both.as_bytes(),
+            headers,
+        })
+        .await
+        .expect("acknowledged");
+    let letters = run
+        .stack
+        .read_topic(&dead_letters, 2, Duration::from_secs(60))
+        .await;
+    assert_eq!(letters.len(), 2);
+    let second = letters
+        .iter()
+        .find(|other| other.payload != letter.payload)
+        .unwrap();
+    let text = String::from_utf8_lossy(&second.payload).into_owned();
+    assert!(!text.contains("Quillfeather") && !text.contains(linkwork_testkit::NHS_NUMBERS[1]));
+    assert_eq!(
+        dlq::open(&vault, &mut connection, &second.payload)
+            .await
+            .unwrap()
+            .body,
+        body_of_both.as_bytes()
+    );
+    let (status, answer) = run
+        .post(
+            "/fhir/Patient/$erase",
+            &admin,
+            &json!({"resourceType": "Parameters", "parameter": [
+                {"name": "nhsNumber", "valueString": linkwork_testkit::NHS_NUMBERS[1]}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        dlq::open(&vault, &mut connection, &second.payload)
+            .await
+            .is_err(),
+        "erasing either person shuts a dead letter naming both"
+    );
+    assert!(
+        dlq::open(&vault, &mut connection, &letter.payload)
+            .await
+            .is_ok(),
+        "Ada's own still opens"
+    );
 
     // Erased (she has no referral on record, only the dead letter): it opens no more.
     let (status, answer) = run

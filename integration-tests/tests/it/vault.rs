@@ -54,8 +54,20 @@ async fn a_persons_key_is_made_once_read_in_batches_and_destroyed_by_erasure_for
     assert!(keys[&tobias].open(&tobias_sealed).is_ok());
 
     // Erased: the key is gone, nothing opens.
-    assert!(vault.erase(&mut connection, ada, "ig-lead").await.unwrap());
-    assert!(!vault.erase(&mut connection, ada, "ig-lead").await.unwrap());
+    assert!(
+        vault
+            .erase(&mut connection, ada, "ig-lead")
+            .await
+            .unwrap()
+            .key_destroyed
+    );
+    assert!(
+        !vault
+            .erase(&mut connection, ada, "ig-lead")
+            .await
+            .unwrap()
+            .key_destroyed
+    );
     let keys = vault.keys(&mut connection, &[ada, tobias]).await.unwrap();
     assert!(!keys.contains_key(&ada));
     assert!(
@@ -68,15 +80,26 @@ async fn a_persons_key_is_made_once_read_in_batches_and_destroyed_by_erasure_for
         renewed.open(&sealed),
         Err(VaultError::Unreadable(_))
     ));
-    let erasures: Vec<(Vec<u8>, String)> =
-        linkwork_store::sqlx::query_as("SELECT person, erased_by FROM vault_erasures")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    // Each erasure is recorded, and nothing of the person with it: no keyed hash of
+    // the NHS number (reversible by whoever holds the vault secret) outlives it.
+    let erasures: Vec<(String, i32)> = linkwork_store::sqlx::query_as(
+        "SELECT erased_by, referrals FROM vault_erasures ORDER BY erased_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     assert_eq!(
         erasures,
-        vec![(ada.as_bytes().to_vec(), "ig-lead".to_owned())]
+        vec![("ig-lead".to_owned(), 0), ("ig-lead".to_owned(), 0)]
     );
+    let kept: i64 = linkwork_store::sqlx::query_scalar(
+        "SELECT count(*) FROM vault_person_keys WHERE person = $1",
+    )
+    .bind(ada.as_bytes().as_slice())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, 1, "only Ada's new key, made after the erasures");
     // What was sealed for Ada stays sealed under every key the vault holds.
     let keys = vault.keys(&mut connection, &[ada, tobias]).await.unwrap();
     assert_eq!(keys.len(), 2);
@@ -169,12 +192,15 @@ async fn a_batch_of_referrals_is_sealed_on_the_log_opens_for_its_readers_and_sta
             "what routing needs beyond the person stays"
         );
     }
-    // Each referral is recorded as its person's.
+    // Each referral is recorded as its person's; on the log it names only a random
+    // key id.
     let first = vault.person_of(&originals[0]);
     assert_eq!(
         vault.referrals_of(&mut connection, first).await.unwrap(),
         vec![originals[0].referral_id]
     );
+    let on_log = sealed[0].sealed.as_ref().unwrap();
+    assert!(uuid::Uuid::parse_str(&on_log.key).is_ok(), "{on_log:?}");
     assert_eq!(
         vault
             .person_of_sealed_referral(&mut connection, originals[1].referral_id)
@@ -192,11 +218,19 @@ async fn a_batch_of_referrals_is_sealed_on_the_log_opens_for_its_readers_and_sta
     assert_eq!(redacted, 0);
     assert_eq!(opened, originals);
 
-    // The first person is erased: theirs stays shut, the other's opens.
-    vault
+    // The first person is erased: theirs stays shut, the other's opens, and the
+    // record of whose referral it was goes with the key.
+    let erased = vault
         .erase(&mut connection, first, "admin:ig-lead")
         .await
         .unwrap();
+    assert!(erased.key_destroyed);
+    assert_eq!(erased.referrals, vec![originals[0].referral_id]);
+    assert!(vault
+        .referrals_of(&mut connection, first)
+        .await
+        .unwrap()
+        .is_empty());
     let mut reopened = sealed.clone();
     let redacted = vault
         .open_referrals(

@@ -2,9 +2,10 @@
 //! under their own key before it reaches `referral.events` or a dead letter
 //! (linkwork-vault). Erasing them, in one transaction:
 //!
-//! 1. finds the referrals sealed for them (the vault records whose each is, by a keyed
-//!    hash, never by an identifier);
-//! 2. destroys their key and records the erasure (who, when);
+//! 1. destroys their key (once any batch being sealed for them has committed);
+//! 2. takes the referrals sealed for them from the vault's record (kept by a keyed
+//!    hash, never by an identifier, and deleted now) and records that an erasure
+//!    happened (who, when, how many referrals: nothing about the person);
 //! 3. puts `ReferralErased` for each referral in the outbox, so the projector redacts
 //!    its read models and tells the referrer, and the router tells the provider.
 //!
@@ -67,8 +68,12 @@ pub async fn erase(
             .await?
             .unwrap_or_else(|| vault.person_of_referral(&referral_id.to_string())),
     };
-    let referrals = vault.referrals_of(&mut transaction, person).await?;
-    let key_destroyed = vault
+    // The key first: an erasure waits here for any batch sealing for the person to
+    // commit, so the referrals it then reads include that batch's.
+    let linkwork_vault::Erased {
+        key_destroyed,
+        referrals,
+    } = vault
         .erase(&mut transaction, person, &by.to_string())
         .await?;
     let now = Utc::now();

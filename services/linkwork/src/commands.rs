@@ -59,6 +59,20 @@ pub async fn erase(
     by: &str,
 ) -> anyhow::Result<()> {
     use linkwork_ingest::erasure::{erase, ErasureTarget};
+    // `-` reads the number from standard input, so it stays out of the process list
+    // and the shell's history.
+    let from_stdin;
+    let nhs_number = match nhs_number {
+        Some("-") => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the NHS number from standard input")?;
+            from_stdin = line.trim().to_owned();
+            Some(from_stdin.as_str())
+        }
+        other => other,
+    };
     let target = match (nhs_number, referral) {
         (Some(number), None) => {
             ErasureTarget::NhsNumber(linkwork_domain::NhsNumber::parse(number).map_err(

@@ -76,7 +76,8 @@ struct ReportArgs {
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("person").required(true).multiple(false)))]
 struct EraseArgs {
-    /// The person's NHS number (ten digits).
+    /// The person's NHS number (ten digits), or `-` to read it from standard input
+    /// (out of the process list and the shell's history).
     #[arg(long, group = "person")]
     nhs_number: Option<String>,
     /// One of the person's referrals (for a person without an NHS number).

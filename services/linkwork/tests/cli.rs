@@ -880,16 +880,21 @@ fn erase_by_nhs_number_destroys_the_key_and_the_referral_reads_back_redacted() {
         String::from_utf8_lossy(&refused.stderr)
     );
 
-    let output = deployment
-        .command(&[
-            "erase",
-            "--nhs-number",
-            linkwork_testkit::NHS_NUMBERS[0],
-            "--by",
-            "ig-lead",
-        ])
-        .output()
+    // The number from standard input, kept out of the process list.
+    let mut erase = deployment
+        .command(&["erase", "--nhs-number", "-", "--by", "ig-lead"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("linkwork runs");
+    erase
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{}\n", linkwork_testkit::NHS_NUMBERS[0]).as_bytes())
+        .unwrap();
+    let output = erase.wait_with_output().expect("linkwork finishes");
     let printed = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),

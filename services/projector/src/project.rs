@@ -592,6 +592,13 @@ fn step(
             ))
         }
         ReferralEvent::Erased(erased) => {
+            if after_status != before_status {
+                close_open_task(
+                    writes,
+                    after_status.code(),
+                    "the person's data was erased at their request".to_owned(),
+                );
+            }
             outputs.push((
                 index,
                 Output::Erased {
@@ -615,6 +622,13 @@ fn step(
     }
     if after_status.is_terminal() && !before_status.is_terminal() {
         projected.closed_at = Some(at);
+    }
+    // An erasure's notice stands in for the closing summary: nothing about the person
+    // goes out after it.
+    if after_status.is_terminal()
+        && !before_status.is_terminal()
+        && !matches!(event, ReferralEvent::Erased(_))
+    {
         outputs.push((
             index,
             Output::Closed {

@@ -262,14 +262,17 @@ impl PersonReasons {
         let needs: Vec<&str> = person.needs.iter().map(|need| need.code()).collect();
         Self {
             area: match district {
-                Some(district) => format!("does not serve postcode district {district}"),
+                // Reasons go on the log, which is kept for ever and is not sealed: they
+                // name no value of the person's (district, age, language), which
+                // would outlive an erasure.
+                Some(_) => "does not serve the person's postcode district".to_owned(),
                 None => "the referral gives no postcode to check the area against".to_owned(),
             },
             needs: format!("handles none of the person's needs ({})", needs.join(", ")),
             language: person
                 .language
                 .as_ref()
-                .map(|language| format!("does not work in the person's language ({language})")),
+                .map(|_| "does not work in the person's language".to_owned()),
         }
     }
 }
@@ -302,7 +305,10 @@ fn eligibility(
     if !provider.ages.is_unbounded() {
         match person.age {
             Some(age) if provider.ages.contains(age) => {}
-            Some(age) => reasons.push(format!("serves {}; the person is {age}", provider.ages)),
+            Some(_) => reasons.push(format!(
+                "serves {}; the person is outside it",
+                provider.ages
+            )),
             None => reasons.push(format!(
                 "serves {}; the referral gives no birth date",
                 provider.ages

@@ -322,8 +322,17 @@ impl Step<'_> {
                 for provider in &route.tried {
                     told.push(self.config.topics.provider_queue(provider));
                 }
-                if route.status == RouteStatus::Unroutable {
+                // Triage has it when the last decision sent it there (triage is where
+                // a referral stays: nothing routes it on), closed since or not.
+                if route.status == RouteStatus::Unroutable
+                    || route.confirmed_attempt > route.attempt
+                {
                     told.push(self.config.topics.triage.clone());
+                }
+                // A provider holding it is told the request is void, as on a
+                // cancellation, before the notice.
+                if matches!(route.status, RouteStatus::Requested | RouteStatus::Accepted) {
+                    self.withdraw(route, "the person's data was erased at their request");
                 }
                 told.sort_unstable();
                 told.dedup();
@@ -596,6 +605,7 @@ pub fn touches_caseloads(event: &ReferralEvent) -> bool {
             | ReferralEvent::Failed(_)
             | ReferralEvent::Cancelled(_)
             | ReferralEvent::EnteredInError(_)
+            | ReferralEvent::Erased(_)
     )
 }
 

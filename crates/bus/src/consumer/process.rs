@@ -480,6 +480,9 @@ impl<H: Handler> Processor<H> {
                 .await
                 .map_err(|error| match error {
                     linkwork_vault::VaultError::Database(error) => Failure::from(error),
+                    erased @ linkwork_vault::VaultError::ErasedMeanwhile => {
+                        Failure::Retryable(erased.to_string())
+                    }
                     other => Failure::Fatal(other.to_string()),
                 })?;
         }

@@ -711,3 +711,52 @@ fn a_provider_change_is_judged_on_where_the_task_stands_alone() {
         })
     );
 }
+
+fn erased(by: &str) -> ReferralErased {
+    ReferralErased {
+        referral_id: referral_id(),
+        erased_by: Actor::parse(by).unwrap(),
+        occurred_at: at(30),
+    }
+}
+
+#[test]
+fn an_erasure_by_an_administrator_cancels_an_open_referral_and_leaves_a_closed_one_closed() {
+    for from in Status::ALL {
+        let state = given(from);
+        let events = decide(Some(&state), Command::Erase(erased("admin:ig-lead")))
+            .unwrap_or_else(|refusal| panic!("erasing a {from} referral was refused: {refusal}"));
+        assert_eq!(events, vec![ReferralEvent::Erased(erased("admin:ig-lead"))]);
+        let after = apply(Some(state), &events[0]).expect("state");
+        let expected = if from.is_terminal() {
+            from
+        } else {
+            Status::Cancelled
+        };
+        assert_eq!(after.status, expected, "erasing a {from} referral");
+        assert_eq!(after.accept_by, None);
+    }
+    // Repeated, it applies again (it redacts again); nothing in the state refuses it.
+    let cancelled = given(Status::Cancelled);
+    assert!(matches!(
+        fold(
+            Some(&cancelled),
+            &ReferralEvent::Erased(erased("system:ingest"))
+        ),
+        Folded::Applied(_)
+    ));
+}
+
+#[test]
+fn only_an_administrator_or_linkwork_itself_may_erase() {
+    let state = given(Status::Accepted);
+    for actor in ["gp:A81001", "provider:connectors", "self"] {
+        assert!(
+            matches!(
+                decide(Some(&state), Command::Erase(erased(actor))),
+                Err(Refusal::NotPermitted { .. })
+            ),
+            "{actor} erased"
+        );
+    }
+}
