@@ -608,14 +608,13 @@ impl Vault {
 
     /// Seals what identifies the person of each referral under their key (made now
     /// for people new to the vault) and records whose each referral is, in one
-    /// transaction of three statements for the batch. Referrals already sealed are
-    /// left as they are.
+    /// statement for the batch (ingest's group commit calls it once per group).
+    /// Referrals already sealed are left as they are.
     pub async fn seal_referrals(
         &self,
         connection: &mut PgConnection,
         referrals: &mut [&mut ReferralReceived],
     ) -> Result<(), VaultError> {
-        use sqlx::Connection;
         let people: Vec<(usize, Person)> = referrals
             .iter()
             .enumerate()
@@ -625,16 +624,51 @@ impl Vault {
         if people.is_empty() {
             return Ok(());
         }
-        let everyone: Vec<Person> = people.iter().map(|(_, person)| *person).collect();
-        let mut transaction = connection.begin().await?;
-        let keys = self.keys_for(&mut transaction, &everyone).await?;
-        let whose: Vec<(uuid::Uuid, Person)> = people
+        let mut wanted: Vec<Person> = people.iter().map(|(_, person)| *person).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let names: Vec<Vec<u8>> = wanted.iter().map(|person| person.0.to_vec()).collect();
+        let wrapped: Vec<Vec<u8>> = wanted
             .iter()
-            .map(|(index, person)| (*referrals[*index].referral_id.as_uuid(), *person))
+            .map(|person| self.wrap(person, Aes256Gcm::generate_key(&mut OsRng).as_slice()))
             .collect();
-        self.record_referrals(&mut transaction, &whose).await?;
-        transaction.commit().await?;
+        let ids: Vec<uuid::Uuid> = people
+            .iter()
+            .map(|(index, _)| *referrals[*index].referral_id.as_uuid())
+            .collect();
+        let whose: Vec<Vec<u8>> = people.iter().map(|(_, person)| person.0.to_vec()).collect();
+        // Keys made for people new to the vault, the others' read FOR SHARE (an erasure
+        // waits for this statement, and then finds these referrals), and whose each
+        // referral is: one statement, so one transaction. A row the statement inserts
+        // is not in its own snapshot, so `fresh` and `existing` never overlap.
+        let rows: Vec<(Vec<u8>, uuid::Uuid, Vec<u8>)> = sqlx::query_as(
+            "WITH fresh AS (
+                 INSERT INTO vault_person_keys (person, wrapped_key)
+                 SELECT batch.person, batch.wrapped_key
+                 FROM unnest($1::BYTEA[], $2::BYTEA[]) AS batch(person, wrapped_key)
+                 ORDER BY batch.person
+                 ON CONFLICT (person) DO NOTHING
+                 RETURNING person, key_id, wrapped_key
+             ), existing AS (
+                 SELECT person, key_id, wrapped_key FROM vault_person_keys
+                 WHERE person = ANY($1) ORDER BY person FOR SHARE
+             ), recorded AS (
+                 INSERT INTO vault_referrals (referral_id, person)
+                 SELECT * FROM unnest($3::UUID[], $4::BYTEA[]) ORDER BY 1
+                 ON CONFLICT (referral_id) DO NOTHING
+             )
+             SELECT person, key_id, wrapped_key FROM fresh
+             UNION ALL SELECT person, key_id, wrapped_key FROM existing",
+        )
+        .bind(&names)
+        .bind(&wrapped)
+        .bind(&ids)
+        .bind(&whose)
+        .fetch_all(&mut *connection)
+        .await?;
+        let keys: HashMap<Person, DataKey> = self.unwrap_rows(rows)?.into_iter().collect();
         for (index, person) in people {
+            // Erased meanwhile, or made meanwhile by a batch not yet committed.
             let key = keys.get(&person).ok_or(VaultError::ErasedMeanwhile)?;
             key.seal_referral(referrals[index]);
         }

@@ -682,11 +682,17 @@ impl Intake {
                         receipts::release(&mut connection, *referral_id, hash, *attempted_at).await;
                 }
             }
-            for (index, ..) in &meta {
+            for (index, referral_id, ..) in &meta {
                 results[*index] = Some(Err(match &error {
                     linkwork_vault::VaultError::Database(error) => {
                         IntakeError::Database(clone_error(error))
                     }
+                    // A key made or destroyed by another batch at the same moment:
+                    // nothing was published, and a retry finds the key settled.
+                    linkwork_vault::VaultError::ErasedMeanwhile => IntakeError::Unsettled {
+                        referral_id: *referral_id,
+                        retry_after: Duration::from_secs(1),
+                    },
                     _ => IntakeError::Internal("a referral could not be sealed"),
                 }));
             }
