@@ -431,6 +431,23 @@ impl Vault {
             .collect()
     }
 
+    /// `people` in order without repeats, their names as bound, and a fresh key for
+    /// each, wrapped (kept only for those new to the vault).
+    fn candidates(
+        &self,
+        people: impl IntoIterator<Item = Person>,
+    ) -> (Vec<Person>, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let mut wanted: Vec<Person> = people.into_iter().collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let names = wanted.iter().map(|person| person.0.to_vec()).collect();
+        let wrapped = wanted
+            .iter()
+            .map(|person| self.wrap(person, Aes256Gcm::generate_key(&mut OsRng).as_slice()))
+            .collect();
+        (wanted, names, wrapped)
+    }
+
     /// The person's key, made now if they have none (yet, or since an erasure).
     pub async fn key_for(
         &self,
@@ -453,14 +470,7 @@ impl Vault {
         connection: &mut PgConnection,
         people: &[Person],
     ) -> Result<HashMap<Person, DataKey>, VaultError> {
-        let mut wanted: Vec<Person> = people.to_vec();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let names: Vec<Vec<u8>> = wanted.iter().map(|person| person.0.to_vec()).collect();
-        let wrapped: Vec<Vec<u8>> = wanted
-            .iter()
-            .map(|person| self.wrap(person, Aes256Gcm::generate_key(&mut OsRng).as_slice()))
-            .collect();
+        let (wanted, names, wrapped) = self.candidates(people.iter().copied());
         // In person order, so two batches never wait on each other's rows.
         sqlx::query(
             "INSERT INTO vault_person_keys (person, wrapped_key)
@@ -624,14 +634,7 @@ impl Vault {
         if people.is_empty() {
             return Ok(());
         }
-        let mut wanted: Vec<Person> = people.iter().map(|(_, person)| *person).collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let names: Vec<Vec<u8>> = wanted.iter().map(|person| person.0.to_vec()).collect();
-        let wrapped: Vec<Vec<u8>> = wanted
-            .iter()
-            .map(|person| self.wrap(person, Aes256Gcm::generate_key(&mut OsRng).as_slice()))
-            .collect();
+        let (_, names, wrapped) = self.candidates(people.iter().map(|(_, person)| *person));
         let ids: Vec<uuid::Uuid> = people
             .iter()
             .map(|(index, _)| *referrals[*index].referral_id.as_uuid())

@@ -19,7 +19,7 @@ use linkwork_domain::{ReferralEvent, ReferralId};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::resources;
+use crate::resources::{self, Retraction};
 use crate::ProjectorConfig;
 use linkwork_projection::model::{
     self, ActivityRow, BatchWrites, ContactRow, HistoryRow, ModelError, NewReferral,
@@ -260,6 +260,24 @@ pub async fn apply_batch(
         folded,
         referrals,
         positions,
+    })
+}
+
+/// A retraction of each pseudonymised record in `sent`, caused by the event at
+/// `index`.
+fn retractions<'a>(
+    config: &'a ProjectorConfig,
+    person: &'a Person<'a>,
+    sent: Option<&'a Vec<ObservationRow>>,
+    at: DateTime<Utc>,
+    index: usize,
+    why: Retraction,
+) -> impl Iterator<Item = (usize, OutboxEvent)> + 'a {
+    sent.into_iter().flatten().map(move |observation| {
+        (
+            index,
+            resources::retraction_message(config, person, observation, at, why),
+        )
     })
 }
 
@@ -788,18 +806,15 @@ impl ProjectorHandler {
                         continue;
                     }
                     let person = Self::person(projected);
-                    for observation in released.get(referral.as_uuid()).into_iter().flatten() {
-                        messages.push((
-                            *index,
-                            resources::retraction_message(
-                                config,
-                                &person,
-                                observation,
-                                *at,
-                                resources::Retraction::ConsentWithdrawn,
-                            ),
-                        ));
-                    }
+                    let sent = released.get(referral.as_uuid());
+                    messages.extend(retractions(
+                        config,
+                        &person,
+                        sent,
+                        *at,
+                        *index,
+                        Retraction::ConsentWithdrawn,
+                    ));
                 }
                 Output::Erased {
                     referral,
@@ -826,18 +841,15 @@ impl ProjectorHandler {
                         birth_date: *birth_date,
                         postcode: postcode.as_deref(),
                     };
-                    for observation in released.get(referral.as_uuid()).into_iter().flatten() {
-                        messages.push((
-                            *index,
-                            resources::retraction_message(
-                                config,
-                                &person,
-                                observation,
-                                *at,
-                                resources::Retraction::Erased,
-                            ),
-                        ));
-                    }
+                    let sent = released.get(referral.as_uuid());
+                    messages.extend(retractions(
+                        config,
+                        &person,
+                        sent,
+                        *at,
+                        *index,
+                        Retraction::Erased,
+                    ));
                 }
                 Output::Closed { referral, at } => {
                     let projected = &referrals[referral];
