@@ -84,8 +84,15 @@ pub async fn read(
         .set("enable.auto.commit", "false")
         .create()
         .expect("reader");
+    // A topic created a moment ago (by a projector, say) may not be in the broker's
+    // metadata yet: it has no partitions until it is, and nothing would be read.
+    let mut partitions = log_ends(kafka, topic).await;
+    while partitions.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        partitions = log_ends(kafka, topic).await;
+    }
     let mut assignment = TopicPartitionList::new();
-    for (partition, _, _) in log_ends(kafka, topic).await {
+    for (partition, _, _) in partitions {
         assignment
             .add_partition_offset(topic, partition, Offset::Beginning)
             .expect("partition");
