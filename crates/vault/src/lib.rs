@@ -634,7 +634,7 @@ impl Vault {
         if people.is_empty() {
             return Ok(());
         }
-        let (_, names, wrapped) = self.candidates(people.iter().map(|(_, person)| *person));
+        let (wanted, names, wrapped) = self.candidates(people.iter().map(|(_, person)| *person));
         let ids: Vec<uuid::Uuid> = people
             .iter()
             .map(|(index, _)| *referrals[*index].referral_id.as_uuid())
@@ -669,9 +669,20 @@ impl Vault {
         .bind(&whose)
         .fetch_all(&mut *connection)
         .await?;
-        let keys: HashMap<Person, DataKey> = self.unwrap_rows(rows)?.into_iter().collect();
+        let mut keys: HashMap<Person, DataKey> = self.unwrap_rows(rows)?.into_iter().collect();
+        // Someone new whose key another batch made at the same moment: that row was
+        // not in the statement's snapshot, but is committed now (the insert waited
+        // for it), and a second look finds it.
+        let missing: Vec<Person> = wanted
+            .iter()
+            .filter(|person| !keys.contains_key(person))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            keys.extend(self.keys(connection, &missing).await?);
+        }
         for (index, person) in people {
-            // Erased meanwhile, or made meanwhile by a batch not yet committed.
+            // Erased meanwhile.
             let key = keys.get(&person).ok_or(VaultError::ErasedMeanwhile)?;
             key.seal_referral(referrals[index]);
         }
