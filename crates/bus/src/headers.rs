@@ -51,6 +51,14 @@ impl HeaderList {
     }
 
     /// The last value of a header, as text.
+    /// The bytes of the names and values.
+    pub fn size(&self) -> usize {
+        self.0
+            .iter()
+            .map(|(name, value)| name.len() + value.len())
+            .sum()
+    }
+
     pub fn get_str(&self, name: &str) -> Option<&str> {
         self.0
             .iter()

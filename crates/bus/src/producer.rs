@@ -127,7 +127,8 @@ impl Producer {
             .set("linger.ms", "2")
             .set("message.timeout.ms", timeout.as_millis().to_string())
             // What waits for the broker is bounded: a full queue makes senders wait.
-            .set("queue.buffering.max.kbytes", "16384");
+            // 4 MiB is over a tenth of a second of HTTP ingest at its fastest.
+            .set("queue.buffering.max.kbytes", "4096");
         if track {
             config.set(
                 "statistics.interval.ms",

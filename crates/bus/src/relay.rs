@@ -314,6 +314,9 @@ impl OutboxRelay {
             outbox::record_attempt(&mut connection, &ids, &partitions, &scan_from).await?;
             to_send.extend(fresh.into_iter().zip(partitions));
         }
+        // The round's rows grew the buffers of the connection that read them, which
+        // would keep them.
+        linkwork_store::sqlx::Connection::shrink_buffers(&mut *connection);
         drop(connection);
         let recorded_at = started.elapsed();
 

@@ -13,8 +13,13 @@ use crate::BusError;
 pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
 /// librdkafka's `fetch.max.bytes` for linkwork's consumers (default 50 MB): at most one
-/// fetch response of this size is buffered at a time, beside the prefetch queue.
-pub const FETCH_MAX_BYTES: &str = "4194304";
+/// fetch response of this size is buffered at a time, beside the prefetch queue. It
+/// must not be below the broker's largest message (`message.max.bytes`, 1 MB).
+pub const FETCH_MAX_BYTES: &str = "1048576";
+
+/// librdkafka's `queued.max.messages.kbytes` for linkwork's consumers (default 64 MiB):
+/// what it prefetches beyond what the poll thread has taken.
+pub const QUEUED_MAX_MESSAGES_KBYTES: &str = "2048";
 
 /// Bootstrap servers plus librdkafka properties passed through from
 /// `LINKWORK_KAFKA_<property>` (security settings, mostly).

@@ -50,10 +50,16 @@ pub struct ConsumerConfig {
     pub dlq_topic: String,
     /// A batch is applied when it holds this many messages...
     pub max_batch: usize,
+    /// ...or this many bytes of them ([`Record::size`])...
+    pub max_batch_bytes: usize,
     /// ...or when its first message has waited this long.
     pub max_batch_wait: Duration,
     /// Messages buffered between the poll thread and processing.
     pub queue_capacity: usize,
+    /// Bytes of records the poll thread hands to processing before processing has
+    /// committed them: the batch being applied and the next one gathering. At least
+    /// twice `max_batch_bytes`, so the next batch is ready when one commits.
+    pub in_flight_bytes: usize,
     pub session_timeout: Duration,
     /// How long a revocation waits for in-flight work before giving partitions up.
     pub revoke_deadline: Duration,
@@ -79,8 +85,10 @@ impl ConsumerConfig {
             topics: topics.iter().map(|topic| (*topic).to_owned()).collect(),
             dlq_topic: crate::topics::dlq(name),
             max_batch: 1000,
+            max_batch_bytes: 1024 * 1024,
             max_batch_wait: Duration::from_millis(5),
             queue_capacity: 2048,
+            in_flight_bytes: 2 * 1024 * 1024,
             session_timeout: Duration::from_secs(6),
             revoke_deadline: Duration::from_secs(4),
             max_retry_backoff: Duration::from_secs(30),
@@ -100,6 +108,17 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub headers: HeaderList,
+}
+
+impl Record {
+    /// About what the record occupies in memory: its key, payload and headers.
+    pub fn size(&self) -> usize {
+        const OVERHEAD: usize = 128;
+        OVERHEAD
+            + self.key.as_ref().map_or(0, Vec::len)
+            + self.payload.as_ref().map_or(0, Vec::len)
+            + self.headers.size()
+    }
 }
 
 /// A decoded message and the id the consumer de-duplicates on.
@@ -394,6 +413,7 @@ impl<H: Handler> ConsumerRunner<H> {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), BusError> {
         let (items_tx, items_rx) = tokio::sync::mpsc::channel(self.config.queue_capacity);
         let (control_tx, control_rx) = std::sync::mpsc::channel();
+        let in_flight = Arc::new(poll::InFlight::new(self.config.in_flight_bytes));
         let status = self.status.clone();
         let poller = match poll::spawn(
             &self.config,
@@ -401,6 +421,7 @@ impl<H: Handler> ConsumerRunner<H> {
             self.pool.clone(),
             tokio::runtime::Handle::current(),
             items_tx,
+            in_flight.clone(),
             control_rx,
         ) {
             Ok(poller) => poller,
@@ -414,8 +435,11 @@ impl<H: Handler> ConsumerRunner<H> {
             self.pool,
             self.handler,
             self.outbox_notify,
-            control_tx,
-            poller.stop_flag(),
+            process::PollerLink {
+                control: control_tx,
+                stop: poller.stop_flag(),
+                in_flight,
+            },
             self.status,
         );
         let outcome = processor.run(items_rx, shutdown).await;

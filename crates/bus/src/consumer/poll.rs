@@ -5,7 +5,7 @@
 //! prefetch queue is bounded); when processing stalls it pauses the partitions.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -64,42 +64,114 @@ pub(crate) enum Control {
 /// `queued.max.messages.kbytes`.
 const PAUSE_AT: usize = 512;
 
+/// Bytes of records in the backlog at which polling holds, as [`PAUSE_AT`] does.
+const PAUSE_AT_BYTES: usize = 256 * 1024;
+
 /// How long a full backlog only holds polling back before the partitions are paused.
 const HOLD_BEFORE_PAUSE: Duration = Duration::from_secs(2);
 
 /// How often a held poll thread looks whether processing has taken records.
 const HOLD_STEP: Duration = Duration::from_millis(2);
 
+/// Records between librdkafka and a committed batch, in bytes: what the poll thread
+/// has handed to processing and processing has not yet finished with. The poll thread
+/// hands over no more while it is at the budget (one record always passes, however
+/// large), so what linkwork holds of a topic is bounded in bytes, not in records: a
+/// queue of provider Bundles is ten times a queue of receipts of the same length.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    bytes: AtomicUsize,
+    budget: usize,
+}
+
+impl InFlight {
+    pub(crate) fn new(budget: usize) -> Self {
+        Self {
+            bytes: AtomicUsize::new(0),
+            budget,
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        let bytes = self.bytes.load(Ordering::Acquire);
+        bytes == 0 || bytes < self.budget
+    }
+
+    fn add(&self, bytes: usize) {
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Processing is done with records of this many bytes.
+    pub(crate) fn release(&self, bytes: usize) {
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                Some(held.saturating_sub(bytes))
+            });
+    }
+
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+}
+
 struct Shared {
-    backlog: Mutex<VecDeque<Item>>,
+    backlog: Mutex<Backlog>,
     items: Sender<Item>,
+    in_flight: Arc<InFlight>,
+}
+
+/// Items polled that processing has no room for yet, and the bytes of their records.
+#[derive(Default)]
+struct Backlog {
+    items: VecDeque<Item>,
+    bytes: usize,
+}
+
+impl Item {
+    fn bytes(&self) -> usize {
+        match self {
+            Item::Record(record) => record.size(),
+            _ => 0,
+        }
+    }
 }
 
 impl Shared {
     fn push(&self, item: Item) {
-        self.backlog
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_back(item);
+        let mut backlog = self.backlog.lock().unwrap_or_else(PoisonError::into_inner);
+        backlog.bytes += item.bytes();
+        backlog.items.push_back(item);
     }
 
-    /// Moves backlog items into the channel until it is full; returns how many remain.
-    fn flush(&self) -> usize {
+    /// Moves backlog items into the channel while it and the byte budget have room;
+    /// returns how many items and bytes remain.
+    fn flush(&self) -> (usize, usize) {
         let mut backlog = self.backlog.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(item) = backlog.pop_front() {
+        while let Some(item) = backlog.items.pop_front() {
+            let bytes = item.bytes();
+            if bytes > 0 && !self.in_flight.has_room() {
+                backlog.items.push_front(item);
+                break;
+            }
             match self.items.try_send(item) {
-                Ok(()) => {}
+                Ok(()) => {
+                    self.in_flight.add(bytes);
+                    backlog.bytes -= bytes;
+                }
                 Err(TrySendError::Full(item)) => {
-                    backlog.push_front(item);
+                    backlog.items.push_front(item);
                     break;
                 }
                 Err(TrySendError::Closed(_)) => {
-                    backlog.clear();
+                    backlog.items.clear();
+                    backlog.bytes = 0;
                     break;
                 }
             }
         }
-        backlog.len()
+        (backlog.items.len(), backlog.bytes)
     }
 }
 
@@ -277,7 +349,7 @@ impl PollContext {
         });
         let deadline = Instant::now() + self.revoke_deadline;
         loop {
-            if self.shared.flush() == 0 {
+            if self.shared.flush().0 == 0 {
                 match done_rx.recv_timeout(Duration::from_millis(10)) {
                     Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
                     Err(RecvTimeoutError::Timeout) => {}
@@ -382,13 +454,15 @@ pub(crate) fn spawn(
     pool: PgPool,
     runtime: Handle,
     items: Sender<Item>,
+    in_flight: Arc<InFlight>,
     control: Receiver<Control>,
 ) -> Result<Poller, BusError> {
     let context = PollContext {
         consumer_name: config.name.clone(),
         shared: Arc::new(Shared {
-            backlog: Mutex::new(VecDeque::new()),
+            backlog: Mutex::new(Backlog::default()),
             items,
+            in_flight,
         }),
         pool,
         runtime,
@@ -415,7 +489,10 @@ pub(crate) fn spawn(
         )
         .set("enable.partition.eof", "false")
         // Bound what librdkafka prefetches: memory stays flat however far behind we are.
-        .set("queued.max.messages.kbytes", "8192")
+        .set(
+            "queued.max.messages.kbytes",
+            crate::settings::QUEUED_MAX_MESSAGES_KBYTES,
+        )
         // And what one fetch may return: librdkafka's default (50 MB) sized its receive
         // buffers far beyond the prefetch bound.
         .set("fetch.max.bytes", crate::settings::FETCH_MAX_BYTES)
@@ -461,8 +538,8 @@ fn poll_loop(
                 Control::Reseek(partitions) => reseek(consumer, &partitions),
             }
         }
-        let backlog = shared.flush();
-        if backlog >= PAUSE_AT {
+        let (backlog, backlog_bytes) = shared.flush();
+        if backlog >= PAUSE_AT || backlog_bytes >= PAUSE_AT_BYTES {
             let since = *full_since.get_or_insert_with(Instant::now);
             if !paused && since.elapsed() < HOLD_BEFORE_PAUSE {
                 // Processing lags: stop taking records and let librdkafka's own bounded
@@ -606,5 +683,76 @@ fn reseek(consumer: &BaseConsumer<PollContext>, partitions: &[TopicPartition]) {
                 offset,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(offset: i64, bytes: usize) -> Item {
+        Item::Record(Record {
+            topic: Arc::from("t"),
+            partition: 0,
+            offset,
+            key: None,
+            payload: Some(vec![b'x'; bytes]),
+            headers: HeaderList::default(),
+        })
+    }
+
+    fn shared(budget: usize) -> (Shared, tokio::sync::mpsc::Receiver<Item>) {
+        let (items, receiver) = tokio::sync::mpsc::channel(100);
+        let shared = Shared {
+            backlog: Mutex::new(Backlog::default()),
+            items,
+            in_flight: Arc::new(InFlight::new(budget)),
+        };
+        (shared, receiver)
+    }
+
+    #[test]
+    fn records_are_handed_over_only_while_the_bytes_in_flight_are_under_the_budget() {
+        let (shared, mut receiver) = shared(1_000);
+        for offset in 0..5 {
+            shared.push(record(offset, 400));
+        }
+        // Each record is 400 bytes and the overhead: two fill the budget.
+        let (left, left_bytes) = shared.flush();
+        assert_eq!(left, 3);
+        assert_eq!(left_bytes, 3 * (400 + 128));
+        assert_eq!(shared.in_flight.held(), 2 * (400 + 128));
+        assert!(receiver.try_recv().is_ok() && receiver.try_recv().is_ok());
+        assert!(receiver.try_recv().is_err(), "nothing beyond the budget");
+
+        // Processing finishes one: one more goes, and the budget is full again.
+        shared.in_flight.release(400 + 128);
+        assert_eq!(shared.flush().0, 2);
+        assert_eq!(shared.in_flight.held(), 2 * (400 + 128));
+    }
+
+    #[test]
+    fn a_record_larger_than_the_whole_budget_still_passes_when_nothing_is_in_flight() {
+        let (shared, mut receiver) = shared(1_000);
+        shared.push(record(0, 5_000));
+        shared.push(record(1, 10));
+        assert_eq!(shared.flush().0, 1, "the large one passes alone");
+        assert!(receiver.try_recv().is_ok());
+        shared.in_flight.release(5_000 + 128);
+        assert_eq!(shared.flush().0, 0);
+        assert_eq!(shared.in_flight.held(), 10 + 128);
+    }
+
+    #[test]
+    fn items_that_are_not_records_pass_a_full_budget_in_their_turn() {
+        let (shared, mut receiver) = shared(100);
+        shared.push(record(0, 500));
+        shared.push(Item::Failed("stop".into()));
+        shared.push(record(1, 500));
+        // The first record fills the budget; the item behind it is not a record and
+        // passes; the record after it waits.
+        assert_eq!(shared.flush(), (1, 500 + 128));
+        assert!(matches!(receiver.try_recv(), Ok(Item::Record(_))));
+        assert!(matches!(receiver.try_recv(), Ok(Item::Failed(_))));
     }
 }

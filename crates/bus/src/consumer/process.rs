@@ -14,12 +14,20 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::poll::{Control, Item, TopicPartition};
+use super::poll::{Control, InFlight, Item, TopicPartition};
 use super::{
     ConsumerConfig, ConsumerStatus, Decode, Decoded, Effects, Handler, HandlerError, Incoming,
     Record,
 };
 use crate::{dlq, trace, BusError};
+
+/// What processing shares with the poll thread: the requests it sends it, the flag
+/// that stops it, and the byte budget of records between them.
+pub(crate) struct PollerLink {
+    pub control: ControlSender<Control>,
+    pub stop: Arc<AtomicBool>,
+    pub in_flight: Arc<InFlight>,
+}
 
 /// Why applying a batch did not commit.
 #[derive(Debug)]
@@ -65,6 +73,10 @@ pub(crate) struct Processor<H: Handler> {
     /// Every partition this consumer owns.
     partitions: HashMap<TopicPartition, Owned>,
     batch: Vec<Record>,
+    /// The bytes of `batch` ([`Record::size`]).
+    batch_bytes: usize,
+    /// Shared with the poll thread, which hands over records while it has room.
+    in_flight: Arc<InFlight>,
     last_prune: Instant,
     /// Offsets committed to Postgres but not yet reported to Kafka. Kafka's copy only
     /// shows lag, so it is sent at most once a second: each commit is a write at the
@@ -88,10 +100,14 @@ impl<H: Handler> Processor<H> {
         pool: PgPool,
         handler: H,
         outbox_notify: Option<Arc<Notify>>,
-        control: ControlSender<Control>,
-        stop: Arc<AtomicBool>,
+        poller: PollerLink,
         status: ConsumerStatus,
     ) -> Self {
+        let PollerLink {
+            control,
+            stop,
+            in_flight,
+        } = poller;
         Self {
             config,
             pool,
@@ -101,6 +117,8 @@ impl<H: Handler> Processor<H> {
             stop,
             partitions: HashMap::new(),
             batch: Vec::new(),
+            batch_bytes: 0,
+            in_flight,
             last_prune: Instant::now(),
             unreported: HashMap::new(),
             last_report: Instant::now(),
@@ -150,7 +168,9 @@ impl<H: Handler> Processor<H> {
                     if !self.accept(record) {
                         continue;
                     }
-                    if self.batch.len() >= self.config.max_batch {
+                    if self.batch.len() >= self.config.max_batch
+                        || self.batch_bytes >= self.config.max_batch_bytes
+                    {
                         flush_at = None;
                         if self.flush(&shutdown).await?.is_err() {
                             return Ok(());
@@ -208,10 +228,13 @@ impl<H: Handler> Processor<H> {
     /// markers, retention).
     fn accept(&mut self, record: Record) -> bool {
         let partition = (record.topic.clone(), record.partition);
+        let size = record.size();
         let Some(owned) = self.partitions.get_mut(&partition) else {
+            self.in_flight.release(size);
             return false;
         };
         if owned.awaiting_reseek || record.offset < owned.next {
+            self.in_flight.release(size);
             return false;
         }
         if record.offset > owned.next {
@@ -225,6 +248,7 @@ impl<H: Handler> Processor<H> {
             );
         }
         owned.next = record.offset + 1;
+        self.batch_bytes += size;
         self.batch.push(record);
         true
     }
@@ -277,6 +301,12 @@ impl<H: Handler> Processor<H> {
             return Ok(Ok(()));
         }
         let records = std::mem::take(&mut self.batch);
+        // Handed back to the poll thread's budget however the batch ends: committed,
+        // or abandoned to the partitions' next owner.
+        let _release = Release {
+            in_flight: self.in_flight.clone(),
+            bytes: std::mem::take(&mut self.batch_bytes),
+        };
         let decoded: Vec<Result<Decoded<H::Message>, String>> =
             records.iter().map(H::Message::decode).collect();
         let mut dead: BTreeMap<usize, String> = decoded
@@ -513,6 +543,9 @@ impl<H: Handler> Processor<H> {
             });
         }
         offsets::advance(&mut transaction, &self.config.name, &advances).await?;
+        // A batch's statements grow the connection's buffers to a megabyte or more, and
+        // it keeps them: over a pool, that is megabytes per connection for nothing.
+        linkwork_store::sqlx::Connection::shrink_buffers(&mut *transaction);
         transaction.commit().await?;
 
         for (partition, next) in ends {
@@ -542,6 +575,18 @@ impl<H: Handler> Processor<H> {
             "batch committed"
         );
         Ok(())
+    }
+}
+
+/// Gives a batch's bytes back to the in-flight budget when dropped.
+struct Release {
+    in_flight: Arc<InFlight>,
+    bytes: usize,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.in_flight.release(self.bytes);
     }
 }
 
