@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod commands;
 pub mod directory_command;
+pub mod memory;
 pub mod process;
 pub mod serve;
 pub mod settings;

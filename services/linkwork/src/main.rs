@@ -13,6 +13,10 @@ use linkwork::settings::Settings;
 /// under load, at the cost of a higher peak resident size. Built without transparent huge
 /// pages (`no_thp`): with them every arena chunk it touched became a zeroed 2 MiB page,
 /// a fifth of the router's CPU under load and 100 MiB of its resident size.
+///
+/// The `system-allocator` feature builds with glibc's instead, for heap profilers that
+/// see only it (`heaptrack`; BENCHMARKS.md, "Where the time goes").
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -168,6 +172,7 @@ enum TopicsAction {
 }
 
 fn main() -> ExitCode {
+    linkwork::memory::settle();
     let cli = Cli::parse();
     let command = match &cli.command {
         Command::Topics { .. } => "topics",
