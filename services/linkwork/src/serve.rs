@@ -66,11 +66,16 @@ pub async fn run_with_clock(
     clock: Clock,
 ) -> anyhow::Result<()> {
     let kafka = settings.kafka()?.clone();
-    let pool = linkwork_store::connect(&settings.database()?)
+    let services = Services::from(service);
+    let mut database = settings.database()?;
+    if let Some(size) = settings.database_pool {
+        database.max_connections = size;
+        database.min_connections = size;
+    }
+    let pool = linkwork_store::connect(&database)
         .await
         .context("connecting to LINKWORK_DATABASE_URL")?;
     linkwork_store::migrate(&pool).await?;
-    let services = Services::from(service);
     let mut http = HttpSettings::new(settings.http_addr);
     http.public_base_url = settings.public_base_url.clone();
     http.requests_per_minute = settings.requests_per_minute;
