@@ -59,7 +59,7 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            batch_size: 1000,
+            batch_size: 500,
             idle_poll: Duration::from_millis(500),
             leader_retry: Duration::from_secs(1),
             keep_published: Duration::from_secs(7 * 24 * 3600),

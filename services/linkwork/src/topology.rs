@@ -328,6 +328,11 @@ impl Topology {
             });
             let mut inbound_config = names.consumer(consumers::INBOUND, &[REFERRALS_INBOUND]);
             inbound_config.vault = vault.clone();
+            // A raw referral becomes five times its size in what a batch holds and
+            // writes (the validated referral, its sealed event, its AuditEvent, their
+            // outbox rows): half the usual batch keeps ingest under 64 MiB.
+            inbound_config.max_batch_bytes /= 2;
+            inbound_config.in_flight_bytes /= 2;
             let inbound = ConsumerRunner::new(
                 inbound_config,
                 kafka.clone(),
