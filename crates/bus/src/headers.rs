@@ -50,7 +50,6 @@ impl HeaderList {
         )
     }
 
-    /// The last value of a header, as text.
     /// The bytes of the names and values.
     pub fn size(&self) -> usize {
         self.0
@@ -59,6 +58,7 @@ impl HeaderList {
             .sum()
     }
 
+    /// The last value of a header, as text.
     pub fn get_str(&self, name: &str) -> Option<&str> {
         self.0
             .iter()

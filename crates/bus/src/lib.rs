@@ -21,7 +21,7 @@ pub use consumer::{
 pub use names::Names;
 pub use producer::{Delivered, Outbound, Producer, ProducerSet};
 pub use relay::{OutboxRelay, RelayConfig};
-pub use settings::{KafkaSettings, FETCH_MAX_BYTES, FETCH_QUEUE_BACKOFF_MS};
+pub use settings::{fetch_max_bytes, KafkaSettings, FETCH_QUEUE_BACKOFF_MS};
 
 /// Errors at the bus boundary.
 #[derive(Debug, thiserror::Error)]

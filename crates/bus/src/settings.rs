@@ -13,9 +13,19 @@ use crate::BusError;
 pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
 /// librdkafka's `fetch.max.bytes` for linkwork's consumers (default 50 MB): at most one
-/// fetch response of this size is buffered at a time, beside the prefetch queue. It
-/// must not be below the broker's largest message (`message.max.bytes`, 1 MB).
-pub const FETCH_MAX_BYTES: &str = "1048576";
+/// fetch response of this size is buffered at a time, beside the prefetch queue. 1 MiB,
+/// or the client's `message.max.bytes` when `LINKWORK_KAFKA_MESSAGE_MAX_BYTES` raises it
+/// above that: librdkafka refuses to create a consumer whose `fetch.max.bytes` is below
+/// it.
+pub fn fetch_max_bytes(kafka: &KafkaSettings) -> String {
+    const DEFAULT: u64 = 1024 * 1024;
+    kafka
+        .properties
+        .get("message.max.bytes")
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map_or(DEFAULT, |largest| largest.max(DEFAULT))
+        .to_string()
+}
 
 /// librdkafka's `queued.max.messages.kbytes` for linkwork's consumers (default 64 MiB):
 /// what it prefetches beyond what the poll thread has taken.
@@ -122,6 +132,19 @@ mod tests {
             .iter()
             .map(|(name, value)| (name.to_string(), value.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn consumers_fetch_a_mebibyte_unless_the_largest_message_is_larger() {
+        let plain =
+            KafkaSettings::from_vars(vars(&[("LINKWORK_KAFKA_BROKERS", "b:9092")])).expect("valid");
+        assert_eq!(fetch_max_bytes(&plain), "1048576");
+        let large = KafkaSettings::from_vars(vars(&[
+            ("LINKWORK_KAFKA_BROKERS", "b:9092"),
+            ("LINKWORK_KAFKA_MESSAGE_MAX_BYTES", "4000000"),
+        ]))
+        .expect("valid");
+        assert_eq!(fetch_max_bytes(&large), "4000000");
     }
 
     #[test]

@@ -18,10 +18,15 @@
 //! before `main`, so a process started without them runs itself again with them
 //! ([`settle`]); settings already in the environment are kept as they are. (Setting
 //! them from inside would need `unsafe` calls into both allocators, which the
-//! workspace forbids.)
+//! workspace forbids.) It runs itself again once at most: [`SETTLED`] marks the second
+//! start, because the loader removes glibc's variables for a binary with file
+//! capabilities, and they would be missing again every time.
 
 use std::ffi::OsString;
 use std::process::Command;
+
+/// Set on the process that runs again, which then never does.
+pub const SETTLED: &str = "LINKWORK_ALLOCATOR_SETTLED";
 
 /// The variables and the values linkwork runs with unless told otherwise.
 pub const SETTINGS: [(&str, &str); 4] = [
@@ -32,8 +37,10 @@ pub const SETTINGS: [(&str, &str); 4] = [
 ];
 
 /// Runs this process again with [`SETTINGS`] when any is missing from its environment
-/// (the same process id: `exec`). Returns only when nothing needs to change or the
-/// `exec` failed (then the process goes on with the allocators' defaults).
+/// (the same process id: `exec` of `/proc/self/exe`, the very binary running, even if
+/// its file was replaced meanwhile). Returns when nothing needs to change. When the
+/// `exec` fails the process exits: `exec` has already reset its signal handling, so
+/// going on is not safe; setting the four variables avoids it.
 pub fn settle() {
     let Some(mut command) = again(std::env::vars_os(), std::env::args_os()) else {
         return;
@@ -42,7 +49,14 @@ pub fn settle() {
     {
         use std::os::unix::process::CommandExt;
         let error = command.exec();
-        eprintln!("linkwork: could not run again with the allocator settings ({error}); going on without them");
+        eprintln!(
+            "linkwork: could not run itself again with the allocator settings ({error}); \
+             set {} to start without it",
+            SETTINGS
+                .map(|(name, value)| format!("{name}={value}"))
+                .join(" ")
+        );
+        std::process::exit(70);
     }
     #[cfg(not(unix))]
     let _ = &mut command;
@@ -55,6 +69,9 @@ fn again(
     mut args: impl Iterator<Item = OsString>,
 ) -> Option<Command> {
     let present: Vec<OsString> = vars.into_iter().map(|(name, _)| name).collect();
+    if present.iter().any(|name| name == SETTLED) {
+        return None;
+    }
     let missing: Vec<(&str, &str)> = SETTINGS
         .into_iter()
         .filter(|(name, _)| !present.iter().any(|present| present == name))
@@ -62,7 +79,11 @@ fn again(
     if missing.is_empty() {
         return None;
     }
-    let program = std::env::current_exe().ok()?;
+    let program = if cfg!(target_os = "linux") {
+        std::path::PathBuf::from("/proc/self/exe")
+    } else {
+        std::env::current_exe().ok()?
+    };
     let mut command = Command::new(program);
     #[cfg(unix)]
     if let Some(name) = args.next() {
@@ -71,7 +92,7 @@ fn again(
     }
     #[cfg(not(unix))]
     let _ = args.next();
-    command.args(args).envs(missing);
+    command.args(args).envs(missing).env(SETTLED, "1");
     Some(command)
 }
 
@@ -119,7 +140,17 @@ mod tests {
             .map(|(name, _)| name.to_string_lossy().into_owned())
             .collect();
         assert!(!names.contains(&"MALLOC_ARENA_MAX".to_owned()));
-        assert_eq!(names.len(), SETTINGS.len() - 1);
+        assert!(
+            names.contains(&SETTLED.to_owned()),
+            "marks the second start"
+        );
+        assert_eq!(names.len(), SETTINGS.len() - 1 + 1);
+    }
+
+    #[test]
+    fn a_process_that_ran_again_once_never_runs_again_even_if_the_loader_removed_them() {
+        let args = ["linkwork", "serve", "all"].map(OsString::from);
+        assert!(again(os(&[(SETTLED, "1")]), args.into_iter()).is_none());
     }
 
     #[test]

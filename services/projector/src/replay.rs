@@ -150,7 +150,7 @@ fn read_log(
             "fetch.queue.backoff.ms",
             linkwork_bus::FETCH_QUEUE_BACKOFF_MS,
         )
-        .set("fetch.max.bytes", linkwork_bus::FETCH_MAX_BYTES)
+        .set("fetch.max.bytes", linkwork_bus::fetch_max_bytes(kafka))
         .create()
         .map_err(|error| format!("Kafka client: {error}"))?;
     let mut assignment = TopicPartitionList::new();

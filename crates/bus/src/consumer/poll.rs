@@ -155,16 +155,20 @@ impl Shared {
                 backlog.items.push_front(item);
                 break;
             }
+            // Counted before it is sent: processing may take the record and release
+            // its bytes before `try_send` has even returned.
+            self.in_flight.add(bytes);
             match self.items.try_send(item) {
                 Ok(()) => {
-                    self.in_flight.add(bytes);
                     backlog.bytes -= bytes;
                 }
                 Err(TrySendError::Full(item)) => {
+                    self.in_flight.release(bytes);
                     backlog.items.push_front(item);
                     break;
                 }
                 Err(TrySendError::Closed(_)) => {
+                    self.in_flight.release(bytes);
                     backlog.items.clear();
                     backlog.bytes = 0;
                     break;
@@ -495,7 +499,7 @@ pub(crate) fn spawn(
         )
         // And what one fetch may return: librdkafka's default (50 MB) sized its receive
         // buffers far beyond the prefetch bound.
-        .set("fetch.max.bytes", crate::settings::FETCH_MAX_BYTES)
+        .set("fetch.max.bytes", crate::settings::fetch_max_bytes(kafka))
         // Once that bound has been reached, librdkafka postpones the next fetch by this
         // much (default a whole second). With a bound this small it is reached whenever
         // processing lags; a short backoff refills the queue soon after it has room.
