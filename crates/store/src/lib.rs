@@ -19,9 +19,9 @@ pub struct DatabaseSettings {
     pub url: SecretString,
     pub max_connections: u32,
     /// Connections opened when the pool is and kept open (default none: opened on
-    /// demand). Opening one costs tens of milliseconds of CPU (the TLS handshake, with
-    /// the system's CA bundle read again each time) and the request that asked waits
-    /// for it; a service warms its whole pool ([`DatabaseSettings::warm`]).
+    /// demand). Opening one costs milliseconds of CPU (the TLS handshake) and the
+    /// request that asked waits for it; a service warms its whole pool
+    /// ([`DatabaseSettings::warm`]).
     pub min_connections: u32,
     pub acquire_timeout: Duration,
 }

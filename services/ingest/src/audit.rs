@@ -599,27 +599,34 @@ impl Decode for AuditRecord {
         // Parsing into the view checks the whole text is JSON; only these parts are kept.
         let view: AuditView =
             serde_json::from_slice(body).map_err(|error| format!("not JSON: {error}"))?;
-        if view.resource_type.as_deref() != Some("AuditEvent") {
+        if view.resource_type.as_ref().and_then(Value::as_str) != Some("AuditEvent") {
             return Err("the body is not an AuditEvent".to_owned());
         }
         let recorded = view
             .recorded
-            .as_deref()
+            .as_ref()
+            .and_then(Value::as_str)
             .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
             .map(|at| at.with_timezone(&Utc))
             .ok_or("the AuditEvent has no valid recorded instant")?;
         let patients = view
             .entity
-            .iter()
-            .filter_map(|entity| entity.what.as_ref()?.reference.as_deref())
-            .filter_map(|reference| reference.strip_prefix("Patient/"))
-            .filter_map(|id| Uuid::parse_str(id).ok())
-            .collect();
+            .as_ref()
+            .and_then(Value::as_array)
+            .map(|entities| {
+                entities
+                    .iter()
+                    .filter_map(|entity| entity["what"]["reference"].as_str())
+                    .filter_map(|reference| reference.strip_prefix("Patient/"))
+                    .filter_map(|id| Uuid::parse_str(id).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
         let client = view
             .agent
-            .into_iter()
-            .next()
-            .and_then(|agent| agent.who?.identifier?.value);
+            .as_ref()
+            .and_then(|agents| agents[0]["who"]["identifier"]["value"].as_str())
+            .map(str::to_owned);
         let resource = String::from_utf8(body.to_vec())
             .map_err(|_| "the body is not UTF-8 text".to_owned())?;
         Ok(Decoded {
@@ -636,41 +643,16 @@ impl Decode for AuditRecord {
     }
 }
 
-/// The parts of an AuditEvent the index reads; the rest is skipped while parsing.
+/// The parts of an AuditEvent the index reads, as JSON of any shape (a part of the
+/// wrong shape reads as absent, as it did when the whole resource was one tree); the
+/// rest is skipped while parsing.
 #[derive(serde::Deserialize)]
 struct AuditView {
     #[serde(rename = "resourceType")]
-    resource_type: Option<String>,
-    recorded: Option<String>,
-    #[serde(default)]
-    entity: Vec<EntityView>,
-    #[serde(default)]
-    agent: Vec<AgentView>,
-}
-
-#[derive(serde::Deserialize)]
-struct EntityView {
-    what: Option<ReferenceView>,
-}
-
-#[derive(serde::Deserialize)]
-struct ReferenceView {
-    reference: Option<String>,
-}
-
-#[derive(serde::Deserialize)]
-struct AgentView {
-    who: Option<WhoView>,
-}
-
-#[derive(serde::Deserialize)]
-struct WhoView {
-    identifier: Option<IdentifierView>,
-}
-
-#[derive(serde::Deserialize)]
-struct IdentifierView {
-    value: Option<String>,
+    resource_type: Option<Value>,
+    recorded: Option<Value>,
+    entity: Option<Value>,
+    agent: Option<Value>,
 }
 
 /// Indexes `audit.events` into `audit_events`, a batch per statement.
@@ -909,6 +891,56 @@ pub async fn search(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn audit_record(body: &str) -> Record {
+        let meta = EventMeta {
+            id: Uuid::new_v4(),
+            event_type: AUDIT_EVENT_TYPE.to_owned(),
+            source: "linkwork/ingest".to_owned(),
+            time: Utc::now(),
+            traceparent: None,
+            tracestate: None,
+        };
+        Record {
+            topic: std::sync::Arc::from("t"),
+            partition: 0,
+            offset: 0,
+            key: None,
+            payload: Some(body.as_bytes().to_vec()),
+            headers: meta.to_headers(),
+        }
+    }
+
+    #[test]
+    fn an_audit_event_is_indexed_from_its_text_by_patient_and_client() {
+        let patient = Uuid::new_v4();
+        let body = json!({
+            "resourceType": "AuditEvent",
+            "recorded": "2026-12-08T00:50:00Z",
+            "agent": [{"who": {"identifier": {"value": "gp-system-synthetic"}}}],
+            "entity": [{"what": {"reference": format!("Patient/{patient}")}}],
+        })
+        .to_string();
+        let decoded = AuditRecord::decode(&audit_record(&body)).expect("decodes");
+        assert_eq!(decoded.value.patients, [patient]);
+        assert_eq!(decoded.value.client.as_deref(), Some("gp-system-synthetic"));
+        assert_eq!(decoded.value.resource, body, "kept as the text it came as");
+    }
+
+    #[test]
+    fn parts_of_the_wrong_shape_read_as_absent_and_a_body_that_is_not_one_is_refused() {
+        let odd = r#"{"resourceType":"AuditEvent","recorded":"2026-12-08T00:50:00Z","entity":null,"agent":{"who":1}}"#;
+        let decoded = AuditRecord::decode(&audit_record(odd)).expect("decodes");
+        assert!(decoded.value.patients.is_empty());
+        assert_eq!(decoded.value.client, None);
+        let other = r#"{"resourceType":"Patient","recorded":"2026-12-08T00:50:00Z"}"#;
+        assert!(AuditRecord::decode(&audit_record(other))
+            .unwrap_err()
+            .contains("not an AuditEvent"));
+        assert!(AuditRecord::decode(&audit_record("{not json"))
+            .unwrap_err()
+            .starts_with("not JSON"));
+    }
 
     #[test]
     fn a_date_is_its_whole_day_and_an_instant_its_moment() {
