@@ -37,8 +37,7 @@ pub const SETTINGS: [(&str, &str); 4] = [
 ];
 
 /// Runs this process again with [`SETTINGS`] when any is missing from its environment
-/// (the same process id: `exec` of `/proc/self/exe`, the very binary running, even if
-/// its file was replaced meanwhile). Returns when nothing needs to change. When the
+/// (the same process id: `exec`). Returns when nothing needs to change. When the
 /// `exec` fails the process exits: `exec` has already reset its signal handling, so
 /// going on is not safe; setting the four variables avoids it.
 pub fn settle() {
@@ -79,11 +78,9 @@ fn again(
     if missing.is_empty() {
         return None;
     }
-    let program = if cfg!(target_os = "linux") {
-        std::path::PathBuf::from("/proc/self/exe")
-    } else {
-        std::env::current_exe().ok()?
-    };
+    // The binary's path rather than /proc/self/exe, so the process keeps its name
+    // (`ps`, `top`, `pkill linkwork`); a binary deleted meanwhile makes the exec fail.
+    let program = std::env::current_exe().ok()?;
     let mut command = Command::new(program);
     #[cfg(unix)]
     if let Some(name) = args.next() {
