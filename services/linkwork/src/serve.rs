@@ -67,12 +67,7 @@ pub async fn run_with_clock(
 ) -> anyhow::Result<()> {
     let kafka = settings.kafka()?.clone();
     let services = Services::from(service);
-    let mut database = settings.database()?;
-    if let Some(size) = settings.database_pool {
-        database.max_connections = size;
-        database.min_connections = size;
-    }
-    let pool = linkwork_store::connect(&database)
+    let pool = linkwork_store::connect(&settings.database()?)
         .await
         .context("connecting to LINKWORK_DATABASE_URL")?;
     linkwork_store::migrate(&pool).await?;

@@ -48,10 +48,25 @@ pub struct Settings {
     /// recorded consent (`LINKWORK_EVALUATION_LAWFUL_BASIS`, as the DPIA names it);
     /// unset, only with consent. A national data opt-out keeps a person out of it.
     pub evaluation_lawful_basis: Option<String>,
-    /// Postgres connections `serve` keeps open (`LINKWORK_DATABASE_POOL`, 2-200;
+    /// Postgres connections a process keeps open (`LINKWORK_DATABASE_POOL`, 2-200;
     /// unset, 10). Fewer measured slower at 500 referrals/s (p50 from HTTP 2xx to the
     /// provider queue 65-70 ms with 10 against 104-202 ms with 6 for the router).
     pub database_pool: Option<u32>,
+}
+
+/// `LINKWORK_DATABASE_POOL`: a whole number from 2 to 200, or `None` when unset or empty.
+fn pool_size(text: Option<String>) -> anyhow::Result<Option<u32>> {
+    let Some(text) = text.filter(|text| !text.trim().is_empty()) else {
+        return Ok(None);
+    };
+    text.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|size| (2..=200).contains(size))
+        .map(Some)
+        .with_context(|| {
+            format!("LINKWORK_DATABASE_POOL {text:?} is not a whole number from 2 to 200")
+        })
 }
 
 /// A whole number of at least 1 from `name`, or `default` when unset or empty.
@@ -105,17 +120,7 @@ impl Settings {
             linkwork_metrics::http::DEFAULT_MINIMUM_PERIOD_DAYS as u64,
         )?
         .min(36_600) as i64;
-        let database_pool = match std::env::var("LINKWORK_DATABASE_POOL") {
-            Ok(text) if !text.trim().is_empty() => Some(
-                u32::try_from(positive("LINKWORK_DATABASE_POOL", 0)?)
-                    .ok()
-                    .filter(|size| (2..=200).contains(size))
-                    .with_context(|| {
-                        format!("LINKWORK_DATABASE_POOL {text:?} is not between 2 and 200")
-                    })?,
-            ),
-            _ => None,
-        };
+        let database_pool = pool_size(std::env::var("LINKWORK_DATABASE_POOL").ok())?;
         Ok(Self {
             database_pool,
             evaluation_lawful_basis: std::env::var("LINKWORK_EVALUATION_LAWFUL_BASIS")
@@ -190,12 +195,19 @@ impl Settings {
             .map(|url| redact_password(url.expose_secret()))
     }
 
-    /// The database settings, the pool warmed (every connection opened at start); an
-    /// error naming the variable when it is not set.
+    /// The database settings, the pool of `LINKWORK_DATABASE_POOL` connections warmed
+    /// (every connection opened at start); an error naming the variable when the URL
+    /// is not set.
     pub fn database(&self) -> anyhow::Result<DatabaseSettings> {
         use secrecy::ExposeSecret;
         match &self.database_url {
-            Some(url) => Ok(DatabaseSettings::new(url.expose_secret().to_owned()).warm()),
+            Some(url) => {
+                let mut database = DatabaseSettings::new(url.expose_secret().to_owned());
+                if let Some(size) = self.database_pool {
+                    database.max_connections = size;
+                }
+                Ok(database.warm())
+            }
             None => bail!("LINKWORK_DATABASE_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/linkwork)"),
         }
     }
@@ -230,6 +242,17 @@ mod tests {
             "postgres://postgres@127.0.0.1:5432/linkwork_demo"
         );
         assert_eq!(redact_password("not a url"), "not a url");
+    }
+
+    #[test]
+    fn the_pool_size_is_a_whole_number_from_2_to_200_or_unset() {
+        assert_eq!(pool_size(None).unwrap(), None);
+        assert_eq!(pool_size(Some(" ".into())).unwrap(), None);
+        assert_eq!(pool_size(Some(" 6 ".into())).unwrap(), Some(6));
+        for wrong in ["1", "201", "ten", "-4"] {
+            let error = pool_size(Some(wrong.into())).unwrap_err().to_string();
+            assert!(error.contains("LINKWORK_DATABASE_POOL"), "{error}");
+        }
     }
 
     #[test]

@@ -103,11 +103,14 @@ impl InFlight {
 
     /// Processing is done with records of this many bytes.
     pub(crate) fn release(&self, bytes: usize) {
-        let _ = self
+        let held = self
             .bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
                 Some(held.saturating_sub(bytes))
-            });
+            })
+            .unwrap_or_else(|held| held);
+        // Releasing more than was added is an accounting bug: it would hide a leak.
+        debug_assert!(held >= bytes, "released {bytes} bytes of {held} in flight");
     }
 
     #[cfg(test)]
